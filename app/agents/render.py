@@ -1,0 +1,29 @@
+"""Render stage agent.
+
+Consumes ``email.raw-events`` (Avro or JSON bytes); produces ``email.rendered``
+(RenderedEmail) and ``email.dead`` (DeadLetter). Keeps no state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.runtime import Runtime
+from app.stages.common import Origin
+from app.stages.render import RenderStage
+from app.templating import TemplateStore
+from app.topology import RAW
+
+
+def attach(app: Any, runtime: Runtime) -> Any:
+    settings = runtime.settings
+    templates = TemplateStore(settings.templates_dir)
+
+    async def render(stream: Any) -> None:
+        await runtime.start()
+        stage = RenderStage(runtime.serde, templates, settings.default_sender)
+        async for event in stream.events():
+            emission = await stage.handle(event.value, Origin.of(event.message))
+            await runtime.emit(emission)
+
+    return app.agent(runtime.topology.topics[RAW], name="render", concurrency=1)(render)

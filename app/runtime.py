@@ -1,0 +1,100 @@
+"""What a worker needs besides Faust: schema registration, templates, providers.
+
+Started once, lazily, by the first agent or view that needs it, so importing the
+app never touches the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from app.providers.base import Provider
+from app.serde import Serde
+from app.settings import Settings
+from app.stages.common import Emission
+from app.topology import Topology
+
+log = logging.getLogger(__name__)
+
+
+def registry_client(settings: Settings) -> Any:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    # new_client: a "mock://" URL gives confluent-kafka's in-memory registry (unit tests).
+    return SchemaRegistryClient.new_client({"url": settings.schema_registry_url})
+
+
+def build_provider(settings: Settings) -> Provider:
+    if settings.provider == "smtp":
+        from app.providers.smtp import SmtpProvider
+
+        return SmtpProvider(
+            name=settings.provider_name,
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+            start_tls=settings.smtp_starttls,
+            timeout_s=settings.provider_timeout_s,
+        )
+    from app.providers.http import HttpProvider
+
+    return HttpProvider(
+        name=settings.provider_name,
+        base_url=settings.provider_http_url,
+        api_key=settings.provider_api_key.get_secret_value(),
+        timeout_s=settings.provider_timeout_s,
+        max_connections=settings.dispatch_max_in_flight,
+    )
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        topology: Topology,
+        *,
+        registry: Any = None,
+        start_timeout_s: float = 120.0,
+    ) -> None:
+        self.settings = settings
+        self.topology = topology
+        self.serde = Serde(registry or registry_client(settings), topology.topic_schemas())
+        self.start_timeout_s = start_timeout_s
+        self._started = False
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Register schemas (waiting for the registry) and declare output topics."""
+        if self._started:
+            return
+        async with self._lock:
+            if self._started:
+                return
+            deadline = time.monotonic() + self.start_timeout_s
+            while True:
+                try:
+                    await asyncio.to_thread(self.serde.register)
+                    break
+                except Exception as exc:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"schema registry at {self.settings.schema_registry_url} "
+                            f"did not accept our schemas: {exc}"
+                        ) from exc
+                    log.warning("schema registry not ready (%s); retrying", exc)
+                    await asyncio.sleep(1.0)
+            for logical in self.topology.used_by(self.settings.stage):
+                await self.topology.topics[logical].maybe_declare()
+            self._started = True
+
+    def encode(self, emission: Emission) -> bytes:
+        return self.serde.encode(self.topology.name(emission.topic), emission.value)
+
+    async def emit(self, emission: Emission) -> Any:
+        """Produce (buffered; the ack is awaited before the source offset commits)."""
+        topic = self.topology.topics[emission.topic]
+        return await topic.send(key=emission.key, value=self.encode(emission))

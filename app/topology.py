@@ -1,0 +1,90 @@
+"""The whole topology in one place: topics, their value schemas, and which stage
+runs which agents.
+
+    email.raw-events --[render]--> email.rendered --[route]--> email.dispatch.{critical,
+    normal,bulk} --[dispatch]--> email.sent; every stage can also emit to email.dead.
+
+Agents refer to topics by the logical names below, never by strings of their own.
+Every topic carries raw bytes: values are Avro in Confluent framing (JSON is also
+accepted on raw-events), decoded by the stage itself so that a bad message becomes
+a dead letter instead of an error inside Faust.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.models import PRIORITIES
+from app.settings import Settings
+
+RAW = "raw"
+RENDERED = "rendered"
+SENT = "sent"
+DEAD = "dead"
+LANES = {p: f"dispatch.{p}" for p in PRIORITIES}
+
+#: logical name -> (Kafka topic name, value schema file stem)
+TOPICS: dict[str, tuple[str, str]] = {
+    RAW: ("email.raw-events", "raw_event"),
+    RENDERED: ("email.rendered", "rendered_email"),
+    **{lane: (f"email.{lane}", "dispatch_request") for lane in LANES.values()},
+    SENT: ("email.sent", "send_result"),
+    DEAD: ("email.dead", "dead_letter"),
+}
+
+#: stage -> (topics it consumes, topics it produces)
+STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "intake": ((), (RAW,)),
+    "render": ((RAW,), (RENDERED, DEAD)),
+    "route": ((RENDERED,), (*LANES.values(), DEAD)),
+    "dispatch": (tuple(LANES.values()), (SENT, DEAD)),
+}
+STAGE_ORDER = ("intake", "render", "route", "dispatch")
+
+
+def stages_of(stage: str) -> tuple[str, ...]:
+    """The stages one worker runs: ``all`` (dev mode) runs every stage."""
+    return STAGE_ORDER if stage == "all" else (stage,)
+
+
+@dataclass
+class Topology:
+    """The Faust topic objects of one app, by logical name."""
+
+    settings: Settings
+    topics: dict[str, Any]
+
+    def name(self, logical: str) -> str:
+        return self.settings.topic(TOPICS[logical][0])
+
+    def schema_of(self, logical: str) -> str:
+        return TOPICS[logical][1]
+
+    def topic_schemas(self) -> dict[str, str]:
+        """Kafka topic name -> schema file stem, for registration."""
+        return {self.name(logical): schema for logical, (_, schema) in TOPICS.items()}
+
+    def used_by(self, stage: str) -> list[str]:
+        names: list[str] = []
+        for s in stages_of(stage):
+            consumed, produced = STAGES[s]
+            names += [n for n in (*consumed, *produced) if n not in names]
+        return names
+
+
+def declare(app: Any, settings: Settings) -> Topology:
+    topics = {
+        logical: app.topic(
+            settings.topic(name),
+            partitions=settings.topic_partitions,
+            replicas=settings.topic_replication,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            internal=True,  # Faust creates it with our partition count if missing
+        )
+        for logical, (name, _) in TOPICS.items()
+    }
+    return Topology(settings, topics)

@@ -1,0 +1,23 @@
+"""Shared fixtures. Unit tests use confluent-kafka's in-memory registry (mock://)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from app.serde import Serde
+from app.topology import TOPICS
+
+
+@pytest.fixture
+def registry() -> Any:
+    return SchemaRegistryClient.new_client({"url": "mock://unit"})
+
+
+@pytest.fixture
+def serde(registry: Any) -> Serde:
+    s = Serde(registry, {name: schema for name, schema in TOPICS.values()})
+    s.register()
+    return s

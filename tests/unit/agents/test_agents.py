@@ -1,0 +1,63 @@
+"""Agents in Faust's test context: memory broker and store, outputs captured."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from app.factory import create_app
+from app.settings import Settings
+from app.stages.common import Emission
+from app.templating import TemplateStore
+
+
+def make_app(stage: str, registry: Any) -> tuple[Any, list[Emission]]:
+    app = create_app(
+        Settings(stage=stage, store="memory://"),  # type: ignore[arg-type]
+        registry=registry,
+    )
+    runtime = app.spillway  # type: ignore[attr-defined]
+    runtime.serde.register()
+    runtime._started = True  # schemas registered; the test context needs no topics
+    captured: list[Emission] = []
+
+    async def emit(emission: Emission) -> None:
+        runtime.encode(emission)  # must encode for its topic
+        captured.append(emission)
+
+    runtime.emit = emit
+    return app, captured
+
+
+async def test_render_agent_renders_and_dead_letters(registry: Any) -> None:
+    app, out = make_app("render", registry)
+    sample = TemplateStore(Settings().templates_dir).sample_data("newsletter")
+    good = {"event_id": "n1", "template": "newsletter", "to": "a@b.example",
+            "priority": "bulk", "data": sample}
+    async with app.agents["render"].test_context() as agent:
+        await agent.put(json.dumps(good).encode(), key=b"n1")
+        await agent.put(b"not an event", key=b"n2")
+    assert [e.topic for e in out] == ["rendered", "dead"]
+    assert out[1].value.reason == "undecodable" and out[1].value.event_id == "n2"
+
+
+async def test_route_agent_picks_lane(registry: Any) -> None:
+    app, out = make_app("route", registry)
+    serde = app.spillway.serde  # type: ignore[attr-defined]
+    from app.models import RenderedEmail
+
+    email = RenderedEmail(event_id="r1", priority="critical", to="a@b.example",
+                          from_address="s@b.example", subject="s", html="h", text="t",
+                          template="password_reset", template_version="v1", source="x",
+                          accepted_at=1, rendered_at=2)
+    async with app.agents["route"].test_context() as agent:
+        await agent.put(serde.encode("email.rendered", email), key=b"r1")
+    assert [e.topic for e in out] == ["dispatch.critical"]
+
+
+@pytest.mark.parametrize("stage", ["render", "route", "dispatch", "intake", "all"])
+def test_each_stage_has_its_own_app_id(stage: str) -> None:
+    app = create_app(Settings(stage=stage))  # type: ignore[arg-type]
+    assert app.conf.id == f"spillway-{stage}"

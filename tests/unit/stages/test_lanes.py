@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import asyncio
+
+from app.stages.lanes import LaneGate
+
+
+async def test_bulk_waits_for_critical_backlog() -> None:
+    gate = LaneGate()
+    gate.set_backlog("critical", 3)
+    assert gate.clear_for("critical") and not gate.clear_for("normal")
+    waiter = asyncio.create_task(gate.wait_turn("bulk"))
+    await asyncio.sleep(0.02)
+    assert not waiter.done()
+    gate.set_backlog("critical", 0)
+    await asyncio.wait_for(waiter, 1)
+
+
+async def test_active_higher_lane_blocks_lower() -> None:
+    gate = LaneGate()
+    gate.enter("normal")
+    assert gate.clear_for("critical") and gate.clear_for("normal")
+    assert not gate.clear_for("bulk")
+    gate.leave("normal")
+    assert gate.clear_for("bulk")

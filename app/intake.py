@@ -145,9 +145,7 @@ def attach(app: Any, runtime: Runtime) -> None:
             try:
                 body = await read_body(request, settings.intake_max_body_bytes)
                 events = parse_batch(body, settings.intake_max_batch)
-                items = [
-                    (key_of(e), json.dumps(e, separators=(",", ":")).encode()) for e in events
-                ]
+                items = [(key_of(e), json.dumps(e, separators=(",", ":")).encode()) for e in events]
                 results = await intake.append(items)
             except IntakeError as exc:
                 return error_response(self, exc)

@@ -53,11 +53,11 @@ PayloadFormat = Literal["avro", "json", "unknown"]
 class RegistryClient(Protocol):
     """The part of confluent-kafka's SchemaRegistryClient that we use."""
 
-    def register_schema(self, subject_name: str, schema: Any, normalize_schemas: bool = ...) -> int:
-        ...
+    def register_schema(
+        self, subject_name: str, schema: Any, normalize_schemas: bool = ...
+    ) -> int: ...
 
-    def get_schema(self, schema_id: int, *args: Any, **kwargs: Any) -> Any:
-        ...
+    def get_schema(self, schema_id: int, *args: Any, **kwargs: Any) -> Any: ...
 
 
 def load_schema_texts(root: Path = SCHEMAS_DIR) -> dict[str, str]:
@@ -182,10 +182,24 @@ class Serde:
 
     async def decode(self, data: bytes, name: str) -> Any:
         """Decode a framed Avro value into the Record of schema ``name``."""
+        schema_id = self._schema_id(data)
+        return self._read(data, schema_id, await self.writer_schema(schema_id), name)
+
+    def decode_known(self, data: bytes, name: str) -> Any:
+        """Like ``decode`` without a registry lookup: the writer must be one we registered."""
+        schema_id = self._schema_id(data)
+        writer = self._writers.get(schema_id)
+        if writer is None:
+            raise DecodeError(f"schema id {schema_id} is not one of ours")
+        return self._read(data, schema_id, writer, name)
+
+    @staticmethod
+    def _schema_id(data: bytes) -> int:
         if len(data) < 5 or data[0] != MAGIC:
             raise DecodeError("value is not Avro in Confluent framing (no magic byte 0)")
-        _, schema_id = _HEADER.unpack_from(data)
-        writer = await self.writer_schema(schema_id)
+        return int(_HEADER.unpack_from(data)[1])
+
+    def _read(self, data: bytes, schema_id: int, writer: ParsedSchema, name: str) -> Any:
         try:
             datum = fastavro.schemaless_reader(io.BytesIO(data[5:]), writer, self.readers[name])
         except fastavro.read.SchemaResolutionError as exc:

@@ -58,6 +58,7 @@ _PART_FILE = re.compile(
     r"\.(?P<ext>txt|html)\.j2"
 )
 _PARTS = {("subject", "txt"): "subject", ("body", "html"): "html", ("body", "txt"): "text"}
+_KINDS = ("subject", "html", "text")
 _VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # C0 controls and DEL left over after whitespace collapsing: never valid in a header.
 _HEADER_JUNK = dict.fromkeys([*range(0x20), 0x7F])
@@ -111,8 +112,8 @@ class _Version:
     by_locale: dict[str, _Parts]
 
     def select(self, locale: str | None) -> _Parts:
-        if locale and self.by_locale:
-            for tag in _locale_candidates(locale):
+        if locale and self.by_locale and isinstance(locale, str):
+            for tag in _locale_candidates(locale[:64]):
                 parts = self.by_locale.get(tag)
                 if parts is not None:
                     return parts
@@ -328,13 +329,14 @@ class TemplateStore:
         locale variants per part, falling back ``de-AT`` -> ``de`` -> default.
         Raises ``UnknownTemplateError`` or ``RenderError``, nothing else.
         """
-        tpl = self._templates.get(template)
+        # isinstance guards: an unhashable name from a bad event must not raise TypeError.
+        tpl = self._templates.get(template) if isinstance(template, str) else None
         if tpl is None:
             raise UnknownTemplateError(
                 f"unknown template {template!r}; known: {', '.join(self.names()) or 'none'}"
             )
         if version:
-            chosen = tpl.versions.get(version)
+            chosen = tpl.versions.get(version) if isinstance(version, str) else None
             if chosen is None:
                 raise UnknownTemplateError(
                     f"template {template!r} has no version {version!r}; "
@@ -371,7 +373,7 @@ class TemplateStore:
     def _get(self, name: str) -> _Template:
         try:
             return self._templates[name]
-        except KeyError:
+        except (KeyError, TypeError):
             raise UnknownTemplateError(
                 f"unknown template {name!r}; known: {', '.join(self.names()) or 'none'}"
             ) from None
@@ -418,7 +420,7 @@ class TemplateStore:
                 kind, path.name, self._compile(f"{name}/{version}/{path.name}")
             )
 
-        missing = [k for k in ("subject", "html", "text") if (k, "") not in found]
+        missing = [k for k in _KINDS if (k, "") not in found]
         if missing:
             files = {"subject": "subject.txt.j2", "html": "body.html.j2", "text": "body.txt.j2"}
             raise TemplateConfigError(
@@ -435,16 +437,18 @@ class TemplateStore:
 
     def _compile(self, loader_name: str) -> jinja2.Template:
         try:
-            return self._env.get_template(loader_name)
+            compiled = self._env.get_template(loader_name)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateConfigError(
                 f"{self.root / loader_name}, line {exc.lineno}: {exc.message}"
             ) from exc
-        except jinja2.TemplateError as exc:
+        except (jinja2.TemplateError, OSError, UnicodeDecodeError) as exc:
             raise TemplateConfigError(f"{self.root / loader_name}: {exc}") from exc
-
-
-_KINDS = ("subject", "html", "text")
+        # Jinja keeps globals as ChainMap(template's, environment's) and flattens it
+        # on every render (~8 us per part here). Ours never change after start-up:
+        # flatten once.
+        compiled.globals = dict(compiled.globals)
+        return compiled
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -494,10 +498,10 @@ def _normalize_locale(tag: str) -> str:
     return tag.split(".", 1)[0].split("@", 1)[0].strip().replace("_", "-").lower()
 
 
-@lru_cache(maxsize=256)  # bounded: locales come from event data
+@lru_cache(maxsize=256)  # bounded (and keys cut to 64 chars): locales come from event data
 def _locale_candidates(locale: str) -> tuple[str, ...]:
     """``"de-AT"`` -> ``("de-at", "de")``: most specific first, no default."""
-    tag = _normalize_locale(locale[:64])
+    tag = _normalize_locale(locale)
     subtags = [s for s in tag.split("-") if s]
     return tuple("-".join(subtags[:n]) for n in range(len(subtags), 0, -1))
 
@@ -505,7 +509,9 @@ def _locale_candidates(locale: str) -> tuple[str, ...]:
 def _clean_subject(raw: str) -> str:
     # Collapse every run of whitespace (newlines included) to one space: a subject
     # is one header line, and a stray CR/LF must never reach the header block.
-    subject = " ".join(raw.split()).translate(_HEADER_JUNK)
+    subject = " ".join(raw.split())
+    if not subject.isprintable():  # rare: NUL and other controls are dropped
+        subject = subject.translate(_HEADER_JUNK)
     return subject[:MAX_SUBJECT_CHARS]
 
 
@@ -519,7 +525,12 @@ def _describe_failure(template: str, version: str, part: _Part, exc: Exception) 
         detail = f"missing variable: {exc}"
     else:
         detail = f"{type(exc).__name__}: {exc}"
-    return f"{where}: {detail}"
+    return f"{where}: {_shorten(detail)}"
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    # Messages quote event data and end up in dead letters and logs: keep them short.
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _template_line(exc: BaseException, filename: str | None) -> int | None:
@@ -552,7 +563,9 @@ def validate_address(address: str) -> str:
     try:
         checked = validate_email(candidate, check_deliverability=False)
     except EmailNotValidError as exc:
-        raise ValidationError(f"invalid email address {candidate!r}: {exc}") from None
+        raise ValidationError(
+            f"invalid email address {_shorten(repr(candidate), 100)}: {exc}"
+        ) from None
     return checked.normalized
 
 
@@ -578,7 +591,9 @@ def validate_sender(sender: str) -> str:
     if len(name) >= 2 and name[0] == name[-1] == '"':
         name = re.sub(r"\\(.)", r"\1", name[1:-1])
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
-        raise ValidationError(f"invalid sender {text!r}: control characters in the name")
+        raise ValidationError(
+            f"invalid sender {_shorten(repr(text), 100)}: control characters in the name"
+        )
     address = validate_address(match["addr"])
     if not name:
         return address

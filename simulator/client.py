@@ -139,10 +139,13 @@ class _AsyncBase:
         *,
         offset: int | None = None,
         key: str | None = None,
-    ) -> list[JSON]:
-        """Ledger entries (acceptance order), filtered by received_at > since and key."""
+    ) -> JSON:
+        """``{"total", "matched", "offset", "count", "entries": [...]}``.
+
+        Entries are in acceptance order, filtered by ``received_at > since`` and ``key``.
+        """
         params = _ledger_params(since, limit, offset, key)
-        result: list[JSON] = (await self._call("GET", self.PATHS.ledger, params=params))["entries"]
+        result: JSON = await self._call("GET", self.PATHS.ledger, params=params)
         return result
 
     async def ledger_summary(self, since: float | None = None) -> JSON:
@@ -260,9 +263,9 @@ class _SyncBase:
         *,
         offset: int | None = None,
         key: str | None = None,
-    ) -> list[JSON]:
+    ) -> JSON:
         params = _ledger_params(since, limit, offset, key)
-        result: list[JSON] = self._call("GET", self.PATHS.ledger, params=params)["entries"]
+        result: JSON = self._call("GET", self.PATHS.ledger, params=params)
         return result
 
     def ledger_summary(self, since: float | None = None) -> JSON:

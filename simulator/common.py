@@ -337,6 +337,27 @@ def _query_int(query: Mapping[str, str], name: str) -> int | None:
     return value
 
 
+async def ledger_response(
+    request: web.Request, head: JSON, entries: Sequence[Any], chunk: int = 2000
+) -> web.StreamResponse:
+    """``head`` plus ``"entries": [e.to_json(), ...]`` as one JSON object.
+
+    Large pages are written in chunks so a full 300k-entry dump (seconds of CPU)
+    does not stall traffic on the same loop.
+    """
+    if len(entries) <= chunk:
+        return json_response({**head, "entries": [e.to_json() for e in entries]})
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    await response.write(dumps(head)[:-1] + b',"entries":[')
+    for i in range(0, len(entries), chunk):
+        part = dumps([e.to_json() for e in entries[i : i + chunk]])[1:-1]
+        await response.write((b"," if i else b"") + part)
+    await response.write(b"]}")
+    await response.write_eof()
+    return response
+
+
 # --- statistics -----------------------------------------------------------------------
 
 

@@ -45,7 +45,6 @@ from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
-from typing import Any, ClassVar
 
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -62,6 +61,7 @@ from simulator.common import (
     control_error_middleware,
     error_response,
     json_response,
+    ledger_response,
     load_json_file,
     nonneg_float,
     opt_int,
@@ -94,15 +94,18 @@ class SinkConfig(ConfigBase):
     seed: int | None = None
     data_size_limit: int = 10 * 1024 * 1024
 
-    CONVERTERS: ClassVar[dict[str, Callable[[str, Any], Any]]] = {
-        "reject_local_prefixes": str_tuple,
-        "reject_domains": str_tuple,
-        "reject_regex": opt_regex,
-        "transient_error_rate": probability,
-        "latency_ms": nonneg_float,
-        "seed": opt_int,
-        "data_size_limit": pos_int,
-    }
+
+# One converter per field; set after the class body: a ClassVar annotation inside a
+# dataclass is misread when this module runs as __main__ under a wrapper (cProfile).
+SinkConfig.CONVERTERS = {
+    "reject_local_prefixes": str_tuple,
+    "reject_domains": str_tuple,
+    "reject_regex": opt_regex,
+    "transient_error_rate": probability,
+    "latency_ms": nonneg_float,
+    "seed": opt_int,
+    "data_size_limit": pos_int,
+}
 
 
 class SinkEntry:
@@ -339,7 +342,7 @@ async def get_stats(request: web.Request) -> web.Response:
     return json_response(request.app[STATE_KEY].stats_json(series, seconds))
 
 
-async def get_ledger(request: web.Request) -> web.Response:
+async def get_ledger(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     try:
         query = LedgerQuery.parse(request.query)
@@ -352,8 +355,8 @@ async def get_ledger(request: web.Request) -> web.Response:
         out["messages"] = sum(e.count for e in matched)
         return json_response(out)
     page = query.page(matched)
-    out.update(offset=query.offset, count=len(page), entries=[e.to_json() for e in page])
-    return json_response(out)
+    out.update(offset=query.offset, count=len(page))
+    return await ledger_response(request, out, page)
 
 
 async def get_duplicates(request: web.Request) -> web.Response:

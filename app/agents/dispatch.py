@@ -27,7 +27,7 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
     settings = runtime.settings
     topology = runtime.topology
     ledger = Ledger(declare_table(app, settings.topic_partitions))
-    gate = LaneGate()
+    gate = LaneGate(start_unknown=True)
     next_offset: dict[Any, int] = {}  # TP -> next offset to handle, as seen by this worker
     holder: dict[str, DispatchStage] = {}
 
@@ -64,32 +64,34 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                 finally:
                     gate.leave(lane)
 
-        return app.agent(
-            topology.topics[LANES[lane]], name=f"dispatch-{lane}", concurrency=1
-        )(dispatch)
+        return app.agent(topology.topics[LANES[lane]], name=f"dispatch-{lane}", concurrency=1)(
+            dispatch
+        )
 
     agents = [lane_agent(lane) for lane in PRIORITIES]
 
+    earliest: dict[Any, int] = {}
+
     @app.timer(BACKLOG_EVERY_S, name="dispatch-lane-backlog")
     async def lane_backlog() -> None:
+        # Highwaters come from fetch responses (no request); a partition's start is
+        # what this worker handled, else the committed offset, else its earliest.
         consumer = app.consumer
         assigned = consumer.assignment()
         committed = getattr(consumer, "_committed_offset", {})
         for lane in PRIORITIES[:-1]:  # the lowest lane waits on no one
             name = topology.name(LANES[lane])
-            tps = [tp for tp in assigned if tp.topic == name]
-            if not tps:
-                gate.set_backlog(lane, 0)
-                continue
-            ends = await consumer.highwaters(*tps)
-            starts: dict[Any, int | None] = {
-                tp: max(next_offset.get(tp, -1), committed.get(tp) or -1) for tp in tps
-            }
-            unknown = [tp for tp, s in starts.items() if s is None or s < 0]
-            if unknown:
-                starts.update(await consumer.earliest_offsets(*unknown))
-            gate.set_backlog(
-                lane, sum(max(0, (ends.get(tp) or 0) - (starts[tp] or 0)) for tp in tps)
-            )
+            backlog = 0
+            for tp in (tp for tp in assigned if tp.topic == name):
+                end = consumer.highwater(tp)
+                start = max(next_offset.get(tp, -1), committed.get(tp) or -1)
+                if start < 0:
+                    if tp not in earliest:
+                        earliest.update(await consumer.earliest_offsets(tp))
+                    start = earliest.get(tp, 0)
+                if end is None:
+                    end = start + 1  # not fetched yet: assume work until we know
+                backlog += max(0, end - start)
+            gate.set_backlog(lane, backlog)
 
     return agents

@@ -38,5 +38,5 @@ class DeadLetter(faust.Record, serializer="json"):
     source: str | None = None
     provider: str | None = None
     priority: str | None = None
-    history: list[Attempt] = []  # noqa: RUF012
+    history: list[Attempt] = []
     replayed: int = 0

@@ -28,4 +28,4 @@ class DispatchRequest(faust.Record, serializer="json"):
     attempts: int = 0
     not_before: int | None = None
     provider: str | None = None
-    history: list[Attempt] = []  # noqa: RUF012
+    history: list[Attempt] = []

@@ -19,7 +19,7 @@ class RawEvent(faust.Record, serializer="json"):
     template: str
     to: str
     priority: str = "normal"
-    data: dict[str, Any] = {}  # noqa: RUF012
+    data: dict[str, Any] = {}
     data_json: str | None = None
     source: str = "unknown"
     template_version: str | None = None

@@ -48,8 +48,12 @@ class SmtpProvider:
     ) -> None:
         self.name = name
         self._kw = dict(
-            hostname=host, port=port, username=username, password=password,
-            start_tls=start_tls, timeout=timeout_s,
+            hostname=host,
+            port=port,
+            username=username,
+            password=password,
+            start_tls=start_tls,
+            timeout=timeout_s,
         )
         self._pool: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
         self._slots = asyncio.Semaphore(pool_size)
@@ -93,14 +97,16 @@ class SmtpProvider:
             code = min((r.code for r in exc.recipients), default=550)
             detail = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
             cls = PermanentProviderError if code >= 500 else TransientProviderError
-            raise cls(f"{self.name}: recipient refused: {detail}", provider=self.name,
-                      status=code) from exc
+            raise cls(
+                f"{self.name}: recipient refused: {detail}", provider=self.name, status=code
+            ) from exc
         except aiosmtplib.SMTPResponseException as exc:
             healthy = exc.code < 500 or exc.code >= 550
             cls = PermanentProviderError if exc.code >= 500 else TransientProviderError
-            raise cls(f"{self.name}: {exc.code} {exc.message}", provider=self.name,
-                      status=exc.code) from exc
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            raise cls(
+                f"{self.name}: {exc.code} {exc.message}", provider=self.name, status=exc.code
+            ) from exc
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             raise TransientProviderError(
                 f"{self.name}: {type(exc).__name__}: {exc}", provider=self.name
             ) from exc

@@ -69,10 +69,19 @@ class DispatchStage:
             req: DispatchRequest = await self.serde.decode(payload, "dispatch_request")
         except Exception as exc:
             self.stats.dead += 1
-            return Emission(DEAD, origin.key, dead_letter(
-                exc, stage="dispatch", origin=origin, payload=payload,
-                payload_format="avro", at_ms=now_ms(self.clock), priority=lane,
-            ))
+            return Emission(
+                DEAD,
+                origin.key,
+                dead_letter(
+                    exc,
+                    stage="dispatch",
+                    origin=origin,
+                    payload=payload,
+                    payload_format="avro",
+                    at_ms=now_ms(self.clock),
+                    priority=lane,
+                ),
+            )
         event_id = req.event_id
         entry = self.ledger.get(event_id)
         if (entry is not None and entry.state == "sent") or event_id in self._in_flight:
@@ -99,31 +108,49 @@ class DispatchStage:
                 self.ledger.mark_failed(req.event_id, provider)
                 self.stats.dead += 1
                 at = now_ms(self.clock)
-                history = [*req.history, attempt_of(exc, stage="dispatch", at_ms=at,
-                                                    provider=provider)]
-                return Emission(DEAD, req.event_id.encode(), dead_letter(
-                    exc, stage="dispatch", origin=origin, payload=payload,
-                    payload_format="avro", at_ms=at, event_id=req.event_id,
-                    template=req.template, template_version=req.template_version,
-                    source=req.source, provider=provider, priority=req.priority,
-                    history=history,
-                ))
+                history = [
+                    *req.history,
+                    attempt_of(exc, stage="dispatch", at_ms=at, provider=provider),
+                ]
+                return Emission(
+                    DEAD,
+                    req.event_id.encode(),
+                    dead_letter(
+                        exc,
+                        stage="dispatch",
+                        origin=origin,
+                        payload=payload,
+                        payload_format="avro",
+                        at_ms=at,
+                        event_id=req.event_id,
+                        template=req.template,
+                        template_version=req.template_version,
+                        source=req.source,
+                        provider=provider,
+                        priority=req.priority,
+                        history=history,
+                    ),
+                )
         self.ledger.mark_sent(req.event_id, provider, receipt.message_id)
         self.stats.sent += 1
         sent_at = now_ms(self.clock)
-        return Emission(SENT, req.event_id.encode(), SendResult(
-            event_id=req.event_id,
-            priority=req.priority,
-            provider=receipt.provider,
-            provider_message_id=receipt.message_id,
-            attempts=req.attempts + 1,
-            provider_latency_ms=receipt.latency_s * 1000.0,
-            time_to_send_ms=float(sent_at - req.accepted_at),
-            template=req.template,
-            template_version=req.template_version,
-            source=req.source,
-            created_at=req.created_at,
-            accepted_at=req.accepted_at,
-            sent_at=sent_at,
-            replay=req.replay,
-        ))
+        return Emission(
+            SENT,
+            req.event_id.encode(),
+            SendResult(
+                event_id=req.event_id,
+                priority=req.priority,
+                provider=receipt.provider,
+                provider_message_id=receipt.message_id,
+                attempts=req.attempts + 1,
+                provider_latency_ms=receipt.latency_s * 1000.0,
+                time_to_send_ms=float(sent_at - req.accepted_at),
+                template=req.template,
+                template_version=req.template_version,
+                source=req.source,
+                created_at=req.created_at,
+                accepted_at=req.accepted_at,
+                sent_at=sent_at,
+                replay=req.replay,
+            ),
+        )

@@ -9,14 +9,16 @@ decides.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from app.models import PRIORITIES
 
 
 class LaneGate:
-    def __init__(self, lanes: tuple[str, ...] = PRIORITIES) -> None:
+    def __init__(self, lanes: tuple[str, ...] = PRIORITIES, *, start_unknown: bool = False) -> None:
+        """``start_unknown``: higher lanes count as busy until their backlog is first set."""
         self.lanes = lanes
-        self.backlog: dict[str, int] = dict.fromkeys(lanes, 0)
+        self.backlog: dict[str, int] = dict.fromkeys(lanes, 1 if start_unknown else 0)
         self.active: dict[str, int] = dict.fromkeys(lanes, 0)
         self._changed = asyncio.Event()
 
@@ -45,7 +47,5 @@ class LaneGate:
     async def wait_turn(self, lane: str, poll_s: float = 0.05) -> None:
         """Return once no higher lane has work. Polls too, in case a figure goes stale."""
         while not self.clear_for(lane):
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), poll_s)
-            except TimeoutError:
-                pass

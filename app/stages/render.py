@@ -44,7 +44,10 @@ class RenderStage:
             if not isinstance(exc, SpillwayError):
                 log.warning(
                     "render: unexpected error at %s/%s:%s",
-                    origin.topic, origin.partition, origin.offset, exc_info=exc,
+                    origin.topic,
+                    origin.partition,
+                    origin.offset,
+                    exc_info=exc,
                 )
             return Emission(
                 DEAD,

@@ -40,8 +40,15 @@ class Ledger:
             return None
         return Entry(raw["s"], raw.get("p"), raw.get("m"), raw.get("t", 0.0))
 
-    def _put(self, event_id: str, state: State, provider: str | None, message_id: str | None) -> None:
-        self.table[event_id.encode()] = {"s": state, "p": provider, "m": message_id, "t": time.time()}
+    def _put(
+        self, event_id: str, state: State, provider: str | None, message_id: str | None
+    ) -> None:
+        self.table[event_id.encode()] = {
+            "s": state,
+            "p": provider,
+            "m": message_id,
+            "t": time.time(),
+        }
 
     def mark_in_flight(self, event_id: str, provider: str) -> None:
         self._put(event_id, "in_flight", provider, None)

@@ -39,18 +39,28 @@ async def test_avro_round_trip_with_nested_data(serde: Serde) -> None:
 async def test_older_writer_schema_resolves(serde: Serde, registry: Any) -> None:
     # A producer on a smaller, older schema: missing optional fields get defaults.
     old = {
-        "type": "record", "name": "RawEvent", "namespace": "dev.spillway",
-        "fields": [{"name": "event_id", "type": "string"}, {"name": "template", "type": "string"},
-                   {"name": "to", "type": "string"}],
+        "type": "record",
+        "name": "RawEvent",
+        "namespace": "dev.spillway",
+        "fields": [
+            {"name": "event_id", "type": "string"},
+            {"name": "template", "type": "string"},
+            {"name": "to", "type": "string"},
+        ],
     }
     schema_id = registry.register_schema("other-subject", Schema(json.dumps(old), "AVRO"))
     buf = io.BytesIO()
     buf.write(struct.pack(">bI", 0, schema_id))
-    fastavro.schemaless_writer(buf, fastavro.parse_schema(old),
-                               {"event_id": "e2", "template": "t", "to": "x@y.example"})
+    fastavro.schemaless_writer(
+        buf, fastavro.parse_schema(old), {"event_id": "e2", "template": "t", "to": "x@y.example"}
+    )
     event, _ = await serde.decode_raw(buf.getvalue())
-    assert (event.event_id, event.priority, event.source, event.data) == ("e2", "normal",
-                                                                          "unknown", {})
+    assert (event.event_id, event.priority, event.source, event.data) == (
+        "e2",
+        "normal",
+        "unknown",
+        {},
+    )
 
 
 async def test_unknown_schema_id_is_a_decode_error(serde: Serde) -> None:
@@ -76,12 +86,21 @@ def test_json_event_parses_with_defaults() -> None:
         (b"[1, 2]", DecodeError, "neither Avro"),
         (b"{not json", DecodeError, "not valid UTF-8 JSON"),
         (b'{"template":"t","to":"a@b.c"}', SchemaError, "'event_id' must be"),
-        (b'{"event_id":"e","template":"t","to":"a@b.c","priority":"urgent"}', SchemaError,
-         "'priority' must be one of"),
-        (b'{"event_id":"e","template":"t","to":"a@b.c","data":[1]}', SchemaError,
-         "'data' must be an object"),
-        (b'{"event_id":"e","template":"t","to":"a@b.c","created_at":"yesterday"}', SchemaError,
-         "created_at"),
+        (
+            b'{"event_id":"e","template":"t","to":"a@b.c","priority":"urgent"}',
+            SchemaError,
+            "'priority' must be one of",
+        ),
+        (
+            b'{"event_id":"e","template":"t","to":"a@b.c","data":[1]}',
+            SchemaError,
+            "'data' must be an object",
+        ),
+        (
+            b'{"event_id":"e","template":"t","to":"a@b.c","created_at":"yesterday"}',
+            SchemaError,
+            "created_at",
+        ),
     ],
 )
 def test_bad_json_is_rejected_with_a_reason(payload: bytes, error: type, match: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import jinja2
 import pytest
 from jinja2.sandbox import SecurityError
+from markupsafe import Markup
 
 from app.errors import RenderError, UnknownTemplateError, ValidationError
 from app.templating import (
@@ -214,6 +215,43 @@ def test_errors_inside_templates_become_render_errors(
     assert "text part (body.txt.j2, line 1)" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"template": ["order_confirmation"]},
+        {"template": None},
+        {"version": ["v1"]},
+        {"version": 2},
+    ],
+)
+def test_odd_names_from_bad_events_are_unknown_templates(
+    store: TemplateStore, kwargs: dict[str, Any]
+) -> None:
+    args: dict[str, Any] = {"template": "order_confirmation", **kwargs}
+    with pytest.raises(UnknownTemplateError):
+        store.render(args.pop("template"), store.sample_data("order_confirmation"), **args)
+
+
+def test_odd_locale_falls_back_to_default(store: TemplateStore) -> None:
+    data = store.sample_data("order_confirmation")
+    out = store.render("order_confirmation", data, locale=42)  # type: ignore[arg-type]
+    assert out.subject.startswith("Spillway Shop: your order")
+
+
+def test_error_messages_quoting_data_are_bounded(tmp_path: Path) -> None:
+    store = make_store(tmp_path, {"body.txt.j2": "{{ amount | money }}"})
+    with pytest.raises(RenderError) as err:
+        store.render("t", {"amount": "x" * 100_000})
+    assert len(str(err.value)) < 500
+
+
+def test_check_reports_samples_that_do_not_render(tmp_path: Path) -> None:
+    manifest = {"latest": "v1", "versions": ["v1"], "sample_data": {}}
+    store = make_store(tmp_path, {"subject.txt.j2": "{{ who }}"}, manifest=manifest)
+    problems = store.check()
+    assert len(problems) == 1 and "'who' is undefined" in problems[0]
+
+
 def test_data_that_is_not_a_mapping_is_a_render_error(store: TemplateStore) -> None:
     with pytest.raises(RenderError, match="mapping"):
         store.render("newsletter", ["not", "a", "dict"])  # type: ignore[arg-type]
@@ -256,6 +294,13 @@ def test_sandbox_blocks_escapes_and_mutation(tmp_path: Path, source: str) -> Non
         store.render("t", data)
     assert isinstance(err.value.__cause__, SecurityError)
     assert data == {"x": "text", "items": [1, 2], "mapping": {"k": "v"}}
+
+
+def test_dotted_lookup_prefers_data_keys_over_dict_methods(tmp_path: Path) -> None:
+    source = "{{ order.items }}|{% for k, v in m.items() %}{{ k }}={{ v }}{% endfor %}"
+    store = make_store(tmp_path, {"body.txt.j2": source})
+    out = store.render("t", {"order": {"items": "3 mugs"}, "m": {"a": 1}})
+    assert out.text == "3 mugs|a=1"
 
 
 def test_unsafe_link_schemes_are_refused(store: TemplateStore) -> None:
@@ -369,6 +414,10 @@ def test_missing_root_fails_at_load(tmp_path: Path) -> None:
 )
 def test_money(amount: Any, currency: str, expected: str) -> None:
     assert money(amount, currency) == expected
+
+
+def test_money_accepts_subclasses_like_markup() -> None:
+    assert money(Markup("7.5"), "EUR") == "7.50 EUR"
 
 
 def test_money_defaults_to_usd() -> None:

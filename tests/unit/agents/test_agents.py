@@ -34,8 +34,13 @@ def make_app(stage: str, registry: Any) -> tuple[Any, list[Emission]]:
 async def test_render_agent_renders_and_dead_letters(registry: Any) -> None:
     app, out = make_app("render", registry)
     sample = TemplateStore(Settings().templates_dir).sample_data("newsletter")
-    good = {"event_id": "n1", "template": "newsletter", "to": "a@b.example",
-            "priority": "bulk", "data": sample}
+    good = {
+        "event_id": "n1",
+        "template": "newsletter",
+        "to": "a@b.example",
+        "priority": "bulk",
+        "data": sample,
+    }
     async with app.agents["render"].test_context() as agent:
         await agent.put(json.dumps(good).encode(), key=b"n1")
         await agent.put(b"not an event", key=b"n2")
@@ -48,10 +53,20 @@ async def test_route_agent_picks_lane(registry: Any) -> None:
     serde = app.spillway.serde  # type: ignore[attr-defined]
     from app.models import RenderedEmail
 
-    email = RenderedEmail(event_id="r1", priority="critical", to="a@b.example",
-                          from_address="s@b.example", subject="s", html="h", text="t",
-                          template="password_reset", template_version="v1", source="x",
-                          accepted_at=1, rendered_at=2)
+    email = RenderedEmail(
+        event_id="r1",
+        priority="critical",
+        to="a@b.example",
+        from_address="s@b.example",
+        subject="s",
+        html="h",
+        text="t",
+        template="password_reset",
+        template_version="v1",
+        source="x",
+        accepted_at=1,
+        rendered_at=2,
+    )
     async with app.agents["route"].test_context() as agent:
         await agent.put(serde.encode("email.rendered", email), key=b"r1")
     assert [e.topic for e in out] == ["dispatch.critical"]

@@ -62,7 +62,9 @@ def check_record(record: type, schema: dict[str, Any]) -> None:
     defaults = record._options.defaults  # type: ignore[attr-defined]
     for f in fields:
         name = f["name"]
-        assert matches(hints[name], f["type"]), f"{record.__name__}.{name}: {hints[name]} vs {f['type']}"
+        assert matches(hints[name], f["type"]), (
+            f"{record.__name__}.{name}: {hints[name]} vs {f['type']}"
+        )
         if "default" in f:
             assert name in defaults, f"{record.__name__}.{name} needs default {f['default']!r}"
             assert defaults[name] == f["default"], f"{record.__name__}.{name} default"

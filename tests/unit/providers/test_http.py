@@ -10,15 +10,23 @@ from app.providers.base import OutboundEmail
 from app.providers.http import HttpProvider
 
 EMAIL = OutboundEmail(
-    event_id="e-1", to="a@b.example", from_address="s@b.example", subject="Hi",
-    html="<p>h</p>", text="h", priority="critical", source="src", template="t",
+    event_id="e-1",
+    to="a@b.example",
+    from_address="s@b.example",
+    subject="Hi",
+    html="<p>h</p>",
+    text="h",
+    priority="critical",
+    source="src",
+    template="t",
     template_version="v1",
 )
 
 
 def provider(handler: object) -> HttpProvider:
-    return HttpProvider(name="sim", base_url="http://sim", api_key="k",
-                        transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
+    return HttpProvider(
+        name="sim", base_url="http://sim", api_key="k", transport=httpx.MockTransport(handler)
+    )  # type: ignore[arg-type]
 
 
 async def test_sends_sendgrid_shaped_request_with_idempotency_key() -> None:
@@ -26,9 +34,15 @@ async def test_sends_sendgrid_shaped_request_with_idempotency_key() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(202, headers={"X-Message-Id": "m1", "X-RateLimit-Limit": "100",
-                                            "X-RateLimit-Remaining": "7",
-                                            "X-RateLimit-Reset": "1700000000"})
+        return httpx.Response(
+            202,
+            headers={
+                "X-Message-Id": "m1",
+                "X-RateLimit-Limit": "100",
+                "X-RateLimit-Remaining": "7",
+                "X-RateLimit-Reset": "1700000000",
+            },
+        )
 
     receipt = await provider(handler).send(EMAIL)
     req = seen[0]

@@ -37,15 +37,25 @@ class FakeProvider:
 
 def request(event_id: str = "e-1", priority: str = "normal") -> DispatchRequest:
     return DispatchRequest(
-        event_id=event_id, priority=priority, to="a@b.example", from_address="s@b.example",
-        subject="s", html="<p>h</p>", text="h", template="t", template_version="v1",
-        source="src", accepted_at=1_000, rendered_at=1_100,
+        event_id=event_id,
+        priority=priority,
+        to="a@b.example",
+        from_address="s@b.example",
+        subject="s",
+        html="<p>h</p>",
+        text="h",
+        template="t",
+        template_version="v1",
+        source="src",
+        accepted_at=1_000,
+        rendered_at=1_100,
     )
 
 
 def make(serde: Serde, provider: FakeProvider, table: dict | None = None) -> DispatchStage:
-    return DispatchStage(serde, provider, Ledger({} if table is None else table), LaneGate(),
-                         clock=lambda: 2.5)
+    return DispatchStage(
+        serde, provider, Ledger({} if table is None else table), LaneGate(), clock=lambda: 2.5
+    )
 
 
 async def test_sends_and_records_result(serde: Serde) -> None:
@@ -56,7 +66,10 @@ async def test_sends_and_records_result(serde: Serde) -> None:
     result = out.value
     assert isinstance(result, SendResult)
     assert (result.provider_message_id, result.attempts, result.time_to_send_ms) == (
-        "m-e-1", 1, 1_500.0)
+        "m-e-1",
+        1,
+        1_500.0,
+    )
     assert provider.calls[0].event_id == "e-1"
     assert stage.ledger.get("e-1").state == "sent"  # type: ignore[union-attr]
 
@@ -82,7 +95,8 @@ async def test_in_flight_from_a_crash_is_sent_again_with_same_key(serde: Serde) 
     table = {b"e-1": {"s": "in_flight", "p": "fake", "m": None, "t": 0}}
     provider = FakeProvider()
     out = await make(serde, provider, table).handle(
-        serde.encode("email.dispatch.normal", request()), ORIGIN, "normal")
+        serde.encode("email.dispatch.normal", request()), ORIGIN, "normal"
+    )
     assert out is not None and out.topic == "sent"
     assert provider.calls[0].event_id == "e-1"
 
@@ -90,10 +104,12 @@ async def test_in_flight_from_a_crash_is_sent_again_with_same_key(serde: Serde) 
 @pytest.mark.parametrize(
     ("error", "reason", "retriable"),
     [
-        (PermanentProviderError("bad rcpt", provider="fake", status=400), "provider_rejected",
-         False),
-        (TransientProviderError("503", provider="fake", status=503), "provider_unavailable",
-         True),
+        (
+            PermanentProviderError("bad rcpt", provider="fake", status=400),
+            "provider_rejected",
+            False,
+        ),
+        (TransientProviderError("503", provider="fake", status=503), "provider_unavailable", True),
     ],
 )
 async def test_failure_is_a_dead_letter_with_history(
@@ -103,8 +119,7 @@ async def test_failure_is_a_dead_letter_with_history(
     out = await stage.handle(serde.encode("email.dispatch.normal", request()), ORIGIN, "normal")
     assert out is not None and out.topic == "dead"
     dl = out.value
-    assert (dl.reason, dl.retriable, dl.provider, dl.event_id) == (reason, retriable, "fake",
-                                                                   "e-1")
+    assert (dl.reason, dl.retriable, dl.provider, dl.event_id) == (reason, retriable, "fake", "e-1")
     assert len(dl.history) == 1 and dl.history[0].reason == reason
     assert stage.ledger.get("e-1").state == "failed"  # type: ignore[union-attr]
 

@@ -23,3 +23,11 @@ async def test_active_higher_lane_blocks_lower() -> None:
     assert not gate.clear_for("bulk")
     gate.leave("normal")
     assert gate.clear_for("bulk")
+
+
+def test_unknown_backlog_blocks_until_first_figure() -> None:
+    gate = LaneGate(start_unknown=True)
+    assert not gate.clear_for("bulk")
+    gate.set_backlog("critical", 0)
+    gate.set_backlog("normal", 0)
+    assert gate.clear_for("bulk")

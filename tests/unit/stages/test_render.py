@@ -46,8 +46,13 @@ async def test_json_event_is_rendered(stage: RenderStage) -> None:
 
 async def test_avro_event_with_nested_order_lines(stage: RenderStage, serde: Serde) -> None:
     data = STORE.sample_data("order_confirmation")
-    raw = RawEvent(event_id="e-2", template="order_confirmation", to="bo@example.com",
-                   data=data, template_version="v1")
+    raw = RawEvent(
+        event_id="e-2",
+        template="order_confirmation",
+        to="bo@example.com",
+        data=data,
+        template_version="v1",
+    )
     out = await stage.handle(serde.encode("email.raw-events", raw), ORIGIN)
     assert out.topic == "rendered"
     assert out.value.template_version == "v1"
@@ -81,15 +86,17 @@ async def test_bad_events_become_dead_letters(
     dl = out.value
     assert isinstance(dl, DeadLetter)
     assert dl.reason == reason and dl.stage == "render" and not dl.retriable
-    assert (dl.original_topic, dl.original_partition, dl.original_offset) == ("email.raw-events",
-                                                                              2, 41)
+    assert (dl.original_topic, dl.original_partition, dl.original_offset) == (
+        "email.raw-events",
+        2,
+        41,
+    )
     assert dl.payload == payload and dl.message
     assert dl.event_id in ("e-1", "k1")
 
 
 async def test_missing_variable_names_it(stage: RenderStage) -> None:
-    out = await stage.handle(json.dumps(reset_event(data={"user": {"name": "A"}})).encode(),
-                             ORIGIN)
+    out = await stage.handle(json.dumps(reset_event(data={"user": {"name": "A"}})).encode(), ORIGIN)
     assert out.value.reason == "render_error"
     assert "reset_url" in out.value.message or "undefined" in out.value.message
 

@@ -12,16 +12,24 @@ ORIGIN = Origin("email.rendered", 0, 7, None, b"e")
 
 def rendered(priority: str) -> RenderedEmail:
     return RenderedEmail(
-        event_id="e", priority=priority, to="a@b.example", from_address="s@b.example",
-        subject="s", html="<p>h</p>", text="h", template="t", template_version="v1",
-        source="src", accepted_at=1, rendered_at=2,
+        event_id="e",
+        priority=priority,
+        to="a@b.example",
+        from_address="s@b.example",
+        subject="s",
+        html="<p>h</p>",
+        text="h",
+        template="t",
+        template_version="v1",
+        source="src",
+        accepted_at=1,
+        rendered_at=2,
     )
 
 
 @pytest.mark.parametrize("priority", ["critical", "normal", "bulk"])
 async def test_routes_by_priority(serde: Serde, priority: str) -> None:
-    out = await RouteStage(serde).handle(serde.encode("email.rendered", rendered(priority)),
-                                         ORIGIN)
+    out = await RouteStage(serde).handle(serde.encode("email.rendered", rendered(priority)), ORIGIN)
     assert out.topic == f"dispatch.{priority}" and out.key == b"e"
     assert isinstance(out.value, DispatchRequest)
     assert out.value.attempts == 0 and out.value.subject == "s"

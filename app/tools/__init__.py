@@ -1,0 +1,1 @@
+"""Operator and test tooling: burst generation, stage worker processes, result tallies."""

@@ -1,0 +1,114 @@
+"""Integration tier: the real broker, registry, provider simulator and SMTP sink.
+
+The session fixture runs ``scripts/stack up`` (idempotent) and, if it started
+the stack, stops it at the end. Each test gets its own topic namespace and app
+ids, so tests never see each other's messages.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from app.serde import Serde
+from app.settings import PROJECT_ROOT, Settings
+from app.templating import TemplateStore
+from app.tools.observe import Observer
+from app.tools.workers import Workers
+from app.topology import TOPICS
+from simulator.client import SyncSimulatorClient, SyncSmtpSinkClient
+
+STACK = [sys.executable, str(PROJECT_ROOT / "scripts" / "stack")]
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[None]:
+    running = subprocess.run([*STACK, "status"], capture_output=True).returncode == 0
+    if not running:
+        subprocess.run([*STACK, "up"], check=True)
+    yield
+    if not running:
+        subprocess.run([*STACK, "down"], check=False)
+
+
+class Env:
+    """One test's namespace: settings, serde, producer, observer, workers."""
+
+    def __init__(self, name: str) -> None:
+        ns = f"t{uuid.uuid4().hex[:8]}"
+        self.ns = ns
+        self.overrides = {
+            "SPILLWAY_TOPIC_NAMESPACE": f"{ns}.",
+            "SPILLWAY_APP_ID_PREFIX": ns,
+        }
+        self.settings = Settings(topic_namespace=f"{ns}.", app_id_prefix=ns)
+        registry = SchemaRegistryClient({"url": self.settings.schema_registry_url})
+        self.serde = Serde(registry, {self.topic(t): s for t, s in TOPICS.values()})
+        self.serde.register()
+        self.producer = Producer(
+            {"bootstrap.servers": self.settings.kafka_bootstrap, "linger.ms": 5, "acks": "all"}
+        )
+        self.samples = {
+            n: TemplateStore(self.settings.templates_dir).sample_data(n)
+            for n in ("password_reset", "order_confirmation", "newsletter")
+        }
+        self.workers = Workers(self.overrides, ARTIFACTS / name / ns)
+        self.observer: Observer | None = None
+        self.sim = SyncSimulatorClient("http://127.0.0.1:8030")
+        self.sink = SyncSmtpSinkClient("http://127.0.0.1:8031")
+
+    def topic(self, name: str) -> str:
+        return self.settings.topic(name)
+
+    def produce(self, key: bytes | None, value: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(self.topic("email.raw-events"), key=key, value=value)
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    def observe(self) -> Observer:
+        self.observer = Observer(
+            self.settings.kafka_bootstrap,
+            self.serde,
+            self.topic("email.sent"),
+            self.topic("email.dead"),
+        ).start()
+        return self.observer
+
+    def ledger(self) -> list[dict[str, Any]]:
+        """The simulator's accepted messages that belong to this test."""
+        entries = self.sim.ledger(limit=1_000_000)["entries"]
+        return [e for e in entries if str(e["key"]).startswith(self.ns)]
+
+    def close(self) -> None:
+        self.workers.stop()
+        if self.observer:
+            self.observer.stop()
+        self.producer.flush(10)
+        self.sim.close()
+        self.sink.close()
+
+
+@pytest.fixture
+def env(stack: None, request: pytest.FixtureRequest) -> Iterator[Env]:
+    e = Env(request.node.name.replace("/", "_")[:60])
+    yield e
+    e.close()
+
+
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     workers = Workers(overrides, PROJECT_ROOT / "var" / ns)
     for stage in ("render", "route", "dispatch"):
         workers.add(stage)
+    print("starting one worker per stage (render, route, dispatch) ...", flush=True)
+    if not workers.wait_ready(settings.kafka_bootstrap, ns):
+        print("workers did not join their consumer groups in time", file=sys.stderr)
     observer = Observer(
         settings.kafka_bootstrap, serde, settings.topic("email.sent"), settings.topic("email.dead")
     ).start()
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         observer.stop()
         workers.stop()
+        registry.close()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ Without ``--url`` it starts ``python -m simulator.provider`` on a free port in a
 subprocess (so client and server get a core each), fires ``-n`` distinct Mail Send
 requests over a pool of ``-c`` connections, then prints requests/s, latency
 percentiles, statuses and the simulator's own accepted count.
+
+With ``--client httpx`` the client, not the simulator, is the bottleneck: httpcore
+1.0.9's pool spends O(connections) per request in ``_assign_requests_to_connections``,
+so throughput falls as ``-c`` grows. ``--client aiohttp`` shows the server's capacity.
 """
 
 from __future__ import annotations

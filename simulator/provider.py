@@ -55,6 +55,17 @@ Control API (JSON; errors are ``{"error": "..."}`` with a 4xx):
   keyed by arrival second
 - ``GET /_sim/ledger[?since=T][&key=K][&limit=N][&offset=N][&fields=summary]``
 - ``GET /_sim/ledger/duplicates``: entries with ``requests > 1``
+
+Shapes::
+
+    stats:  {"started_at", "now", "requests", "accepted" (= ledger entries),
+             "duplicate_requests", "in_flight", "ledger_size", "by_status": {"202": n},
+             "per_second": [{"second", "requests", "accepted", "by_status"}]}
+    ledger: {"total", "matched", "offset", "count", "entries": [{"key", "message_id",
+             "to", "from", "subject", "custom_args", "received_at", "accepted_at",
+             "requests"}]}      (fields=summary: {"total", "matched", "duplicates",
+             "requests"})
+    duplicates: {"count", "duplicate_requests", "entries": [...]}
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ The event id goes out as the ``Idempotency-Key`` header and in ``custom_args``.
 from __future__ import annotations
 
 import time
+from email.utils import parseaddr
 from typing import Any
 
 import httpx
@@ -96,9 +97,11 @@ class HttpProvider:
 
 
 def request_body(email: OutboundEmail) -> dict[str, Any]:
+    name, address = parseaddr(email.from_address)
+    sender = {"email": address, "name": name} if name else {"email": address}
     return {
         "personalizations": [{"to": [{"email": email.to}]}],
-        "from": {"email": email.from_address},
+        "from": sender,
         "subject": email.subject,
         "content": [
             {"type": "text/plain", "value": email.text},

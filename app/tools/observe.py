@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from app.models import DeadLetter, SendResult
 from app.serde import Serde
@@ -113,12 +113,15 @@ class Observer:
 
 
 def end_offsets(bootstrap: str, topic: str, partitions: int) -> int:
-    """Sum of the end offsets of a topic (how many records it holds)."""
+    """Sum of the end offsets of a topic (how many records it holds); 0 if it is missing."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "spillway-offsets"})
     try:
         total = 0
         for p in range(partitions):
-            _, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+            try:
+                _, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+            except KafkaException:
+                return 0  # not created yet
             total += max(0, high)
         return total
     finally:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ class Worker:
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "warning"],
+            [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"],
             cwd=PROJECT_ROOT,
             env=self.env,
             stdout=log,
@@ -80,6 +81,29 @@ class Workers:
         worker.start()
         self.workers.append(worker)
         return worker
+
+    def wait_ready(self, bootstrap: str, app_id_prefix: str, timeout: float = 60.0) -> bool:
+        """Wait until every stage's consumer group is stable with all its members."""
+        from confluent_kafka import ConsumerGroupState
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        wanted = Counter(w.stage for w in self.workers if w.stage != "intake")
+        groups = [f"{app_id_prefix}-{stage}" for stage in wanted]
+
+        def ready() -> bool:
+            self.check_alive()
+            futures = admin.describe_consumer_groups(groups, request_timeout=5)
+            for stage, future in zip(wanted, futures.values(), strict=True):
+                try:
+                    desc = future.result()
+                except Exception:
+                    return False
+                if desc.state != ConsumerGroupState.STABLE or len(desc.members) < wanted[stage]:
+                    return False
+            return True
+
+        return wait_until(ready, timeout, interval=0.5)
 
     def check_alive(self) -> None:
         for w in self.workers:

@@ -100,6 +100,7 @@ class Env:
         self.producer.flush(10)
         self.sim.close()
         self.sink.close()
+        self.serde.registry.close()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import aiosmtplib
 import httpx
 import pytest
 from aiohttp.test_utils import TestServer
-from conftest import Proc
+from sim_helpers import Proc
 
 from simulator.client import (
     SimulatorClient,

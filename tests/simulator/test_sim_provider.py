@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import T0, Sim
+from sim_helpers import T0, Sim
 
 from simulator.provider import (
     STATE_KEY,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from email.message import EmailMessage
+from email.policy import SMTP
 from typing import Any
 
 import aiosmtplib
 import httpx
 import pytest
 
-from simulator.smtp_sink import RunningSink
+from simulator.smtp_sink import _BYTES_HEADERS, RunningSink, _content_types
 
 
 def message(
@@ -175,3 +176,29 @@ async def test_http_api_reset_filters_and_errors(sink: RunningSink) -> None:
     assert stats["messages"] == stats["accepted"] == stats["duplicates"] == 0
     _, ledger = await api(sink, "GET", "/ledger")
     assert ledger["entries"] == []
+
+
+def _types(msg: EmailMessage) -> set[str]:
+    raw = msg.as_bytes(policy=SMTP)  # CRLF line ends, as on the wire
+    return _content_types(_BYTES_HEADERS.parsebytes(raw, headersonly=True))
+
+
+def test_content_types_of_message_shapes() -> None:
+    plain = EmailMessage()
+    plain.set_content("x")
+    assert _types(plain) == {"text/plain"}
+
+    html_only = EmailMessage()
+    html_only.set_content("<p>x</p>", subtype="html")
+    assert _types(html_only) == {"text/html"}
+
+    nested = message()  # multipart/alternative(text, html)
+    nested.add_attachment("<p>attached</p>", subtype="csv", filename="a.csv")
+    nested.add_attachment(b"%PDF", maintype="application", subtype="pdf", filename="a.pdf")
+    assert nested.get_content_type() == "multipart/mixed"
+    assert _types(nested) == {"text/plain", "text/html"}
+
+    attached_html = EmailMessage()
+    attached_html.set_content("x")
+    attached_html.add_attachment("<p>y</p>", subtype="html", filename="y.html")
+    assert _types(attached_html) == {"text/plain"}

@@ -12,7 +12,7 @@ from app.providers.http import HttpProvider
 EMAIL = OutboundEmail(
     event_id="e-1",
     to="a@b.example",
-    from_address="s@b.example",
+    from_address="Shop <s@b.example>",
     subject="Hi",
     html="<p>h</p>",
     text="h",
@@ -52,6 +52,7 @@ async def test_sends_sendgrid_shaped_request_with_idempotency_key() -> None:
     assert req.headers["Idempotency-Key"] == "e-1"
     assert body["personalizations"][0]["to"][0]["email"] == "a@b.example"
     assert body["custom_args"]["event_id"] == "e-1"
+    assert body["from"] == {"email": "s@b.example", "name": "Shop"}
     assert {c["type"] for c in body["content"]} == {"text/plain", "text/html"}
     assert receipt.message_id == "m1"
     assert receipt.rate_limit is not None and receipt.rate_limit.remaining == 7

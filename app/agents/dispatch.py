@@ -13,6 +13,7 @@ import asyncio
 from typing import Any
 
 from app.models import PRIORITIES
+from app.agents.guard import crash_on_error
 from app.runtime import Runtime, build_provider
 from app.stages.common import Origin
 from app.stages.dispatch import DispatchStage
@@ -60,7 +61,8 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             ):
                 gate.enter(lane)
                 try:
-                    await asyncio.gather(*(one(e) for e in events))
+                    with crash_on_error(f"dispatch-{lane}"):
+                        await asyncio.gather(*(one(e) for e in events))
                 finally:
                     gate.leave(lane)
 

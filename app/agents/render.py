@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.agents.guard import crash_on_error
 from app.runtime import Runtime
 from app.stages.common import Origin
 from app.stages.render import RenderStage
@@ -23,7 +24,8 @@ def attach(app: Any, runtime: Runtime) -> Any:
         await runtime.start()
         stage = RenderStage(runtime.serde, templates, settings.default_sender)
         async for event in stream.events():
-            emission = await stage.handle(event.value, Origin.of(event.message))
-            await runtime.emit(emission)
+            with crash_on_error("render"):
+                emission = await stage.handle(event.value, Origin.of(event.message))
+                await runtime.emit(emission)
 
     return app.agent(runtime.topology.topics[RAW], name="render", concurrency=1)(render)

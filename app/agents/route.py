@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.agents.guard import crash_on_error
 from app.runtime import Runtime
 from app.stages.common import Origin
 from app.stages.route import RouteStage
@@ -19,6 +20,7 @@ def attach(app: Any, runtime: Runtime) -> Any:
         await runtime.start()
         stage = RouteStage(runtime.serde)
         async for event in stream.events():
-            await runtime.emit(await stage.handle(event.value, Origin.of(event.message)))
+            with crash_on_error("route"):
+                await runtime.emit(await stage.handle(event.value, Origin.of(event.message)))
 
     return app.agent(runtime.topology.topics[RENDERED], name="route", concurrency=1)(route)

@@ -29,6 +29,10 @@ class Worker:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['SPILLWAY_WEB_PORT']}"
+
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(

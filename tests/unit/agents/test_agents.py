@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -76,3 +77,25 @@ async def test_route_agent_picks_lane(registry: Any) -> None:
 def test_each_stage_has_its_own_app_id(stage: str) -> None:
     app = create_app(Settings(stage=stage))  # type: ignore[arg-type]
     assert app.conf.id == f"spillway-{stage}"
+
+
+async def test_dispatch_agent_sends_through_the_provider(
+    registry: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.agents import dispatch as dispatch_module
+    from tests.unit.stages.test_dispatch import FakeProvider, request
+
+    provider = FakeProvider()
+    table: dict[bytes, Any] = {}  # the ledger table, without a changelog producer
+    monkeypatch.setattr(dispatch_module, "build_provider", lambda settings: provider)
+    monkeypatch.setattr(dispatch_module, "declare_table", lambda app, partitions: table)
+    app, out = make_app("dispatch", registry)
+    serde = app.spillway.serde  # type: ignore[attr-defined]
+    payload = serde.encode("email.dispatch.critical", request("c1", "critical"))
+    async with app.agents["dispatch-critical"].test_context() as agent:
+        await agent.put(payload, key=b"c1")
+        await agent.put(payload, key=b"c1")  # the same event again: suppressed
+        await asyncio.sleep(0.3)  # the lane batches within dispatch_batch_within_s
+    assert [e.topic for e in out] == ["sent"]
+    assert [c.event_id for c in provider.calls] == ["c1"]
+    assert table[b"c1"]["s"] == "sent"

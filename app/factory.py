@@ -11,21 +11,30 @@ from typing import Any
 
 import faust
 
-from app import intake
-from app.agents import dispatch, render, route
+from app import intake, metrics
+from app.agents import deadletters, dispatch, render, route
 from app.runtime import Runtime
 from app.settings import Settings
 from app.topology import declare, stages_of
 
-WEB_PORTS = {"all": 6066, "render": 6067, "route": 6068, "dispatch": 6069, "intake": 8080}
+WEB_PORTS = {
+    "all": 6066,
+    "render": 6067,
+    "route": 6068,
+    "dispatch": 6069,
+    "analyser": 6070,
+    "intake": 8080,
+}
 
 
 def create_app(settings: Settings | None = None, *, registry: Any = None) -> faust.App:
     """Build the app for ``settings.stage``; ``registry`` overrides the registry client."""
     settings = settings or Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = faust.App(
         settings.app_id(),
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=settings.kafka_credentials(),  # SASL / TLS, see settings
         store=settings.store,
         autodiscover=False,
         processing_guarantee="at_least_once",
@@ -39,10 +48,12 @@ def create_app(settings: Settings | None = None, *, registry: Any = None) -> fau
         web_host=settings.web_host,
         web_port=settings.web_port or WEB_PORTS[settings.stage],
         web_enabled=True,
+        datadir=str(settings.data_dir / "{conf.id}"),
     )
     topology = declare(app, settings)
     runtime = Runtime(settings, topology, registry=registry)
     app.spillway = runtime  # type: ignore[attr-defined]
+    metrics.attach(app, runtime)  # /metrics, /status, lag sampling (app/metrics.py)
     for stage in stages_of(settings.stage):
         if stage == "intake":
             intake.attach(app, runtime)
@@ -52,6 +63,8 @@ def create_app(settings: Settings | None = None, *, registry: Any = None) -> fau
             route.attach(app, runtime)
         elif stage == "dispatch":
             dispatch.attach(app, runtime)
+        elif stage == "analyser":
+            deadletters.attach(app, runtime)
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:

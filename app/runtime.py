@@ -11,9 +11,10 @@ import logging
 import time
 from typing import Any
 
+from app import metrics
 from app.providers.base import Provider
 from app.serde import Serde
-from app.settings import Settings
+from app.settings import ProviderPolicy, Settings
 from app.stages.common import Emission
 from app.topology import Topology
 
@@ -27,27 +28,28 @@ def registry_client(settings: Settings) -> Any:
     return SchemaRegistryClient.new_client({"url": settings.schema_registry_url})
 
 
-def build_provider(settings: Settings) -> Provider:
-    if settings.provider == "smtp":
+def build_provider(policy: ProviderPolicy) -> Provider:
+    if policy.kind == "smtp":
         from app.providers.smtp import SmtpProvider
 
         return SmtpProvider(
-            name=settings.provider_name,
-            host=settings.smtp_host,
-            port=settings.smtp_port,
-            username=settings.smtp_username,
-            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
-            start_tls=settings.smtp_starttls,
-            timeout_s=settings.provider_timeout_s,
+            name=policy.name,
+            host=policy.smtp_host,
+            port=policy.smtp_port,
+            username=policy.smtp_username,
+            password=policy.smtp_password.get_secret_value() if policy.smtp_password else None,
+            start_tls=policy.smtp_starttls,
+            timeout_s=policy.timeout_s,
+            pool_size=min(policy.max_in_flight, 16),
         )
     from app.providers.http import HttpProvider
 
     return HttpProvider(
-        name=settings.provider_name,
-        base_url=settings.provider_http_url,
-        api_key=settings.provider_api_key.get_secret_value(),
-        timeout_s=settings.provider_timeout_s,
-        max_connections=settings.dispatch_max_in_flight,
+        name=policy.name,
+        base_url=policy.url,
+        api_key=policy.api_key.get_secret_value(),
+        timeout_s=policy.timeout_s,
+        max_connections=policy.max_in_flight,
     )
 
 
@@ -97,4 +99,6 @@ class Runtime:
     async def emit(self, emission: Emission) -> Any:
         """Produce (buffered; the ack is awaited before the source offset commits)."""
         topic = self.topology.topics[emission.topic]
-        return await topic.send(key=emission.key, value=self.encode(emission))
+        result = await topic.send(key=emission.key, value=self.encode(emission))
+        metrics.emitted(emission, self.settings.stage)  # events out, time-to-send, dead letters
+        return result

@@ -7,14 +7,79 @@ example ``SPILLWAY_KAFKA_BOOTSTRAP``); defaults match the local stack started by
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Stage = Literal["render", "route", "dispatch", "intake", "all"]
+Stage = Literal["render", "route", "dispatch", "intake", "analyser", "all"]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ProviderPolicy(BaseModel):
+    """One email provider: how to reach it and how hard to push it.
+
+    Durations are seconds and can be scaled down in tests. The quota is the
+    provider's; Spillway aims at ``quota_per_s * target_utilisation`` across all
+    dispatch workers together (see app/stages/pressure.py for how it is shared).
+    """
+
+    name: str = Field(description="Provider name, as it appears in results and dead letters.")
+    kind: Literal["http", "smtp"] = Field("http", description="Adapter: http or smtp.")
+    url: str = Field("http://127.0.0.1:8030", description="HTTP API base URL (SendGrid v3).")
+    api_key: SecretStr = Field(SecretStr("sim-key"), description="HTTP API bearer key.")
+    smtp_host: str = Field("127.0.0.1", description="SMTP host.")
+    smtp_port: int = Field(2525, description="SMTP port.")
+    smtp_username: str | None = Field(None, description="SMTP AUTH user (none: no AUTH).")
+    smtp_password: SecretStr | None = Field(None, description="SMTP AUTH password.")
+    smtp_starttls: bool = Field(False, description="Use STARTTLS.")
+    smtp_resend_in_flight: bool = Field(
+        False,
+        description="After a crash, resend SMTP messages found in flight (may duplicate). "
+        "Default: dead-letter them with reason needs_reconciliation.",
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Request timeout.")
+    max_in_flight: int = Field(64, ge=1, description="Most concurrent requests per worker.")
+    quota_per_s: float | None = Field(
+        None, gt=0, description="Provider quota, messages per second (none: unlimited)."
+    )
+    quota_per_day: int | None = Field(
+        None, ge=1, description="Daily quota (informative; the provider's Remaining rules)."
+    )
+    target_utilisation: float = Field(
+        0.85, gt=0, le=1, description="Share of the quota Spillway aims to use."
+    )
+    critical_reserve: float = Field(
+        0.2, ge=0, lt=1, description="Share of the quota that normal and bulk mail may not use."
+    )
+    remaining_threshold: int = Field(
+        100,
+        ge=0,
+        description="When the provider's X-RateLimit-Remaining falls below this, bulk is held "
+        "and normal slowed until the reset; critical keeps flowing.",
+    )
+    breaker_error_threshold: float = Field(
+        0.05, ge=0, le=1, description="Error rate over the window that opens the breaker."
+    )
+    breaker_window_s: float = Field(60.0, gt=0, description="Breaker's sliding window.")
+    breaker_min_requests: int = Field(
+        20, ge=1, description="Requests in the window before the breaker may open."
+    )
+    breaker_cooldown_s: float = Field(30.0, gt=0, description="How long an open breaker waits.")
+    breaker_half_open_probes: int = Field(
+        3, ge=1, description="Successful probes that close a half-open breaker."
+    )
+    retry_backoff_base_s: float = Field(1.0, gt=0, description="First retry delay (doubles).")
+    retry_backoff_cap_s: float = Field(60.0, gt=0, description="Longest retry delay.")
+    fallback: str | None = Field(
+        None, description="Provider to use while this one's breaker is open (none: wait)."
+    )
+
+    @property
+    def rate_per_s(self) -> float | None:
+        return self.quota_per_s * self.target_utilisation if self.quota_per_s else None
 
 
 class Settings(BaseSettings):
@@ -23,9 +88,9 @@ class Settings(BaseSettings):
     # --- process -----------------------------------------------------------
     stage: Stage = Field(
         "all",
-        description="Which stage this worker runs: render, route, dispatch, intake, or all "
-        "(dev mode: every stage in one process). Each stage has its own app id, hence its "
-        "own consumer group.",
+        description="Which stage this worker runs: render, route, dispatch, intake, analyser "
+        "(dead letters), or all (dev mode: every stage in one process). Each stage has its "
+        "own app id, hence its own consumer group.",
     )
     app_id_prefix: str = Field(
         "spillway", description="Prefix of the Faust app id; the app id is '<prefix>-<stage>'."
@@ -51,6 +116,112 @@ class Settings(BaseSettings):
         "memory:// rebuilds them from the changelog at start.",
     )
     producer_linger_ms: int = Field(5, ge=0, description="Producer linger for pipeline output.")
+    data_dir: Path = Field(
+        PROJECT_ROOT / "var" / "faust",
+        description="Faust's data folder (one subfolder per app id).",
+    )
+
+    # --- Kafka security ------------------------------------------------------
+    # Used by the workers (Faust/aiokafka) and by the CLI (confluent-kafka) alike.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How to talk to the brokers: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or "
+        "SASL_SSL (SASL over TLS: the usual choice for managed Kafka).",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism (SASL_* protocols only)."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    kafka_ssl_cafile: Path | None = Field(
+        None,
+        description="CA bundle (PEM) that signed the brokers' certificates; none: the system "
+        "trust store.",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS; needs kafka_ssl_keyfile."
+    )
+    kafka_ssl_keyfile: Path | None = Field(None, description="Client private key (PEM).")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="Password of the client private key, if it is encrypted."
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="Check that the broker's certificate names the host we connect to."
+    )
+
+    # Checked on use, not by a pydantic validator: its errors quote every input, secrets too.
+    def _check_kafka_security(self) -> None:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"kafka_security_protocol={self.kafka_security_protocol} needs "
+                "kafka_sasl_username and kafka_sasl_password"
+            )
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("kafka_ssl_certfile and kafka_ssl_keyfile go together")
+
+    def kafka_ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for SSL and SASL_SSL; None for the plaintext protocols."""
+        self._check_kafka_security()
+        if not self.kafka_security_protocol.endswith("SSL"):
+            return None
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH,
+            cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None,
+        )
+        context.check_hostname = self.kafka_ssl_check_hostname
+        if self.kafka_ssl_certfile and self.kafka_ssl_keyfile:
+            password = self.kafka_ssl_key_password
+            context.load_cert_chain(
+                str(self.kafka_ssl_certfile),
+                str(self.kafka_ssl_keyfile),
+                password.get_secret_value() if password else None,
+            )
+        return context
+
+    def kafka_credentials(self) -> Any:
+        """Faust's ``broker_credentials`` for these settings (None: PLAINTEXT)."""
+        import faust
+
+        self._check_kafka_security()
+        protocol = self.kafka_security_protocol
+        if protocol == "PLAINTEXT":
+            return None
+        if protocol == "SSL":
+            return faust.SSLCredentials(self.kafka_ssl_context())
+        assert self.kafka_sasl_password is not None  # _check_kafka_security
+        return faust.SASLCredentials(
+            username=self.kafka_sasl_username,
+            password=self.kafka_sasl_password.get_secret_value(),
+            ssl_context=self.kafka_ssl_context(),  # None: SASL_PLAINTEXT, else SASL_SSL
+            mechanism=self.kafka_sasl_mechanism,
+        )
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka (confluent-kafka) settings: bootstrap plus security. Holds secrets."""
+        self._check_kafka_security()
+        conf = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol.startswith("SASL"):
+            assert self.kafka_sasl_password is not None
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+            conf["sasl.username"] = self.kafka_sasl_username or ""
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_security_protocol.endswith("SSL"):
+            if self.kafka_ssl_cafile:
+                conf["ssl.ca.location"] = str(self.kafka_ssl_cafile)
+            if self.kafka_ssl_certfile and self.kafka_ssl_keyfile:
+                conf["ssl.certificate.location"] = str(self.kafka_ssl_certfile)
+                conf["ssl.key.location"] = str(self.kafka_ssl_keyfile)
+            if self.kafka_ssl_key_password:
+                conf["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
+            conf["ssl.endpoint.identification.algorithm"] = (
+                "https" if self.kafka_ssl_check_hostname else "none"
+            )
+        return conf
 
     # --- Schema Registry ---------------------------------------------------
     schema_registry_url: str = Field(
@@ -63,7 +234,7 @@ class Settings(BaseSettings):
     web_port: int | None = Field(
         None,
         description="Port of the worker's web server; default by stage: all 6066, render 6067, "
-        "route 6068, dispatch 6069, intake 8080.",
+        "route 6068, dispatch 6069, analyser 6070, intake 8080.",
     )
 
     # --- intake --------------------------------------------------------------
@@ -76,6 +247,44 @@ class Settings(BaseSettings):
     )
     intake_retry_after_s: int = Field(
         5, ge=1, description="Retry-After (seconds) sent with a 503 from intake."
+    )
+    intake_auth: Literal["required", "off"] = Field(
+        "required",
+        description="'required': every intake request must name its integration with an API "
+        "key (Authorization: Bearer <key>, or X-Api-Key) or an HMAC signature "
+        "(X-Spillway-Integration, X-Spillway-Timestamp, X-Spillway-Signature); 'off': no "
+        "checks, for local development only.",
+    )
+    intake_api_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='Integrations and their secrets, as a JSON object {"shop-backend": '
+        '"<secret>", ...}. A secret is the integration\'s API key and its HMAC-SHA256 signing '
+        "key; the integration's name becomes the source of every event it sends. No "
+        "integrations with intake_auth=required: every request is refused (401).",
+    )
+    intake_signature_max_age_s: int = Field(
+        300,
+        ge=1,
+        description="HMAC requests: how far X-Spillway-Timestamp may be from the intake's clock "
+        "(seconds, either way); bounds the replay of a captured request.",
+    )
+    intake_rate_per_s: float = Field(
+        2000.0,
+        ge=0,
+        description="Events per second each integration may append, per intake worker (token "
+        "bucket; a batch costs one token per event). Above it: 429 with Retry-After. "
+        "0: unlimited.",
+    )
+    intake_rate_burst: int = Field(
+        20000,
+        ge=1,
+        description="Token bucket size: how many events an integration may send at once "
+        "before intake_rate_per_s applies.",
+    )
+    intake_rate_limits: dict[str, float] = Field(
+        default_factory=dict,
+        description='Per-integration override of intake_rate_per_s, as JSON {"newsletter-tool": '
+        "50}.",
     )
 
     # --- render --------------------------------------------------------------
@@ -119,10 +328,88 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         3, ge=1, description="Attempts of message-specific failures before a dead letter."
     )
+    providers: list[ProviderPolicy] = Field(
+        default_factory=list,
+        description="Providers with their policies, as a JSON list of ProviderPolicy objects "
+        "(see app/settings.py); the first is the primary, others serve as fallbacks. Empty: "
+        "one provider built from the provider_* and smtp_* fields above.",
+    )
+    state_flush_s: float = Field(
+        0.5, gt=0, description="How often rate-meter state is written to its changelog table."
+    )
 
     # --- derived -------------------------------------------------------------
+    def provider_policies(self) -> list[ProviderPolicy]:
+        if self.providers:
+            return list(self.providers)
+        return [
+            ProviderPolicy(
+                name=self.provider_name,
+                kind=self.provider,
+                url=self.provider_http_url,
+                api_key=self.provider_api_key,
+                smtp_host=self.smtp_host,
+                smtp_port=self.smtp_port,
+                smtp_username=self.smtp_username,
+                smtp_password=self.smtp_password,
+                smtp_starttls=self.smtp_starttls,
+                timeout_s=self.provider_timeout_s,
+                max_in_flight=self.dispatch_max_in_flight,
+            )
+        ]
+
     def app_id(self, stage: str | None = None) -> str:
         return f"{self.app_id_prefix}-{stage or self.stage}"
 
     def topic(self, name: str) -> str:
         return f"{self.topic_namespace}{name}"
+
+    # --- metrics and status page (app/metrics.py, app/status.py) ---------------
+    metrics_lag_every_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often a worker measures its consumer lag (end offsets of its "
+        "assigned partitions against the group's committed offsets) and utilisation.",
+    )
+    metrics_slope_window_s: float = Field(
+        30.0, gt=0, description="Window of the lag slope (least squares, messages per second)."
+    )
+    metrics_peers: str = Field(
+        "",
+        description="Comma-separated base URLs of other workers (e.g. "
+        "'http://dispatch-0:6069,http://route-0:6068') whose /metrics this worker's /status "
+        "page merges with its own. Empty: the page shows this worker only.",
+    )
+
+    # --- dead-letter analyser (app/agents/deadletters.py) ----------------------
+    analyser_bucket_s: int = Field(
+        60,
+        ge=1,
+        description="Width of the analyser's count buckets; windows are whole buckets, so "
+        "this is their resolution.",
+    )
+    analyser_retention_s: int = Field(
+        86_400, ge=60, description="How long bucketed dead-letter counts are kept (longest window)."
+    )
+    analyser_windows: str = Field(
+        "5m,1h,24h",
+        description="Windows exported as metrics (comma separated); the first is the default "
+        "of GET /dead-letters/summary.",
+    )
+    analyser_alert_count: int = Field(
+        100,
+        ge=0,
+        description="Alert signal when this many dead letters arrive within "
+        "analyser_alert_count_window (0: off).",
+    )
+    analyser_alert_count_window: str = Field("1h", description="Window of the count alert.")
+    analyser_alert_rate_per_min: float = Field(
+        20.0,
+        ge=0,
+        description="Alert signal when dead letters per minute over analyser_alert_rate_window "
+        "reach this (0: off).",
+    )
+    analyser_alert_rate_window: str = Field("5m", description="Window of the rate alert.")
+    analyser_metrics_every_s: float = Field(
+        10.0, gt=0, description="How often the analyser refreshes its gauges and alert signal."
+    )

@@ -3,6 +3,7 @@ runs which agents.
 
     email.raw-events --[render]--> email.rendered --[route]--> email.dispatch.{critical,
     normal,bulk} --[dispatch]--> email.sent; every stage can also emit to email.dead.
+    dispatch --(retryable failure)--> email.dispatch.retry-N --(after its delay)--> lane.
 
 Agents refer to topics by the logical names below, never by strings of their own.
 Every topic carries raw bytes: values are Avro in Confluent framing (JSON is also
@@ -23,12 +24,22 @@ RENDERED = "rendered"
 SENT = "sent"
 DEAD = "dead"
 LANES = {p: f"dispatch.{p}" for p in PRIORITIES}
+#: Delayed retry topics, by attempt (Spring Kafka's retryable-topics pattern): a
+#: message that failed n times waits on retry-n until its not_before, then goes back
+#: to its lane. Attempts past the last topic reuse it.
+RETRIES = {n: f"dispatch.retry-{n}" for n in (1, 2, 3)}
+
+
+def retry_topic(attempts: int) -> str:
+    return RETRIES[min(attempts, max(RETRIES))]
+
 
 #: logical name -> (Kafka topic name, value schema file stem)
 TOPICS: dict[str, tuple[str, str]] = {
     RAW: ("email.raw-events", "raw_event"),
     RENDERED: ("email.rendered", "rendered_email"),
     **{lane: (f"email.{lane}", "dispatch_request") for lane in LANES.values()},
+    **{name: (f"email.{name}", "dispatch_request") for name in RETRIES.values()},
     SENT: ("email.sent", "send_result"),
     DEAD: ("email.dead", "dead_letter"),
 }
@@ -38,9 +49,13 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "intake": ((), (RAW,)),
     "render": ((RAW,), (RENDERED, DEAD)),
     "route": ((RENDERED,), (*LANES.values(), DEAD)),
-    "dispatch": (tuple(LANES.values()), (SENT, DEAD)),
+    "dispatch": (
+        (*LANES.values(), *RETRIES.values()),
+        (SENT, DEAD, *LANES.values(), *RETRIES.values()),
+    ),
+    "analyser": ((DEAD,), ()),  # counts dead letters; produces only its table's changelog
 }
-STAGE_ORDER = ("intake", "render", "route", "dispatch")
+STAGE_ORDER = ("intake", "render", "route", "dispatch", "analyser")
 
 
 def stages_of(stage: str) -> tuple[str, ...]:

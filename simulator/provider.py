@@ -179,6 +179,37 @@ def _outages(key: str, value: Any) -> tuple[Outage, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class FailRule:
+    """Fail requests whose recipient matches ``regex``: the first ``times`` of each
+    recipient (``None``: always) get ``status``. Drives per-message retry tests."""
+
+    regex: str
+    times: int | None = None
+    status: int = 500
+
+    def to_json(self) -> JSON:
+        return dataclasses.asdict(self)
+
+
+def _fail_rules(key: str, value: Any) -> tuple[FailRule, ...]:
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{key}: must be a list of rules, got {value!r}")
+    rules = []
+    for i, v in enumerate(value):
+        if isinstance(v, FailRule):
+            rules.append(v)
+            continue
+        if not isinstance(v, Mapping) or set(v) - {"regex", "times", "status"}:
+            raise ConfigError(f"{key}.{i}: must be {{regex, times, status}}, got {v!r}")
+        regex = opt_regex(f"{key}.{i}.regex", v.get("regex"))
+        if regex is None:
+            raise ConfigError(f"{key}.{i}.regex: required")
+        times = opt_count(f"{key}.{i}.times", v.get("times"))
+        rules.append(FailRule(regex, times, status_code(f"{key}.{i}.status", v.get("status", 500))))
+    return tuple(rules)
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderConfig(ConfigBase):
     api_keys: tuple[str, ...] = ()
     quota: int | None = None
@@ -193,6 +224,7 @@ class ProviderConfig(ConfigBase):
     reject_local_prefixes: tuple[str, ...] = ("reject",)
     reject_domains: tuple[str, ...] = ("invalid.example",)
     reject_regex: str | None = None
+    fail_rules: tuple[FailRule, ...] = ()
     seed: int | None = None
     max_body_bytes: int = 30 * 1024 * 1024
 
@@ -213,6 +245,7 @@ ProviderConfig.CONVERTERS = {
     "reject_local_prefixes": str_tuple,
     "reject_domains": str_tuple,
     "reject_regex": opt_regex,
+    "fail_rules": _fail_rules,
     "seed": opt_int,
     "max_body_bytes": pos_int,
 }
@@ -431,6 +464,7 @@ class ProviderState:
             cfg.reject_local_prefixes, cfg.reject_domains, cfg.reject_regex
         ).compile()
         # Cumulative thresholds for one uniform draw: [(upper bound, status), ...].
+        self.fail_rules = [(re.compile(r.regex), r) for r in cfg.fail_rules]
         acc = 0.0
         self.error_thresholds: list[tuple[float, int]] = []
         for status, rate in sorted(cfg.error_rates.items()):
@@ -439,6 +473,7 @@ class ProviderState:
                 self.error_thresholds.append((acc, status))
 
     def _reset_counters(self) -> None:
+        self.fail_counts: dict[tuple[int, str], int] = {}
         self.win_index = self.day_index = -1
         self.win_used = self.day_used = 0
 
@@ -502,6 +537,16 @@ class ProviderState:
         return retry_at, headers
 
     # --- injection draws ---
+
+    def rule_failure(self, address: str) -> int | None:
+        """Status from the first matching fail rule that still has failures left."""
+        for i, (pattern, rule) in enumerate(self.fail_rules):
+            if pattern.search(address):
+                n = self.fail_counts.get((i, address), 0)
+                if rule.times is None or n < rule.times:
+                    self.fail_counts[(i, address)] = n + 1
+                    return rule.status
+        return None
 
     def draw_failure(self, now: float) -> int | None:
         """Status of an injected failure for a request arriving at ``now``, or None."""
@@ -640,6 +685,8 @@ async def _mail_send(
 
     # Draw outcome and delay at arrival, so a seeded RNG gives a reproducible sequence.
     failure = state.draw_failure(now)
+    if failure is None and state.fail_rules:
+        failure = state.rule_failure(mail.recipients[0][1])
     delay = state.draw_latency()
     if delay > 0:
         await asyncio.sleep(delay)

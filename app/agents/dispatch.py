@@ -1,25 +1,32 @@
-"""Dispatch stage agents, one per lane.
+"""Dispatch stage agents: one per lane, one per retry topic.
 
-Consumes ``email.dispatch.critical``, ``.normal`` and ``.bulk``; produces
-``email.sent`` (SendResult) and ``email.dead``. Keeps the sent-ledger table
-(event id -> in_flight | sent | failed). Lanes run side by side; a lower lane
-starts a send only while the higher lanes have no backlog (``LaneGate``), and the
-backlog of each lane is read from the consumer every ``BACKLOG_EVERY_S``.
+Consumes ``email.dispatch.{critical,normal,bulk}`` and ``email.dispatch.retry-N``;
+produces ``email.sent`` (SendResult), ``email.dead``, and delayed retries (back to
+the retry topics, then to the lanes). Keeps two changelog-backed tables: the
+sent-ledger (event id -> in_flight | sent | failed) and the pressure table (per
+provider and partition: rate-meter times and breaker state).
+
+Lanes run side by side; a lower lane sends only while the higher lanes have no
+backlog (``LaneGate``), measured from the consumer every ``BACKLOG_EVERY_S``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
-from app.models import PRIORITIES
 from app.agents.guard import crash_on_error
+from app.models import PRIORITIES, DispatchRequest
 from app.runtime import Runtime, build_provider
-from app.stages.common import Origin
+from app.stages.common import Emission, Origin
 from app.stages.dispatch import DispatchStage
 from app.stages.lanes import LaneGate
-from app.tables.ledger import Ledger, declare_table
-from app.topology import LANES
+from app.stages.pressure import PressureBoard
+from app.tables import ledger as ledger_table
+from app.tables import pressure as pressure_table
+from app.tables.ledger import Ledger
+from app.topology import LANES, RETRIES
 
 BACKLOG_EVERY_S = 0.1
 
@@ -27,7 +34,15 @@ BACKLOG_EVERY_S = 0.1
 def attach(app: Any, runtime: Runtime) -> list[Any]:
     settings = runtime.settings
     topology = runtime.topology
-    ledger = Ledger(declare_table(app, settings.topic_partitions))
+    policies = {p.name: p for p in settings.provider_policies()}
+    primary = settings.provider_policies()[0].name
+    ledger = Ledger(ledger_table.declare_table(app, settings.topic_partitions))
+    board = PressureBoard(
+        policies,
+        settings.topic_partitions,
+        pressure_table.declare_table(app, settings.topic_partitions),
+        pressure_table.key_for,
+    )
     gate = LaneGate(start_unknown=True)
     next_offset: dict[Any, int] = {}  # TP -> next offset to handle, as seen by this worker
     holder: dict[str, DispatchStage] = {}
@@ -36,10 +51,14 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
         if "stage" not in holder:
             holder["stage"] = DispatchStage(
                 runtime.serde,
-                build_provider(settings),
+                {name: build_provider(policy) for name, policy in policies.items()},
+                policies,
+                primary,
                 ledger,
                 gate,
-                max_in_flight=settings.dispatch_max_in_flight,
+                board,
+                max_attempts=settings.max_attempts,
+                flush_every_s=settings.state_flush_s,
             )
         return holder["stage"]
 
@@ -70,8 +89,27 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             dispatch
         )
 
-    agents = [lane_agent(lane) for lane in PRIORITIES]
+    def retry_agent(name: str) -> Any:
+        async def retry(stream: Any) -> None:
+            """Hold each message until its not_before, then put it back on its lane.
+            Only this retry partition waits; the lanes keep flowing."""
+            await runtime.start()
+            async for event in stream.events():
+                with crash_on_error(f"dispatch-{name}"):
+                    req: DispatchRequest = await runtime.serde.decode(
+                        event.value, "dispatch_request"
+                    )
+                    delay = ((req.not_before or 0) / 1000.0) - time.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    await runtime.emit(Emission(LANES[req.priority], event.message.key, req))
 
+        return app.agent(
+            topology.topics[name], name=f"dispatch-{name.split('.')[-1]}", concurrency=1
+        )(retry)
+
+    agents = [lane_agent(lane) for lane in PRIORITIES]
+    agents += [retry_agent(name) for name in RETRIES.values()]
     earliest: dict[Any, int] = {}
 
     @app.timer(BACKLOG_EVERY_S, name="dispatch-lane-backlog")
@@ -95,5 +133,15 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                     end = start + 1  # not fetched yet: assume work until we know
                 backlog += max(0, end - start)
             gate.set_backlog(lane, backlog)
+
+    @app.timer(settings.state_flush_s, name="dispatch-pressure-flush")
+    async def flush_pressure() -> None:
+        board.flush(settings.state_flush_s)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app_: Any, revoked: set[Any], **kwargs: Any) -> None:
+        board.flush(settings.state_flush_s)
+        lane_topic = topology.name(LANES[PRIORITIES[0]])
+        board.forget({tp.partition for tp in revoked if tp.topic == lane_topic})
 
     return agents

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app import metrics
 from app.agents.guard import crash_on_error
 from app.runtime import Runtime
 from app.stages.common import Origin
@@ -20,7 +21,7 @@ def attach(app: Any, runtime: Runtime) -> Any:
         await runtime.start()
         stage = RouteStage(runtime.serde)
         async for event in stream.events():
-            with crash_on_error("route"):
+            with crash_on_error("route"), metrics.busy("route"):
                 await runtime.emit(await stage.handle(event.value, Origin.of(event.message)))
 
     return app.agent(runtime.topology.topics[RENDERED], name="route", concurrency=1)(route)

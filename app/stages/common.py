@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ class Origin:
     offset: int
     timestamp_ms: int | None = None
     key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()  # Kafka record headers
 
     @classmethod
     def of(cls, message: Any) -> Origin:
@@ -38,7 +39,41 @@ class Origin:
             offset=message.offset,
             timestamp_ms=int(ts * 1000) if ts else None,
             key=message.key if isinstance(message.key, bytes) else None,
+            headers=_headers(getattr(message, "headers", None)),
         )
+
+    def header(self, name: str) -> bytes | None:
+        """The last value of header ``name``, if any."""
+        found = None
+        for key, value in self.headers:
+            if key == name:
+                found = value
+        return found
+
+
+def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
+    # aiokafka gives a sequence of (str, bytes); Faust's test context may give a mapping.
+    if not raw:
+        return ()
+    items = raw.items() if isinstance(raw, Mapping) else raw
+    return tuple(
+        (str(k), v if isinstance(v, bytes) else str(v).encode()) for k, v in items if v is not None
+    )
+
+
+#: Header on a record produced by the replay tool: which replay this is (1, 2, ...).
+REPLAY_HEADER = "spillway-replay"
+
+
+def replay_number(origin: Origin) -> int:
+    """How many times this message was replayed from a dead letter (0: never)."""
+    raw = origin.header(REPLAY_HEADER)
+    if raw is None:
+        return 0
+    try:
+        return max(1, int(raw))
+    except ValueError:
+        return 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from app.errors import SchemaError, SpillwayError
+from app.errors import SchemaError, SpillwayError, UnknownTemplateError
 from app.models import RawEvent, RenderedEmail
 from app.serde import PayloadFormat, Serde, sniff_format
-from app.stages.common import Clock, Emission, Origin, dead_letter, now_ms
+from app.stages.common import Clock, Emission, Origin, dead_letter, now_ms, replay_number
 from app.templating import TemplateStore, validate_address, validate_sender
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,22 @@ class RenderStage:
                     at_ms=now_ms(self.clock),
                     event_id=event.event_id if event else None,
                     template=event.template if event else None,
-                    template_version=event.template_version if event else None,
+                    template_version=self._version_of(event) if event else None,
                     source=event.source if event else None,
                     priority=event.priority if event else None,
+                    replayed=replay_number(origin),  # > 0: died again after a replay
                 ),
             )
+
+    def _version_of(self, event: RawEvent) -> str | None:
+        """The version the event asked for, else the latest (so dead letters of a new
+        template version count against that version)."""
+        if event.template_version:
+            return event.template_version
+        try:
+            return self.templates.latest(event.template)
+        except UnknownTemplateError:
+            return None
 
     def render(self, event: RawEvent, origin: Origin) -> RenderedEmail:
         to = validate_address(event.to)
@@ -93,6 +104,7 @@ class RenderStage:
             created_at=event.created_at,
             accepted_at=origin.timestamp_ms or now_ms(self.clock),
             rendered_at=now_ms(self.clock),
+            replay=replay_number(origin) > 0,
         )
 
 

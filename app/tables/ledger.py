@@ -67,6 +67,9 @@ def declare_table(app: Any, partitions: int) -> Any:
         TABLE_NAME,
         default=None,
         partitions=partitions,
+        # key_type as well as the schema: recovery derives the changelog's key
+        # serializer from key_type alone (json otherwise, which cannot read raw keys).
+        key_type=bytes,
         schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
         use_partitioner=True,
         help="Sent-ledger: event id -> in_flight | sent | failed, for effectively-once sends.",

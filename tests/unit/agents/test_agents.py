@@ -85,10 +85,11 @@ async def test_dispatch_agent_sends_through_the_provider(
     from app.agents import dispatch as dispatch_module
     from tests.unit.stages.test_dispatch import FakeProvider, request
 
-    provider = FakeProvider()
+    provider = FakeProvider(name="sim-http")
     table: dict[bytes, Any] = {}  # the ledger table, without a changelog producer
-    monkeypatch.setattr(dispatch_module, "build_provider", lambda settings: provider)
-    monkeypatch.setattr(dispatch_module, "declare_table", lambda app, partitions: table)
+    monkeypatch.setattr(dispatch_module, "build_provider", lambda policy: provider)
+    monkeypatch.setattr(dispatch_module.ledger_table, "declare_table", lambda app, n: table)
+    monkeypatch.setattr(dispatch_module.pressure_table, "declare_table", lambda app, n: {})
     app, out = make_app("dispatch", registry)
     serde = app.spillway.serde  # type: ignore[attr-defined]
     payload = serde.encode("email.dispatch.critical", request("c1", "critical"))

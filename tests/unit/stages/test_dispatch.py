@@ -1,42 +1,49 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import pytest
 
-from app.errors import PermanentProviderError, TransientProviderError
+from app.errors import PermanentProviderError, ThrottledError, TransientProviderError
 from app.models import DispatchRequest, SendResult
 from app.providers.base import OutboundEmail, SendReceipt
 from app.serde import Serde
+from app.settings import ProviderPolicy
 from app.stages.common import Origin
 from app.stages.dispatch import DispatchStage
 from app.stages.lanes import LaneGate
+from app.stages.pressure import PressureBoard
 from app.tables.ledger import Ledger
+from app.tables.pressure import key_for
 
 ORIGIN = Origin("email.dispatch.normal", 1, 3, None, b"e-1")
 
 
 class FakeProvider:
-    name = "fake"
+    """Answers from a script of outcomes (None = accept), then accepts."""
 
-    def __init__(self, error: Exception | None = None, delay: float = 0.0) -> None:
+    def __init__(self, *script: Exception | None, name: str = "fake", delay: float = 0.0):
+        self.name = name
         self.calls: list[OutboundEmail] = []
-        self.error = error
+        self.script = list(script)
         self.delay = delay
 
     async def send(self, email: OutboundEmail) -> SendReceipt:
         self.calls.append(email)
         await asyncio.sleep(self.delay)
-        if self.error:
-            raise self.error
-        return SendReceipt(provider="fake", message_id=f"m-{email.event_id}", latency_s=0.01)
+        outcome = self.script.pop(0) if self.script else None
+        if outcome is not None:
+            raise outcome
+        return SendReceipt(provider=self.name, message_id=f"m-{email.event_id}", latency_s=0.01)
 
     async def aclose(self) -> None:
         pass
 
 
-def request(event_id: str = "e-1", priority: str = "normal") -> DispatchRequest:
-    return DispatchRequest(
+def request(event_id: str = "e-1", priority: str = "normal", **over: Any) -> DispatchRequest:
+    fields: dict[str, Any] = dict(
         event_id=event_id,
         priority=priority,
         to="a@b.example",
@@ -50,18 +57,46 @@ def request(event_id: str = "e-1", priority: str = "normal") -> DispatchRequest:
         accepted_at=1_000,
         rendered_at=1_100,
     )
+    fields.update(over)
+    return DispatchRequest(**fields)
 
 
-def make(serde: Serde, provider: FakeProvider, table: dict | None = None) -> DispatchStage:
+async def no_sleep(_: float) -> None:
+    await asyncio.sleep(0)
+
+
+def make(
+    serde: Serde,
+    *providers: FakeProvider,
+    table: dict[bytes, Any] | None = None,
+    policies: list[ProviderPolicy] | None = None,
+    max_attempts: int = 3,
+    clock: Any = lambda: 2.5,
+) -> DispatchStage:
+    pols = {p.name: p for p in (policies or [ProviderPolicy(name=pr.name) for pr in providers])}
+    board = PressureBoard(pols, 4, {}, key_for, clock=clock)
     return DispatchStage(
-        serde, provider, Ledger({} if table is None else table), LaneGate(), clock=lambda: 2.5
+        serde,
+        {p.name: p for p in providers},
+        pols,
+        next(iter(pols)),
+        Ledger({} if table is None else table),
+        LaneGate(),
+        board,
+        max_attempts=max_attempts,
+        clock=clock,
+        sleep=no_sleep,
     )
+
+
+def encode(serde: Serde, req: DispatchRequest) -> bytes:
+    return serde.encode("email.dispatch.normal", req)
 
 
 async def test_sends_and_records_result(serde: Serde) -> None:
     provider = FakeProvider()
     stage = make(serde, provider)
-    out = await stage.handle(serde.encode("email.dispatch.normal", request()), ORIGIN, "normal")
+    out = await stage.handle(encode(serde, request()), ORIGIN, "normal")
     assert out is not None and out.topic == "sent"
     result = out.value
     assert isinstance(result, SendResult)
@@ -70,60 +105,117 @@ async def test_sends_and_records_result(serde: Serde) -> None:
         1,
         1_500.0,
     )
-    assert provider.calls[0].event_id == "e-1"
     assert stage.ledger.get("e-1").state == "sent"  # type: ignore[union-attr]
 
 
 async def test_already_sent_is_suppressed(serde: Serde) -> None:
     provider = FakeProvider()
     stage = make(serde, provider)
-    payload = serde.encode("email.dispatch.normal", request())
-    await stage.handle(payload, ORIGIN, "normal")
-    assert await stage.handle(payload, ORIGIN, "normal") is None
+    await stage.handle(encode(serde, request()), ORIGIN, "normal")
+    assert await stage.handle(encode(serde, request()), ORIGIN, "normal") is None
     assert len(provider.calls) == 1 and stage.stats.duplicates_suppressed == 1
 
 
 async def test_concurrent_duplicates_send_once(serde: Serde) -> None:
     provider = FakeProvider(delay=0.01)
     stage = make(serde, provider)
-    payload = serde.encode("email.dispatch.normal", request())
+    payload = encode(serde, request())
     outs = await asyncio.gather(*(stage.handle(payload, ORIGIN, "normal") for _ in range(5)))
     assert len(provider.calls) == 1 and sum(o is not None for o in outs) == 1
 
 
-async def test_in_flight_from_a_crash_is_sent_again_with_same_key(serde: Serde) -> None:
+async def test_in_flight_http_is_resent_with_the_same_key(serde: Serde) -> None:
     table = {b"e-1": {"s": "in_flight", "p": "fake", "m": None, "t": 0}}
     provider = FakeProvider()
-    out = await make(serde, provider, table).handle(
-        serde.encode("email.dispatch.normal", request()), ORIGIN, "normal"
+    out = await make(serde, provider, table=table).handle(
+        encode(serde, request()), ORIGIN, "normal"
     )
     assert out is not None and out.topic == "sent"
     assert provider.calls[0].event_id == "e-1"
 
 
-@pytest.mark.parametrize(
-    ("error", "reason", "retriable"),
-    [
-        (
-            PermanentProviderError("bad rcpt", provider="fake", status=400),
-            "provider_rejected",
-            False,
-        ),
-        (TransientProviderError("503", provider="fake", status=503), "provider_unavailable", True),
-    ],
-)
-async def test_failure_is_a_dead_letter_with_history(
-    serde: Serde, error: Exception, reason: str, retriable: bool
-) -> None:
-    stage = make(serde, FakeProvider(error))
-    out = await stage.handle(serde.encode("email.dispatch.normal", request()), ORIGIN, "normal")
+async def test_in_flight_smtp_is_held_for_reconciliation(serde: Serde) -> None:
+    table = {b"e-1": {"s": "in_flight", "p": "smtp", "m": None, "t": 0}}
+    provider = FakeProvider(name="smtp")
+    stage = make(serde, provider, table=table, policies=[ProviderPolicy(name="smtp", kind="smtp")])
+    out = await stage.handle(encode(serde, request()), ORIGIN, "normal")
+    assert out is not None and out.topic == "dead"
+    assert out.value.reason == "needs_reconciliation" and not provider.calls
+
+
+async def test_permanent_rejection_is_dead_at_once(serde: Serde) -> None:
+    stage = make(
+        serde, FakeProvider(PermanentProviderError("bad rcpt", provider="fake", status=400))
+    )
+    out = await stage.handle(encode(serde, request()), ORIGIN, "normal")
     assert out is not None and out.topic == "dead"
     dl = out.value
-    assert (dl.reason, dl.retriable, dl.provider, dl.event_id) == (reason, retriable, "fake", "e-1")
-    assert len(dl.history) == 1 and dl.history[0].reason == reason
+    assert (dl.reason, dl.retriable, dl.provider, dl.event_id) == (
+        "provider_rejected",
+        False,
+        "fake",
+        "e-1",
+    )
+    assert [a.reason for a in dl.history] == ["provider_rejected"]
     assert stage.ledger.get("e-1").state == "failed"  # type: ignore[union-attr]
+
+
+async def test_server_error_goes_to_a_delayed_retry(serde: Serde) -> None:
+    stage = make(serde, FakeProvider(TransientProviderError("503", provider="fake", status=503)))
+    out = await stage.handle(encode(serde, request()), ORIGIN, "normal")
+    assert out is not None and out.topic == "dispatch.retry-1"
+    retry = out.value
+    assert retry.attempts == 1 and len(retry.history) == 1
+    # backoff base 1 s with jitter in [0.5, 1] x base
+    assert 2_500 + 500 <= retry.not_before <= 2_500 + 1_000
+
+
+async def test_third_failure_is_dead_with_three_attempts(serde: Serde) -> None:
+    err = TransientProviderError("500", provider="fake", status=500)
+    stage = make(serde, FakeProvider(err, err, err))
+    payload = encode(serde, request())
+    for n in (1, 2):
+        out = await stage.handle(payload, ORIGIN, "normal")
+        assert out is not None and out.topic == f"dispatch.retry-{n}"
+        payload = encode(serde, out.value)
+    out = await stage.handle(payload, ORIGIN, "normal")
+    assert out is not None and out.topic == "dead"
+    assert len(out.value.history) == 3 and out.value.reason == "provider_unavailable"
+
+
+async def test_throttling_waits_and_is_not_an_attempt(serde: Serde) -> None:
+    provider = FakeProvider(ThrottledError("429", provider="fake", retry_after=0.05))
+    stage = make(serde, provider, clock=time.time)
+    out = await stage.handle(encode(serde, request()), ORIGIN, "normal")
+    assert out is not None and out.topic == "sent"
+    assert out.value.attempts == 1 and len(provider.calls) == 2 and stage.stats.throttled == 1
+
+
+async def test_open_breaker_fails_over_without_counting_attempts(serde: Serde) -> None:
+    err = TransientProviderError("500", provider="a", status=500)
+    a, b = FakeProvider(err, err, err, name="a"), FakeProvider(name="b")
+    policies = [
+        ProviderPolicy(name="a", breaker_min_requests=2, breaker_error_threshold=0.4, fallback="b"),
+        ProviderPolicy(name="b"),
+    ]
+    stage = make(serde, a, b, policies=policies)
+    first = await stage.handle(encode(serde, request("e-1")), ORIGIN, "normal")
+    assert first is not None and first.topic == "dispatch.retry-1"  # breaker still closed
+    second = await stage.handle(encode(serde, request("e-2")), ORIGIN, "normal")
+    # the second failure opens a's breaker: not the message's fault, so it goes to b
+    assert second is not None and second.topic == "sent" and second.value.provider == "b"
+    assert second.value.attempts == 1
+    assert stage.board.state("a", ORIGIN.partition).breaker.state == "open"
 
 
 async def test_undecodable_goes_dead(serde: Serde) -> None:
     out = await make(serde, FakeProvider()).handle(b"\x00\x00\x00\x99\x01zz", ORIGIN, "bulk")
     assert out is not None and (out.topic, out.value.reason) == ("dead", "undecodable")
+
+
+@pytest.mark.parametrize("lane", ["critical", "bulk"])
+async def test_lanes_share_the_stage(serde: Serde, lane: str) -> None:
+    out = await make(serde, FakeProvider()).handle(
+        encode(serde, request(priority=lane)), ORIGIN, lane
+    )
+    assert out is not None and out.topic == "sent"

@@ -34,7 +34,8 @@ def healthy(url: str) -> bool:
 
 
 def test_intake_appends_and_answers_with_the_offset(env: Env) -> None:
-    worker = env.workers.add("all")  # dev mode: intake views and every stage
+    # dev mode: intake views and every stage; auth is tested in test_intake_auth.py
+    worker = env.workers.add("all", SPILLWAY_INTAKE_AUTH="off")
     observer = env.observe()
     assert wait_until(lambda: healthy(worker.web_url), timeout=60), "intake did not start"
     event_id = f"{env.ns}-http-1"
@@ -71,7 +72,7 @@ def test_intake_appends_and_answers_with_the_offset(env: Env) -> None:
 def test_intake_refuses_bad_bodies_clearly(
     env: Env, path: str, body: bytes, status: int, needle: str
 ) -> None:
-    worker = env.workers.add("intake")
+    worker = env.workers.add("intake", SPILLWAY_INTAKE_AUTH="off")
     assert wait_until(lambda: healthy(worker.web_url), timeout=60), "intake did not start"
     r = httpx.post(f"{worker.web_url}{path}", content=body,
                    headers={"content-type": "application/json"}, timeout=30)

@@ -1,0 +1,216 @@
+"""Dead-letter analyser agent.
+
+Consumes ``email.dead`` (DeadLetter); produces nothing (only its table's changelog).
+Keeps ``dead-letter-counts`` (app/tables/deadletters.py): counts by reason,
+template@version, source, provider and stage in ``analyser_bucket_s`` buckets for
+``analyser_retention_s``. Sliding windows are sums of buckets, read on request:
+
+    GET /dead-letters/summary?window=15m&by=reason,template&top=10
+
+answers the counts in the window and in the window just before (so "a new template
+version started failing" shows as a value with a count and no "previous"), the rate,
+and the alert signal. Every ``analyser_metrics_every_s`` the gauges below are set
+for each of ``analyser_windows`` and the alert windows, in the registry that
+``/metrics`` serves (app/metrics.py):
+
+    spillway_dead_letters_window_count{window}            dead letters in the window
+    spillway_dead_letters_window_rate_per_minute{window}
+    spillway_dead_letters_window_by{window,dimension,value}   top 20 values per dimension
+    spillway_dead_letters_alert{signal="count"|"rate"|"any"}  1 while over the threshold
+
+With several analyser workers each one counts (and answers for) its own partitions
+of ``email.dead``; the answer names them. ``spillway dead summary`` reads the topic
+itself and needs no analyser.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from app.agents.guard import crash_on_error
+from app.runtime import Runtime
+from app.settings import Settings
+from app.stages.common import now_ms
+from app.stages.deadletters import (
+    DIMENSIONS,
+    AlertRule,
+    WindowSummary,
+    parse_duration,
+    summarize_counts,
+)
+from app.tables.deadletters import DeadLetterCounts, declare_table
+from app.topology import DEAD
+
+log = logging.getLogger(__name__)
+
+TOP_VALUES = 20  # per dimension in the gauges: label sets stay bounded
+
+
+class Analyser:
+    """The query side: windows over the counts, the alert rule, the gauges."""
+
+    def __init__(self, counts: DeadLetterCounts, settings: Settings) -> None:
+        self.counts = counts
+        self.bucket_s = settings.analyser_bucket_s
+        self.retention_s = settings.analyser_retention_s
+        self.windows = [w.strip() for w in settings.analyser_windows.split(",") if w.strip()]
+        for w in self.windows:
+            self.window_s(w)  # fail at start on a bad setting
+        self.rule = AlertRule(
+            count=settings.analyser_alert_count,
+            count_window_s=self.window_s(settings.analyser_alert_count_window),
+            rate_per_min=settings.analyser_alert_rate_per_min,
+            rate_window_s=self.window_s(settings.analyser_alert_rate_window),
+        )
+        self.unreadable = 0  # records on email.dead that are not dead letters
+        self.firing = False
+
+    def window_s(self, text: str) -> float:
+        seconds = parse_duration(text)
+        if not 0 < seconds <= self.retention_s:
+            raise ValueError(f"window {text!r} must be > 0 and at most the retention "
+                             f"({self.retention_s} s)")  # fmt: skip
+        return seconds
+
+    def summary(self, window_s: float, now: int | None = None) -> WindowSummary:
+        return summarize_counts(
+            self.counts.items(),
+            now_ms=now if now is not None else now_ms(),
+            window_s=window_s,
+            bucket_s=self.bucket_s,
+        )
+
+    def alert(self, now: int | None = None) -> dict[str, Any]:
+        now = now if now is not None else now_ms()
+        return self.rule.evaluate(
+            self.summary(self.rule.count_window_s, now), self.summary(self.rule.rate_window_s, now)
+        )
+
+    def query(self, params: Mapping[str, str]) -> dict[str, Any]:
+        """The answer of GET /dead-letters/summary; ValueError for a bad parameter."""
+        window = params.get("window") or self.windows[0]
+        dims = [d.strip() for d in (params.get("by") or ",".join(DIMENSIONS)).split(",")]
+        unknown = [d for d in dims if d not in DIMENSIONS]
+        if unknown:
+            raise ValueError(f"unknown dimension(s) {unknown}; known: {list(DIMENSIONS)}")
+        top = int(params.get("top") or 0)
+        now = now_ms()
+        doc: dict[str, Any] = self.summary(self.window_s(window), now).as_json(dims, top or None)
+        doc["bucket_s"] = self.bucket_s
+        doc["alert"] = self.alert(now)
+        doc["unreadable"] = self.unreadable
+        return doc
+
+
+class AnalyserMetrics:
+    """The analyser's gauges, in the registry that ``/metrics`` serves."""
+
+    def __init__(self, registry: Any) -> None:
+        from prometheus_client import Gauge
+
+        self.count = Gauge(
+            "spillway_dead_letters_window_count", "Dead letters in the sliding window.",
+            ["window"], registry=registry,
+        )  # fmt: skip
+        self.rate = Gauge(
+            "spillway_dead_letters_window_rate_per_minute",
+            "Dead letters per minute over the sliding window.",
+            ["window"], registry=registry,
+        )  # fmt: skip
+        self.by = Gauge(
+            "spillway_dead_letters_window_by",
+            "Dead letters in the sliding window by reason, template (name@version), source, "
+            f"provider and stage (top {TOP_VALUES} values each).",
+            ["window", "dimension", "value"], registry=registry,
+        )  # fmt: skip
+        self.alert = Gauge(
+            "spillway_dead_letters_alert",
+            "1 while dead letters exceed the configured count or rate threshold.",
+            ["signal"], registry=registry,
+        )  # fmt: skip
+
+    def update(self, summaries: Mapping[str, WindowSummary], alert: Mapping[str, Any]) -> None:
+        self.by.clear()  # values that left the window must not linger
+        for window, s in summaries.items():
+            self.count.labels(window).set(s.total)
+            self.rate.labels(window).set(round(s.rate_per_min, 3))
+            for dimension in DIMENSIONS:
+                for value, c in s.top(dimension, TOP_VALUES):
+                    if c.count:
+                        self.by.labels(window, dimension, value).set(c.count)
+        self.alert.labels("count").set(int(alert["count"]["firing"]))
+        self.alert.labels("rate").set(int(alert["rate"]["firing"]))
+        self.alert.labels("any").set(int(alert["firing"]))
+
+
+_metrics: dict[int, AnalyserMetrics] = {}  # one per registry (each test app has its own app)
+
+
+def metrics_for(registry: Any) -> AnalyserMetrics:
+    if id(registry) not in _metrics:
+        _metrics[id(registry)] = AnalyserMetrics(registry)
+    return _metrics[id(registry)]
+
+
+def attach(app: Any, runtime: Runtime) -> Any:
+    settings = runtime.settings
+    table = declare_table(app, settings.topic_partitions)
+    counts = DeadLetterCounts(
+        table, bucket_s=settings.analyser_bucket_s, retention_s=settings.analyser_retention_s
+    )
+    if hasattr(table, "on_recover"):  # a Faust table (unit tests pass a dict)
+
+        async def reindex() -> None:  # Faust awaits recover callbacks
+            counts.reset_index()
+
+        table.on_recover(reindex)
+    analyser = Analyser(counts, settings)
+    app.spillway_analyser = analyser
+
+    async def analyse(stream: Any) -> None:
+        await runtime.start()
+        async for event in stream.events():
+            with crash_on_error("analyser"):
+                try:
+                    dl = await runtime.serde.decode(event.value, "dead_letter")
+                except Exception as exc:  # not ours to fix, and nowhere to send it
+                    analyser.unreadable += 1
+                    m = event.message
+                    log.warning("analyser: %s:%s:%s unreadable: %s", m.topic, m.partition,
+                                m.offset, exc)  # fmt: skip
+                    continue
+                counts.add(dl, event.message.partition)
+
+    agent = app.agent(runtime.topology.topics[DEAD], name="analyser", concurrency=1)(analyse)
+
+    @app.page("/dead-letters/summary")
+    async def summary(web: Any, request: Any) -> Any:
+        try:
+            doc = analyser.query(request.query)
+        except ValueError as exc:
+            return web.json({"error": str(exc)}, status=400)
+        dead_topic = runtime.topology.name(DEAD)
+        try:
+            assigned = app.consumer.assignment()
+        except Exception:  # not started yet
+            assigned = set()
+        doc["partitions"] = sorted(tp.partition for tp in assigned if tp.topic == dead_topic)
+        return web.json(doc)
+
+    @app.timer(settings.analyser_metrics_every_s, name="dead-letter-analyser-metrics")
+    async def refresh() -> None:
+        from app.metrics import REGISTRY
+
+        now = now_ms()
+        summaries = {w: analyser.summary(analyser.window_s(w), now) for w in analyser.windows}
+        alert = analyser.alert(now)
+        metrics_for(REGISTRY).update(summaries, alert)
+        if alert["firing"] != analyser.firing:
+            analyser.firing = alert["firing"]
+            (log.warning if analyser.firing else log.info)(
+                "dead-letter alert %s: %s", "FIRING" if analyser.firing else "resolved", alert
+            )
+
+    return agent

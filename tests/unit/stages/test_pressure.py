@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import itertools
+import random
+import time
+
+from app.settings import ProviderPolicy
+from app.stages.lanes import LaneGate
+from app.stages.pressure import Breaker, Gcra, PartitionState, PressureBoard, backoff_s
+from app.tables.pressure import key_for
+
+
+def test_gcra_spaces_requests_at_the_rate() -> None:
+    meter = Gcra(rate=10.0)
+    t, sent = 100.0, []
+    while t < 102.0:  # two seconds of eager callers, 1 ms apart
+        if meter.wait(t) == 0:
+            meter.take(t)
+            sent.append(t)
+        t += 0.001
+    assert 20 <= len(sent) <= 21
+    assert all(b - a >= 0.0999 for a, b in itertools.pairwise(sent))
+
+
+def test_shares_add_up_to_the_target_rate() -> None:
+    policy = ProviderPolicy(name="p", quota_per_s=200)
+    shares = [PartitionState(policy, 4) for _ in range(4)]
+    assert abs(sum(s.total.rate for s in shares) - 170.0) < 1e-9
+    assert abs(shares[0].non_critical.rate - 170.0 / 4 * 0.8) < 1e-9
+
+
+def test_snapshot_restore_never_sends_early() -> None:
+    policy = ProviderPolicy(name="p", quota_per_s=100)
+    st = PartitionState(policy, 1)
+    for i in range(50):  # saturate
+        now = 10.0 + i * st.total.interval
+        st.total.take(now)
+    snap = st.snapshot(now, flush_every_s=0.5)
+    # the worker dies right after the snapshot; its successor starts from it
+    fresh = PartitionState(policy, 1)
+    fresh.restore(snap)
+    assert fresh.total.wait(now) >= st.total.wait(now)
+    assert fresh.total.wait(now) <= 0.5 + 2 * st.total.interval  # idles at most a flush
+
+
+def test_breaker_opens_probes_and_closes() -> None:
+    policy = ProviderPolicy(
+        name="p",
+        breaker_min_requests=10,
+        breaker_error_threshold=0.05,
+        breaker_window_s=5,
+        breaker_cooldown_s=2,
+        breaker_half_open_probes=2,
+    )
+    b = Breaker(policy)
+    for i in range(9):
+        b.record(True, i * 0.1)
+    b.record(False, 1.0)  # 1 of 10 = 10% > 5%
+    assert b.state == "open"
+    assert b.admit(2.0) > 0  # cooling down
+    assert b.admit(3.1) == 0 and b.state == "half_open"  # probe 1
+    assert b.admit(3.1) == 0  # probe 2
+    assert b.admit(3.1) > 0  # no more probes until they answer
+    b.record(True, 3.2)
+    b.record(True, 3.2)
+    assert b.state == "closed"
+
+
+def test_failed_probe_reopens() -> None:
+    policy = ProviderPolicy(name="p", breaker_min_requests=1, breaker_cooldown_s=1)
+    b = Breaker(policy)
+    b.record(False, 0.0)
+    assert b.admit(1.5) == 0
+    b.record(False, 1.6)
+    assert b.state == "open" and b.opened_at == 1.6
+
+
+def test_breaker_survives_a_restart() -> None:
+    policy = ProviderPolicy(name="p", breaker_min_requests=1)
+    st = PartitionState(policy, 1)
+    st.breaker.record(False, 5.0)
+    fresh = PartitionState(policy, 1)
+    fresh.restore(st.snapshot(6.0, 0.5))
+    assert fresh.breaker.state == "open" and fresh.breaker.opened_at == 5.0
+
+
+def test_low_remaining_holds_bulk_not_critical() -> None:
+    clock = [100.0]
+    policies = {"p": ProviderPolicy(name="p", remaining_threshold=100)}
+    board = PressureBoard(policies, 4, {}, key_for, clock=lambda: clock[0])
+    board.observe("p", limit=1000, remaining=50, reset_at=110.0)
+    assert board.wait_s("p", 0, "critical") == 0
+    assert board.wait_s("p", 0, "bulk") >= 9.9
+    clock[0] = 111.0  # the window reset
+    assert board.wait_s("p", 0, "bulk") == 0
+
+
+async def test_acquire_takes_from_both_meters_for_bulk() -> None:
+    policies = {"p": ProviderPolicy(name="p", quota_per_s=100, target_utilisation=1.0)}
+    board = PressureBoard(policies, 1, {}, key_for, clock=time.time)
+    gate = LaneGate()
+    started = time.time()
+    await board.acquire("p", 0, "bulk", gate)
+    st = board.state("p", 0)
+    assert st.total.tat > started and st.non_critical.tat > started
+    await board.acquire("p", 0, "critical", gate)  # waits one interval (10 ms)
+    assert st.non_critical.tat < st.total.tat  # critical used only the total meter
+
+
+def test_state_is_restored_from_the_store() -> None:
+    policies = {"p": ProviderPolicy(name="p", quota_per_s=10)}
+    store: dict[bytes, dict[str, object]] = {}
+    board = PressureBoard(policies, 4, store, key_for, clock=lambda: 10.0)
+    board.state("p", 2).total.take(10.0)
+    board.flush(0.5)
+    assert key_for("p", 2, 4) in store
+    again = PressureBoard(policies, 4, store, key_for, clock=lambda: 10.0)
+    assert again.state("p", 2).total.tat >= board.state("p", 2).total.tat
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    rng = random.Random(1)
+    assert 0.5 <= backoff_s(1, 1.0, 60, rng) <= 1.0
+    assert 2.0 <= backoff_s(3, 1.0, 60, rng) <= 4.0
+    assert 30.0 <= backoff_s(20, 1.0, 60, rng) <= 60.0

@@ -246,6 +246,7 @@ class BusyMeter:
         self._active = 0
         self._since = 0.0
         self.total = 0.0
+        self.created = clock()
 
     def enter(self) -> None:
         if self._active == 0:
@@ -521,7 +522,7 @@ class Sampler:
             except Exception as exc:  # rebalancing, broker away: try again next round
                 log.debug("metrics: lag not measured: %r", exc)
                 return
-            self.record_lag(now, lags)
+            self.record_lag(time.monotonic(), lags)  # when the answer came: a busy loop lags
 
     def record_lag(self, now: float, lags: Mapping[LagKey, int]) -> None:
         slopes = self.tracker.update(now, lags)
@@ -537,7 +538,7 @@ class Sampler:
     def sample_busy(self, now: float) -> None:
         for stage, meter in list(self.metrics._busy.items()):
             meter.flush()
-            then, total_then = self._busy_last.get(stage, (now, meter.total))
+            then, total_then = self._busy_last.get(stage, (meter.created, 0.0))
             if now > then:
                 ratio = (meter.total - total_then) / (now - then)
                 self.metrics.utilisation.labels(stage).set(min(1.0, max(0.0, ratio)))
@@ -551,9 +552,6 @@ def attach(app: Any, runtime: Any) -> Sampler:
     metrics.max_attempts = settings.max_attempts
     metrics.worker_info.labels(settings.stage, app.conf.id).set(1)
     sampler = Sampler(settings, metrics)
-    for stage in stages_of(settings.stage):
-        if stage != "intake":
-            metrics.busy_meter(stage)  # export 0 from the start
     app.sensors.add(InSensor(sampler.topics, metrics))
 
     @app.page("/metrics")
@@ -568,4 +566,3 @@ def attach(app: Any, runtime: Any) -> Sampler:
 
     status.attach(app, runtime, metrics)
     return sampler
-

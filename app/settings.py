@@ -52,7 +52,11 @@ class ProviderPolicy(BaseModel):
         0.85, gt=0, le=1, description="Share of the quota Spillway aims to use."
     )
     critical_reserve: float = Field(
-        0.2, ge=0, lt=1, description="Share of the quota that normal and bulk mail may not use."
+        0.1,
+        ge=0,
+        le=1,
+        description="Share of the quota above the target that only critical mail may use "
+        "(critical can reach quota x min(1, target + reserve)).",
     )
     remaining_threshold: int = Field(
         100,

@@ -155,6 +155,13 @@ def summarise(sources: Sequence[Source], rates: RateBook, now: float | None = No
     lag = _by(samples, "spillway_consumer_lag", "stage", "topic")
     slope = _by(samples, "spillway_consumer_lag_slope", "stage", "topic")
     util = _by(samples, "spillway_agent_utilisation_ratio", "stage")
+    loop_busy: dict[str, float] = {}  # busiest event loop among each stage's workers
+    for src in sources:
+        ratio = _sum(src.samples, "spillway_event_loop_busy_ratio")
+        for s in src.samples:
+            if s.name == "spillway_worker_info" and ratio is not None:
+                stage = s.labels.get("stage", "")
+                loop_busy[stage] = max(loop_busy.get(stage, 0.0), ratio)
     events_in = _by(samples, "spillway_events_in_total", "stage")
     events_out = _by(samples, "spillway_events_out_total", "stage")
     known = {w["stage"] for w in workers if w["up"]} | {k[0] for k in lag}
@@ -170,14 +177,14 @@ def summarise(sources: Sequence[Source], rates: RateBook, now: float | None = No
                 "lag": int(sum(lag[k] for k in keys)) if keys else None,
                 "slope": round(sum(slope.get(k, 0.0) for k in keys), 2) if keys else None,
                 "utilisation": round(util_value, 3) if util_value is not None else None,
+                "loop_busy": _round(loop_busy.get(stage, loop_busy.get("all")), 3),
                 "events_in": int(events_in.get((stage,), 0)),
                 "events_out": int(events_out.get((stage,), 0)),
             }
         )
 
     lane_names = [p for p in PRIORITIES] + sorted(
-        {t.removeprefix("email.dispatch.") for (st, t) in lag if st == "dispatch"}
-        - set(PRIORITIES)
+        {t.removeprefix("email.dispatch.") for (st, t) in lag if st == "dispatch"} - set(PRIORITIES)
     )
     tts: dict[str, dict[float, float]] = defaultdict(dict)
     for s in samples:
@@ -221,9 +228,7 @@ def summarise(sources: Sequence[Source], rates: RateBook, now: float | None = No
             if s.name == "spillway_provider_breaker_state" and s.labels.get("provider") == name
         }
         # several dispatch workers: the worst state wins
-        breaker = next(
-            (st for st in ("open", "half_open", "closed") if states.get(st)), "unknown"
-        )
+        breaker = next((st for st in ("open", "half_open", "closed") if states.get(st)), "unknown")
         quota = _max(samples, "spillway_provider_quota_per_second", name)
         rate = sent_rates.get(name)
         providers.append(
@@ -236,9 +241,7 @@ def summarise(sources: Sequence[Source], rates: RateBook, now: float | None = No
                 "quota_use": round(rate / quota, 3) if rate is not None and quota else None,
                 "ratelimit_remaining": _min(samples, "spillway_provider_ratelimit_remaining", name),
                 "bucket_tokens": _sum(samples, "spillway_provider_bucket_tokens", provider=name),
-                "responses": {
-                    cls: int(n) for (p, cls), n in sorted(requests.items()) if p == name
-                },
+                "responses": {cls: int(n) for (p, cls), n in sorted(requests.items()) if p == name},
             }
         )
 
@@ -257,6 +260,10 @@ def summarise(sources: Sequence[Source], rates: RateBook, now: float | None = No
         "dead_letters": {"total": sum(r["count"] for r in dead_rows), "by_reason": dead_rows},
         "lag_alert": LAG_ALERT,
     }
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _max(samples: Iterable[Sample], name: str, provider: str) -> float | None:

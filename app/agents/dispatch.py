@@ -118,6 +118,8 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
         # what this worker handled, else the committed offset, else its earliest.
         consumer = app.consumer
         assigned = consumer.assignment()
+        lane_topic = topology.name(LANES[PRIORITIES[0]])
+        board.own({tp.partition for tp in assigned if tp.topic == lane_topic})
         committed = getattr(consumer, "_committed_offset", {})
         for lane in PRIORITIES[:-1]:  # the lowest lane waits on no one
             name = topology.name(LANES[lane])
@@ -142,6 +144,6 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
     async def on_revoked(app_: Any, revoked: set[Any], **kwargs: Any) -> None:
         board.flush(settings.state_flush_s)
         lane_topic = topology.name(LANES[PRIORITIES[0]])
-        board.forget({tp.partition for tp in revoked if tp.topic == lane_topic})
+        board.own(board.owned - {tp.partition for tp in revoked if tp.topic == lane_topic})
 
     return agents

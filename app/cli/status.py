@@ -137,6 +137,9 @@ def collect(admin: Any, settings: Settings, timeout_s: float) -> Report:
                 lag += end - max(done, start) if done >= 0 else end - start
             status.topics.append(TopicLag(topic, partitions[topic], records(topic) or 0, lag))
         result.append(status)
+    if any(s.stage == "all" and s.members for s in result):
+        # a dev-mode worker runs every stage: per-stage groups that never ran are noise
+        result = [s for s in result if s.state != "NO GROUP"]
     return Report(
         bootstrap=settings.kafka_bootstrap,
         stages=result,

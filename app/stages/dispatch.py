@@ -191,7 +191,10 @@ class DispatchStage:
                     self.ledger.mark_in_flight(req.event_id, name)
                     receipt = await self.providers[name].send(outbound(req))
             except ThrottledError as exc:
-                self._record(name, partition, False, before, "429", started)
+                # The provider's own brake: pause for Retry-After. Not counted toward the
+                # breaker: requests bunched over one window boundary would otherwise stop
+                # all traffic for a whole cooldown.
+                self._record(name, partition, None, before, "429", started)
                 self.board.pause(name, exc.retry_after)
                 self.stats.throttled += 1
                 continue  # the provider's pace, not the message's fault
@@ -209,10 +212,13 @@ class DispatchStage:
             return self._sent(req, receipt)
 
     def _record(
-        self, name: str, partition: int, ok: bool, before: str, status: str, started: float
+        self, name: str, partition: int, ok: bool | None, before: str, status: str,
+        started: float,
     ) -> None:
+        """Tell the breaker (``ok=None``: not a breaker matter) and the metrics hook."""
         breaker = self.board.state(name, partition).breaker
-        breaker.record(ok, self.clock())
+        if ok is not None:
+            breaker.record(ok, self.clock())
         self.hooks.response(name, status, time.perf_counter() - started)
         if breaker.state != before:
             log.warning(

@@ -1,18 +1,19 @@
 """Sending at the pace a provider allows: rate meters, circuit breakers, backoff.
 
 How the quota is shared. A provider's quota (messages/s x target utilisation) is
-split evenly over the dispatch partitions: partition p owns ``rate / P``. The
-worker that owns a partition owns its share, whatever the number of workers and
-however partitions move, so the shares always add up to the quota and no worker
-has to ask another. Keys are event ids, hashed evenly over partitions, so every
-share sees about the same load. Each share is a GCRA meter (a leaky bucket kept
-as a "theoretical arrival time"), persisted in a changelog-backed table: a
-restarted or rebalanced worker resumes from the stored time and neither bursts
-nor stalls (see ``PartitionState.snapshot``).
+split evenly over the dispatch partitions: partition p is worth ``rate / P``. A
+worker's share is the sum over the partitions it owns, pooled in one meter, so the
+shares of all workers add up to the quota whatever their number and however
+partitions move, and no worker has to ask another. Keys are event ids, hashed
+evenly over partitions, so every share sees about the same load. A share is a GCRA
+meter (a leaky bucket kept as a "theoretical arrival time"), persisted under each
+owned partition's key in a changelog-backed table: a restarted or rebalanced
+worker resumes from the stored times and neither bursts nor stalls (see
+``Share.snapshot``).
 
-Circuit breakers are per provider and partition too: each partition owner judges
-the provider by its own share of the traffic, and all of them see an outage
-together because failures fall on every partition alike.
+Circuit breakers are per provider and worker, persisted the same way: each worker
+judges the provider by its own traffic, and all of them see an outage together
+because failures fall on every partition alike.
 """
 
 from __future__ import annotations
@@ -131,21 +132,34 @@ class RateLimitView:
 
 
 @dataclass
-class PartitionState:
-    """One provider's share on one partition: meters and breaker."""
+class Share:
+    """One provider's share on this worker (``owned`` of ``partitions``): meters and
+    breaker."""
 
     policy: ProviderPolicy
     partitions: int
+    owned: int = -1  # -1: all of them
     total: Gcra = field(init=False)
     non_critical: Gcra = field(init=False)
     breaker: Breaker = field(init=False)
 
     def __post_init__(self) -> None:
-        rate = self.policy.rate_per_s / self.partitions if self.policy.rate_per_s else 0.0
-        reserve = self.policy.critical_reserve
-        self.total = Gcra(rate)
-        self.non_critical = Gcra(rate * (1.0 - reserve))
+        self.total = Gcra(0.0)
+        self.non_critical = Gcra(0.0)
         self.breaker = Breaker(self.policy)
+        self.resize(self.partitions if self.owned < 0 else self.owned)
+
+    def resize(self, owned: int) -> None:
+        """Normal and bulk mail aim at ``quota x target_utilisation``; critical mail may
+        also use the reserve above it, up to the whole quota. Each meter tolerates a
+        burst of 2% of its rate, so a late timer does not lose capacity."""
+        self.owned = owned
+        policy = self.policy
+        quota = (policy.quota_per_s or 0.0) * owned / self.partitions
+        self.non_critical.rate = quota * policy.target_utilisation
+        self.total.rate = quota * min(1.0, policy.target_utilisation + policy.critical_reserve)
+        for meter in (self.total, self.non_critical):
+            meter.burst = max(1.0, 0.02 * meter.rate)
 
     @property
     def limited(self) -> bool:
@@ -165,13 +179,18 @@ class PartitionState:
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
-        self.total.tat = float(snap.get("tat", 0.0))
-        self.non_critical.tat = float(snap.get("tat_nc", 0.0))
+        """Merge a stored snapshot (of a partition this worker now owns): the later
+        meter times win, and an open breaker stays open."""
+        self.total.tat = max(self.total.tat, float(snap.get("tat", 0.0)))
+        self.non_critical.tat = max(self.non_critical.tat, float(snap.get("tat_nc", 0.0)))
         state = snap.get("breaker", "closed")
-        if state in ("open", "half_open"):
+        opened_at = float(snap.get("opened_at", 0.0))
+        if state in ("open", "half_open") and (
+            self.breaker.state == "closed" or opened_at > self.breaker.opened_at
+        ):
             # A half-open breaker restarts as open: its probes were lost with the worker.
             self.breaker.state = "open"
-            self.breaker.opened_at = float(snap.get("opened_at", 0.0))
+            self.breaker.opened_at = opened_at
 
 
 def backoff_s(attempt: int, base_s: float, cap_s: float, rng: random.Random | None = None) -> float:
@@ -203,39 +222,55 @@ class PressureBoard:
         self.store = store
         self.key_for = key_for
         self.clock = clock
-        self.states: dict[tuple[str, int], PartitionState] = {}
+        self.shares: dict[str, Share] = {}
+        self.owned: set[int] = set()
         self.views: dict[str, RateLimitView] = {name: RateLimitView() for name in policies}
         self._locks: dict[tuple[str, int, str], asyncio.Lock] = {}
 
-    def state(self, provider: str, partition: int) -> PartitionState:
-        key = (provider, partition)
-        st = self.states.get(key)
-        if st is None:
-            st = PartitionState(self.policies[provider], self.partitions)
-            snap = self.store.get(self.key_for(provider, partition, self.partitions))
-            if snap:
-                st.restore(snap)
-            self.states[key] = st
-        return st
+    def state(self, provider: str, partition: int | None = None) -> Share:
+        """This worker's share of ``provider``. ``partition``, the message's, is owned
+        by this worker: counted as owned if the assignment has not said so yet."""
+        if partition is not None and partition not in self.owned:
+            self.own({*self.owned, partition})
+        share = self.shares.get(provider)
+        if share is None:
+            share = Share(self.policies[provider], self.partitions, len(self.owned))
+            for p in self.owned:
+                self._restore(share, provider, p)
+            self.shares[provider] = share
+        return share
 
-    def forget(self, partitions: set[int]) -> None:
-        """Drop shares of partitions this worker no longer owns (after persisting them)."""
-        for key in [k for k in self.states if k[1] in partitions]:
-            del self.states[key]
+    def _restore(self, share: Share, provider: str, partition: int) -> None:
+        snap = self.store.get(self.key_for(provider, partition, self.partitions))
+        if snap:
+            share.restore(snap)
+
+    def own(self, partitions: set[int]) -> None:
+        """The dispatch partitions this worker owns now (from its assignment)."""
+        partitions = set(partitions)
+        if partitions == self.owned:
+            return
+        added = partitions - self.owned
+        self.owned = partitions
+        for provider, share in self.shares.items():
+            for p in added:
+                self._restore(share, provider, p)
+            share.resize(len(partitions))
 
     def flush(self, flush_every_s: float) -> int:
         now = self.clock()
-        for (provider, partition), st in self.states.items():
-            self.store[self.key_for(provider, partition, self.partitions)] = st.snapshot(
-                now, flush_every_s
-            )
-        return len(self.states)
+        n = 0
+        for provider, share in self.shares.items():
+            snap = share.snapshot(now, flush_every_s)
+            for p in self.owned:
+                self.store[self.key_for(provider, p, self.partitions)] = snap
+                n += 1
+        return n
 
     def persist_breaker(self, provider: str, partition: int, flush_every_s: float) -> None:
-        st = self.state(provider, partition)
-        self.store[self.key_for(provider, partition, self.partitions)] = st.snapshot(
-            self.clock(), flush_every_s
-        )
+        snap = self.state(provider, partition).snapshot(self.clock(), flush_every_s)
+        for p in self.owned:
+            self.store[self.key_for(provider, p, self.partitions)] = snap
 
     def observe(
         self, provider: str, limit: int | None, remaining: int | None, reset_at: float | None

@@ -141,8 +141,9 @@ def test_every_spillway_variable_is_a_setting(services: dict[str, dict[str, Any]
 
 
 def test_intake_is_published_from_its_default_port(services: dict[str, dict[str, Any]]) -> None:
-    [intake] = [s for s in stage_services(services).values()
-                if env_of(s)["SPILLWAY_STAGE"] == "intake"]
+    [intake] = [
+        s for s in stage_services(services).values() if env_of(s)["SPILLWAY_STAGE"] == "intake"
+    ]
     [host] = host_ports(intake).values()
     assert int(host.split("-")[0]) == WEB_PORTS["intake"]
     assert env_of(intake)["SPILLWAY_INTAKE_API_KEYS"] is None, "keys come from the shell"
@@ -174,9 +175,7 @@ def test_internal_addresses_point_at_listening_services(
         assert host == "kafka" and f"://{host}:{port}" in advertised
         assert f"://:{port}" in listeners
         registry = urlsplit(env["SPILLWAY_SCHEMA_REGISTRY_URL"] or "")
-        assert registry.hostname == "registry" and registry.port in host_ports(
-            services["registry"]
-        )
+        assert registry.hostname == "registry" and registry.port in host_ports(services["registry"])
         assert registry.path == urlsplit(DEFAULTS.schema_registry_url).path
         assert env["SPILLWAY_SMTP_HOST"] in services
         mailpit = env_of(services["mailpit"])
@@ -198,14 +197,22 @@ def test_prometheus_scrapes_every_stage_and_loads_our_rules(compose: dict[str, A
     config = yaml.safe_load(compose["configs"][config_ref["source"]]["content"])
     mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in prometheus["volumes"])
     assert mounts["./deploy/prometheus/rules.yml"] in config["rule_files"]
-    [job] = config["scrape_configs"]
-    targets = {c["names"][0]: c["port"] for c in job["dns_sd_configs"]}
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     for name, service in stage_services(services).items():
-        assert targets[name] == WEB_PORTS[env_of(service)["SPILLWAY_STAGE"] or ""]
-    grafana = services["grafana"]
-    assert any(v.startswith("./deploy/grafana:") for v in grafana["volumes"])
-    for ref in grafana["configs"]:
-        yaml.safe_load(compose["configs"][ref["source"]]["content"])  # parses
+        stage = env_of(service)["SPILLWAY_STAGE"] or ""
+        [sd] = jobs[f"spillway-{stage}"]["dns_sd_configs"]  # rules match job=~"spillway.*"
+        assert (sd["names"], sd["port"]) == ([name], WEB_PORTS[stage])
+        assert jobs[f"spillway-{stage}"].get("metrics_path", "/metrics") == "/metrics"
+
+
+def test_grafana_is_provisioned_from_deploy(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in grafana["volumes"])
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    providers = PROJECT_ROOT / "deploy/grafana/provisioning/dashboards"
+    for path in providers.glob("*.y*ml"):  # the provider must read where dashboards are
+        for provider in yaml.safe_load(path.read_text())["providers"]:
+            assert provider["options"]["path"] == mounts["./deploy/grafana/dashboards"]
 
 
 def test_referenced_files_exist(compose: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ ids, so tests never see each other's messages.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -113,3 +114,50 @@ def env(stack: None, request: pytest.FixtureRequest) -> Iterator[Env]:
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+class OwnSimulator:
+    """A provider simulator process of a test's own, for configs that must not leak
+    into other tests (quotas, outages, error injection)."""
+
+    def __init__(self, log_dir: Path, **config: Any) -> None:
+        from app.tools.workers import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, "-m", "simulator.provider", "--host", "127.0.0.1",
+                "--port", str(self.port), "--log-level", "WARNING"]
+        for key, value in config.items():
+            args += ["--set", f"{key}={json.dumps(value)}"]
+        with (log_dir / f"simulator-{self.port}.log").open("ab") as log:
+            self.proc = subprocess.Popen(args, cwd=PROJECT_ROOT, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        self.client = SyncSimulatorClient(self.url)
+        self.client.wait_ready(timeout=20)
+
+    def entries(self) -> list[dict[str, Any]]:
+        return list(self.client.ledger(limit=1_000_000)["entries"])
+
+    def per_second(self) -> list[dict[str, Any]]:
+        return list(self.client.stats()["per_second"])
+
+    def close(self) -> None:
+        self.client.close()
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def own_sim(env: Env, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Factory: ``own_sim(quota=..., ...)`` starts a simulator; all stop at the end."""
+    sims: list[OwnSimulator] = []
+
+    def start(**config: Any) -> OwnSimulator:
+        sim = OwnSimulator(env.workers.log_dir, **config)
+        sims.append(sim)
+        return sim
+
+    yield start
+    for sim in sims:
+        sim.close()

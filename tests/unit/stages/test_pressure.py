@@ -6,7 +6,7 @@ import time
 
 from app.settings import ProviderPolicy
 from app.stages.lanes import LaneGate
-from app.stages.pressure import Breaker, Gcra, PartitionState, PressureBoard, backoff_s
+from app.stages.pressure import Breaker, Gcra, Share, PressureBoard, backoff_s
 from app.tables.pressure import key_for
 
 
@@ -24,20 +24,23 @@ def test_gcra_spaces_requests_at_the_rate() -> None:
 
 def test_shares_add_up_to_the_target_rate() -> None:
     policy = ProviderPolicy(name="p", quota_per_s=200)
-    shares = [PartitionState(policy, 4) for _ in range(4)]
-    assert abs(sum(s.total.rate for s in shares) - 170.0) < 1e-9
-    assert abs(shares[0].non_critical.rate - 170.0 / 4 * 0.8) < 1e-9
+    shares = [Share(policy, 4, owned) for owned in (1, 3)]  # two workers
+    # normal and bulk: 0.85 of the quota; critical may use the 0.1 reserve above it
+    assert abs(sum(s.non_critical.rate for s in shares) - 170.0) < 1e-9
+    assert abs(sum(s.total.rate for s in shares) - 190.0) < 1e-9
+    shares[0].resize(4)  # the other worker left
+    assert abs(shares[0].non_critical.rate - 170.0) < 1e-9
 
 
 def test_snapshot_restore_never_sends_early() -> None:
     policy = ProviderPolicy(name="p", quota_per_s=100)
-    st = PartitionState(policy, 1)
+    st = Share(policy, 1)
     for i in range(50):  # saturate
         now = 10.0 + i * st.total.interval
         st.total.take(now)
     snap = st.snapshot(now, flush_every_s=0.5)
     # the worker dies right after the snapshot; its successor starts from it
-    fresh = PartitionState(policy, 1)
+    fresh = Share(policy, 1)
     fresh.restore(snap)
     assert fresh.total.wait(now) >= st.total.wait(now)
     assert fresh.total.wait(now) <= 0.5 + 2 * st.total.interval  # idles at most a flush
@@ -77,9 +80,9 @@ def test_failed_probe_reopens() -> None:
 
 def test_breaker_survives_a_restart() -> None:
     policy = ProviderPolicy(name="p", breaker_min_requests=1)
-    st = PartitionState(policy, 1)
+    st = Share(policy, 1)
     st.breaker.record(False, 5.0)
-    fresh = PartitionState(policy, 1)
+    fresh = Share(policy, 1)
     fresh.restore(st.snapshot(6.0, 0.5))
     assert fresh.breaker.state == "open" and fresh.breaker.opened_at == 5.0
 
@@ -111,11 +114,15 @@ def test_state_is_restored_from_the_store() -> None:
     policies = {"p": ProviderPolicy(name="p", quota_per_s=10)}
     store: dict[bytes, dict[str, object]] = {}
     board = PressureBoard(policies, 4, store, key_for, clock=lambda: 10.0)
-    board.state("p", 2).total.take(10.0)
+    board.own({2, 3})
+    board.state("p").total.take(10.0)
     board.flush(0.5)
-    assert key_for("p", 2, 4) in store
+    assert {key_for("p", 2, 4), key_for("p", 3, 4)} <= set(store)
     again = PressureBoard(policies, 4, store, key_for, clock=lambda: 10.0)
-    assert again.state("p", 2).total.tat >= board.state("p", 2).total.tat
+    again.own({0, 1})
+    assert again.state("p").total.tat < board.state("p").total.tat  # nothing of 2, 3 yet
+    again.own({0, 1, 2})  # a rebalance hands it partition 2
+    assert again.state("p").total.tat >= board.state("p").total.tat
 
 
 def test_backoff_grows_and_is_capped() -> None:

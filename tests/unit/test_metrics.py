@@ -1,0 +1,329 @@
+"""app/metrics.py: hooks, records to metrics, lag and slope, utilisation, exposition."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+import pytest
+from faust.types import TP
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from app import metrics
+from app.metrics import (
+    REGISTRY,
+    BusyMeter,
+    LagTracker,
+    LoopMonitor,
+    Metrics,
+    Sampler,
+    measure_lag,
+    slope,
+    stage_of,
+    status_class_of,
+)
+from app.models import DeadLetter, DispatchRequest, SendResult
+from app.runtime import Runtime
+from app.settings import Settings
+from app.stages.common import Emission
+from app.topology import Topology
+
+
+@pytest.fixture
+def m() -> Metrics:
+    return Metrics(CollectorRegistry())
+
+
+def value(m: Metrics, name: str, **labels: str) -> float | None:
+    return m.registry.get_sample_value(name, labels)
+
+
+def sent(priority: str = "critical", ms: float = 1500.0, replay: bool = False) -> SendResult:
+    return SendResult(
+        event_id="e1",
+        priority=priority,
+        provider="sim-http",
+        provider_message_id="m1",
+        attempts=1,
+        provider_latency_ms=12.0,
+        time_to_send_ms=ms,
+        template="password_reset",
+        template_version="v1",
+        source="s",
+        accepted_at=1,
+        sent_at=2,
+        replay=replay,
+    )
+
+
+def dead(stage: str = "render", reason: str = "render_error") -> DeadLetter:
+    return DeadLetter(
+        stage=stage,
+        error_class="RenderError",
+        reason=reason,
+        message="x",
+        retriable=False,
+        original_topic="t",
+        original_partition=0,
+        original_offset=1,
+        payload=b"",
+        payload_format="json",
+        dead_at=1,
+    )
+
+
+def test_provider_hooks(m: Metrics) -> None:
+    m.provider_response("sim-http", "2xx", 0.03)
+    m.provider_response("sim-http", "2xx", 0.07)
+    m.provider_response("sim-http", "weird", 1.0)  # unknown class: counted as error
+    assert (
+        value(m, "spillway_provider_requests_total", provider="sim-http", status_class="2xx") == 2
+    )
+    assert (
+        value(m, "spillway_provider_requests_total", provider="sim-http", status_class="error") == 1
+    )
+    assert (
+        value(
+            m,
+            "spillway_provider_request_duration_seconds_bucket",
+            provider="sim-http",
+            status_class="2xx",
+            le="0.05",
+        )
+        == 1
+    )
+
+
+def test_breaker_state_is_a_code_and_one_hot(m: Metrics) -> None:
+    m.breaker_state("p", "open")
+    assert value(m, "spillway_provider_breaker_state_code", provider="p") == 1
+    assert [value(m, "spillway_provider_breaker_state", provider="p", state=s) for s in
+            ("closed", "open", "half_open")] == [0, 1, 0]  # fmt: skip
+    m.breaker_state("p", "half_open")
+    assert value(m, "spillway_provider_breaker_state_code", provider="p") == 2
+    m.breaker_state("p", "ajar")  # ignored
+    assert value(m, "spillway_provider_breaker_state", provider="p", state="half_open") == 1
+
+
+def test_retry_attempt_label_is_bounded(m: Metrics) -> None:
+    m.max_attempts = 3
+    for attempt in (1, 2, 7, 0):
+        m.retry(attempt)
+    assert value(m, "spillway_retries_total", attempt="1") == 2
+    assert value(m, "spillway_retries_total", attempt="3") == 1
+    assert value(m, "spillway_retries_total", attempt="7") is None
+
+
+def test_module_hooks_write_the_process_registry() -> None:
+    def get(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = get("spillway_duplicates_suppressed_total")
+    metrics.duplicate_suppressed()
+    assert get("spillway_duplicates_suppressed_total") == before + 1
+    metrics.quota("hook-p", 50.0)
+    metrics.bucket_level("hook-p", 3.5)
+    metrics.rate_limit_remaining("hook-p", 99)
+    metrics.breaker_state("hook-p", "closed")
+    metrics.provider_response("hook-p", "429", 0.001)
+    metrics.retry(2)
+    assert get("spillway_provider_quota_per_second", provider="hook-p") == 50
+    assert get("spillway_provider_bucket_tokens", provider="hook-p") == 3.5
+    assert get("spillway_provider_ratelimit_remaining", provider="hook-p") == 99
+    assert get("spillway_provider_requests_total", provider="hook-p", status_class="429") == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [(202, "2xx"), (429, "429"), (400, "4xx"), (503, "5xx"), (None, "error"), (302, "error")],
+)
+def test_status_class_of(status: int | None, cls: str) -> None:
+    assert status_class_of(status) == cls
+
+
+def test_emitted_records(m: Metrics) -> None:
+    m.emitted(Emission("sent", b"e1", sent("critical", 1500.0)), "dispatch")
+    m.emitted(Emission("sent", b"e2", sent("bulk", 900_000.0, replay=True)), "dispatch")
+    m.emitted(Emission("dead", b"e3", dead("render", "render_error")), "render")
+    assert value(m, "spillway_events_out_total", stage="dispatch", outcome="sent") == 2
+    assert value(m, "spillway_emails_sent_total", provider="sim-http", priority="bulk") == 1
+    assert value(m, "spillway_time_to_send_seconds_count", priority="critical") == 1
+    assert value(m, "spillway_time_to_send_seconds_bucket", priority="critical", le="2.5") == 1
+    assert value(m, "spillway_time_to_send_seconds_bucket", priority="critical", le="1.0") == 0
+    assert value(m, "spillway_time_to_send_seconds_count", priority="bulk") is None  # replay
+    assert value(m, "spillway_dead_letters_total", stage="render", reason="render_error") == 1
+
+
+def test_stage_of_in_dev_mode() -> None:
+    req = DispatchRequest(
+        event_id="e", priority="normal", to="a@b.example", from_address="s@b.example",
+        subject="s", html="h", text="t", template="x", template_version="v1", source="s",
+        accepted_at=1, rendered_at=2,
+    )  # fmt: skip
+    assert stage_of(Emission("rendered", None, None), "render") == "render"
+    assert stage_of(Emission("rendered", None, None), "all") == "render"
+    assert stage_of(Emission("dispatch.normal", None, req), "all") == "route"
+    retry = DispatchRequest(**{**req.asdict(), "attempts": 1})
+    assert stage_of(Emission("dispatch.normal", None, retry), "all") == "dispatch"
+    assert stage_of(Emission("dead", None, dead("dispatch")), "all") == "dispatch"
+    assert stage_of(Emission("sent", None, sent()), "all") == "dispatch"
+
+
+async def test_runtime_emit_counts_what_it_produced(registry: Any) -> None:
+    settings = Settings(stage="render")
+    produced: list[bytes] = []
+
+    class FakeTopic:
+        async def send(self, key: bytes | None, value: bytes) -> None:
+            produced.append(value)
+
+    topology = Topology(settings, {"dead": FakeTopic()})
+    runtime = Runtime(settings, topology, registry=registry)
+    runtime.serde.register()
+    labels = {"stage": "render", "reason": "undecodable"}
+    before = REGISTRY.get_sample_value("spillway_dead_letters_total", labels) or 0.0
+    await runtime.emit(Emission("dead", b"k", dead("render", "undecodable")))
+    assert len(produced) == 1
+    assert REGISTRY.get_sample_value("spillway_dead_letters_total", labels) == before + 1
+
+
+def test_slope_is_least_squares() -> None:
+    assert slope([(0.0, 0), (1.0, 10), (2.0, 20), (3.0, 30)]) == pytest.approx(10.0)
+    assert slope([(0.0, 100), (10.0, 50)]) == pytest.approx(-5.0)
+    assert slope([(5.0, 7)]) == 0.0
+    assert slope(deque([(1.0, 3), (1.0, 9)])) == 0.0
+
+
+def test_lag_tracker_window_and_forgetting() -> None:
+    tracker = LagTracker(window_s=10.0)
+    key = ("render", "email.raw-events", "0")
+    other = ("render", "email.raw-events", "1")
+    for t in range(0, 36, 2):  # lag grows 50/s until t=20, then stays flat
+        lag = 50 * min(t, 20)
+        slopes = tracker.update(float(t), {key: lag, other: 5})
+    assert slopes[other] == 0.0
+    assert slopes[key] == pytest.approx(0.0)  # the last 10 s are flat
+    slopes = tracker.update(36.0, {key: 1000 + 300})  # partition 1 revoked
+    assert set(tracker.samples) == {key} and slopes[key] > 0
+
+
+def test_busy_meter_counts_overlaps_once() -> None:
+    now = [0.0]
+    added: list[float] = []
+    meter = BusyMeter(added.append, clock=lambda: now[0])
+    meter.enter()  # lane A from 0
+    now[0] = 1.0
+    meter.enter()  # lane B from 1
+    now[0] = 2.0
+    meter.leave()
+    now[0] = 3.0
+    meter.flush()  # still busy: the 3 s so far count now
+    assert meter.total == 3.0
+    now[0] = 4.0
+    meter.leave()
+    now[0] = 10.0
+    meter.flush()  # idle: nothing to add
+    assert meter.total == 4.0 and sum(added) == 4.0
+
+
+def test_sampler_utilisation_and_revoked_partitions(m: Metrics) -> None:
+    sampler = Sampler(Settings(stage="dispatch"), m)
+    assert "email.dispatch.critical" in sampler.topics
+    k0 = ("dispatch", "email.dispatch.critical", "0")
+    k1 = ("dispatch", "email.dispatch.critical", "1")
+    sampler.record_lag(0.0, {k0: 10, k1: 20})
+    sampler.record_lag(5.0, {k0: 60})  # partition 1 went to another worker
+    assert value(m, "spillway_consumer_lag", stage="dispatch", topic=k0[1], partition="0") == 60
+    assert (
+        value(m, "spillway_consumer_lag_slope", stage="dispatch", topic=k0[1], partition="0") == 10
+    )
+    assert value(m, "spillway_consumer_lag", stage="dispatch", topic=k1[1], partition="1") is None
+
+    meter = m.busy_meter("dispatch")
+    sampler.sample_busy(time.monotonic())
+    meter.enter()
+    time.sleep(0.05)
+    meter.leave()
+    time.sleep(0.05)
+    sampler.sample_busy(time.monotonic())
+    ratio = value(m, "spillway_agent_utilisation_ratio", stage="dispatch")
+    assert ratio is not None and 0.3 < ratio < 0.8
+
+
+async def test_loop_monitor_sees_busy_and_idle() -> None:
+    monitor = LoopMonitor(asyncio.get_running_loop())
+    await asyncio.sleep(0.1)
+    idle = monitor.sample()
+    started = time.perf_counter()
+    while time.perf_counter() - started < 0.1:  # block the loop
+        pass
+    await asyncio.sleep(0)
+    busy = monitor.sample()
+    assert idle is not None and busy is not None
+    assert idle < 0.5 < busy
+    assert LoopMonitor(asyncio.get_running_loop())._timed is monitor._timed  # wraps once
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.tps = {
+            TP("ns.email.rendered", 0),
+            TP("ns.email.rendered", 1),
+            TP("ns-route-__assignor-__leader", 0),  # not ours
+        }
+        ours = sorted((tp for tp in self.tps if tp.topic == "ns.email.rendered"),
+                      key=lambda tp: tp.partition)  # fmt: skip
+        self.p0, self.p1 = ours
+        self._committed_offset = {self.p0: 40, self.p1: None}
+
+    def assignment(self) -> set[Any]:
+        return self.tps
+
+    async def highwaters(self, *tps: Any) -> dict[Any, int]:
+        return {self.p0: 100, self.p1: 7}
+
+    async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
+        assert list(tps) == [self.p1]
+        return {self.p1: 2}
+
+
+async def test_measure_lag_end_minus_committed() -> None:
+    topics = {"ns.email.rendered": ("route", "email.rendered")}
+    lags = await measure_lag(FakeConsumer(), topics)
+    assert lags == {("route", "email.rendered", "0"): 60, ("route", "email.rendered", "1"): 5}
+
+
+def test_consumed_topics_strip_the_namespace() -> None:
+    topics = metrics.consumed_topics(Settings(stage="all", topic_namespace="ns."))
+    assert topics["ns.email.raw-events"] == ("render", "email.raw-events")
+    assert topics["ns.email.dispatch.bulk"] == ("dispatch", "email.dispatch.bulk")
+
+
+def test_exposition_is_prometheus_text_with_bounded_labels(m: Metrics) -> None:
+    m.emitted(Emission("sent", b"e1", sent()), "dispatch")
+    m.provider_response("sim-http", "2xx", 0.1)
+    families = {f.name: f for f in text_string_to_metric_families(m.exposition().decode())}
+    assert "spillway_time_to_send_seconds" in families
+    for family in families.values():
+        assert family.name.startswith("spillway_")
+        for sample in family.samples:
+            assert "event_id" not in sample.labels and "to" not in sample.labels
+    assert "spillway_events_out_total" in m.metric_names()
+    assert "spillway_time_to_send_seconds_bucket" in m.metric_names()
+
+
+async def test_every_app_serves_metrics_and_status() -> None:
+    from app.factory import create_app
+
+    app = create_app(Settings(stage="route"))
+    views = app.web.views
+    assert {"/metrics", "/status", "/status.json"} <= set(views)
+    assert any(isinstance(s, metrics.InSensor) for s in app.sensors)
+    response = await views["/metrics"].get(None)
+    assert response.headers["Content-Type"].startswith("text/plain")
+    assert b'spillway_worker_info{app_id="spillway-route",stage="route"} 1.0' in response.body
+    page = await views["/status"].get(None)
+    assert page.status == 200 and b'id="stages"' in page.body

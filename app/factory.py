@@ -7,6 +7,7 @@ its own consumer group, so lag shows per stage and each stage scales on its own.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import faust
@@ -30,6 +31,7 @@ WEB_PORTS = {
 def create_app(settings: Settings | None = None, *, registry: Any = None) -> faust.App:
     """Build the app for ``settings.stage``; ``registry`` overrides the registry client."""
     settings = settings or Settings()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = faust.App(
         settings.app_id(),
@@ -43,6 +45,8 @@ def create_app(settings: Settings | None = None, *, registry: Any = None) -> fau
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_linger_ms=settings.producer_linger_ms,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         key_serializer="raw",
         value_serializer="raw",
         web_host=settings.web_host,

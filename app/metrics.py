@@ -25,13 +25,14 @@ before the app starts):
 - ``provider_response(provider, status_class, latency_s)``: after every provider
   request; ``status_class`` is one of ``2xx 4xx 429 5xx timeout error`` (anything
   else counts as ``error``); see :func:`status_class_of`.
-- ``breaker_state(provider, state)``: whenever a breaker changes (``closed``,
-  ``open``, ``half_open``). With one breaker per partition, report the worst state
-  among this worker's breakers of that provider (open > half_open > closed).
+- ``breaker_state(provider, state)``: once at start and whenever a breaker changes
+  (``closed``, ``open``, ``half_open``); until the first call the gauge does not exist.
+  With one breaker per partition, report the worst state among this worker's breakers
+  of that provider (open > half_open > closed).
 - ``rate_limit_remaining(provider, remaining)``: ``X-RateLimit-Remaining`` as last seen.
 - ``bucket_level(provider, tokens)``: requests the rate limiter would let through now.
-- ``quota(provider, per_second)``: the provider's quota (the same global figure on
-  every worker); achieved rate vs quota is ``rate(spillway_provider_requests_total
+- ``quota(provider, per_second)``: at start, the provider's quota (the same global
+  figure on every worker); achieved rate vs quota is ``rate(spillway_provider_requests_total
   {status_class="2xx"}) / spillway_provider_quota_per_second``.
 - ``retry(attempt)``: a message is scheduled for retry after its ``attempt``-th failure.
 - ``duplicate_suppressed()``: the sent-ledger skipped an already-sent event.
@@ -42,13 +43,14 @@ before the app starts):
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec
 
 import faust
 from prometheus_client import (
@@ -278,46 +280,74 @@ METRICS = Metrics(REGISTRY)
 
 
 # --- hooks (module level: the dispatch stage calls these) ---------------------------------
+P = ParamSpec("P")
+_failed: set[str] = set()
+
+
+def never_raises(fun: Callable[P, None]) -> Callable[P, None]:
+    """A metric must never fail a send or crash an agent: log (once per hook) instead."""
+
+    @functools.wraps(fun)
+    def safe(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            fun(*args, **kwargs)
+        except Exception:
+            if fun.__name__ not in _failed:
+                _failed.add(fun.__name__)
+                log.warning("metrics: %s%r failed", fun.__name__, args, exc_info=True)
+
+    return safe
+
+
+@never_raises
 def provider_response(provider: str, status_class: str, latency_s: float) -> None:
     """One provider request ended: ``status_class`` 2xx|4xx|429|5xx|timeout|error."""
     METRICS.provider_response(provider, status_class, latency_s)
 
 
+@never_raises
 def breaker_state(provider: str, state: str) -> None:
     """The provider's breaker is now ``closed``, ``open`` or ``half_open``."""
     METRICS.breaker_state(provider, state)
 
 
+@never_raises
 def rate_limit_remaining(provider: str, remaining: int) -> None:
     """``X-RateLimit-Remaining`` as last seen."""
     METRICS.ratelimit_remaining.labels(provider).set(remaining)
 
 
+@never_raises
 def bucket_level(provider: str, tokens: float) -> None:
     """Requests the rate limiter would let through now (tokens in the bucket)."""
     METRICS.bucket_tokens.labels(provider).set(tokens)
 
 
+@never_raises
 def quota(provider: str, per_second: float) -> None:
     """The provider's quota in requests per second (global, not this worker's share)."""
     METRICS.quota.labels(provider).set(per_second)
 
 
+@never_raises
 def retry(attempt: int) -> None:
     """A message goes to a retry topic after failing its ``attempt``-th time."""
     METRICS.retry(attempt)
 
 
+@never_raises
 def duplicate_suppressed() -> None:
     """The sent-ledger skipped an event that was sent already."""
     METRICS.duplicates.inc()
 
 
+@never_raises
 def emitted(emission: Emission, worker_stage: str) -> None:
     """A stage produced ``emission`` (called by ``Runtime.emit``)."""
     METRICS.emitted(emission, worker_stage)
 
 
+@never_raises
 def render_time(template: str, seconds: float) -> None:
     METRICS.render_duration.labels(template).observe(seconds)
 

@@ -120,6 +120,12 @@ class Settings(BaseSettings):
         "memory:// rebuilds them from the changelog at start.",
     )
     producer_linger_ms: int = Field(5, ge=0, description="Producer linger for pipeline output.")
+    session_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Consumer group session timeout: how long a worker that died without "
+        "leaving keeps its partitions before they move to the others.",
+    )
     data_dir: Path = Field(
         PROJECT_ROOT / "var" / "faust",
         description="Faust's data folder (one subfolder per app id).",

@@ -16,11 +16,12 @@ import asyncio
 import time
 from typing import Any
 
+from app import metrics
 from app.agents.guard import crash_on_error
 from app.models import PRIORITIES, DispatchRequest
 from app.runtime import Runtime, build_provider
 from app.stages.common import Emission, Origin
-from app.stages.dispatch import DispatchStage
+from app.stages.dispatch import DispatchStage, Hooks
 from app.stages.lanes import LaneGate
 from app.stages.pressure import PressureBoard
 from app.tables import ledger as ledger_table
@@ -59,7 +60,17 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                 board,
                 max_attempts=settings.max_attempts,
                 flush_every_s=settings.state_flush_s,
+                hooks=Hooks(
+                    response=metrics.provider_response,
+                    breaker=metrics.breaker_state,
+                    remaining=metrics.rate_limit_remaining,
+                    retry=metrics.retry,
+                    duplicate=metrics.duplicate_suppressed,
+                ),
             )
+            for name, policy in policies.items():
+                metrics.breaker_state(name, "closed")
+                metrics.quota(name, policy.quota_per_s or 0.0)
         return holder["stage"]
 
     def lane_agent(lane: str) -> Any:
@@ -80,7 +91,7 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             ):
                 gate.enter(lane)
                 try:
-                    with crash_on_error(f"dispatch-{lane}"):
+                    with crash_on_error(f"dispatch-{lane}"), metrics.busy("dispatch"):
                         await asyncio.gather(*(one(e) for e in events))
                 finally:
                     gate.leave(lane)
@@ -139,6 +150,10 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
     @app.timer(settings.state_flush_s, name="dispatch-pressure-flush")
     async def flush_pressure() -> None:
         board.flush(settings.state_flush_s)
+        now = time.time()
+        for name, share in board.shares.items():
+            metrics.bucket_level(name, share.non_critical.tokens(now))
+            metrics.breaker_state(name, share.breaker.state)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app_: Any, revoked: set[Any], **kwargs: Any) -> None:

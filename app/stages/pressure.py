@@ -49,6 +49,12 @@ class Gcra:
         tolerance = (self.burst - 1.0) * self.interval
         return max(0.0, max(self.tat, now) + (cost - 1.0) * self.interval - now - tolerance)
 
+    def tokens(self, now: float) -> float:
+        """Requests that would conform right now (the bucket's level)."""
+        if self.rate <= 0:
+            return 0.0
+        return max(0.0, (now - self.tat) / self.interval + self.burst)
+
     def take(self, now: float, cost: float = 1.0) -> None:
         self.tat = max(self.tat, now) + cost * self.interval
 
@@ -122,13 +128,16 @@ class RateLimitView:
     seen_at: float = 0.0
     paused_until: float = 0.0
 
-    def low(self, threshold: int, now: float) -> bool:
-        return (
-            self.remaining is not None
-            and self.remaining < threshold
-            and self.reset_at is not None
-            and now < self.reset_at
-        )
+    def low(self, threshold: int, now: float, pace: float | None = None) -> bool:
+        """Remaining is under the threshold and, at ``pace`` (our own target rate, all
+        workers together; None: unlimited), would run out before the reset. With a
+        short provider window (say 200/s) Remaining dips under 100 every second while
+        our pace fits the quota: that is not a reason to hold anything."""
+        if self.remaining is None or self.reset_at is None or now >= self.reset_at:
+            return False
+        if self.remaining >= threshold:
+            return False
+        return pace is None or self.remaining < pace * (self.reset_at - now)
 
 
 @dataclass
@@ -291,12 +300,13 @@ class PressureBoard:
         policy = self.policies[provider]
         view = self.views[provider]
         wait = view.paused_until - now
-        if lane == "bulk" and view.low(policy.remaining_threshold, now):
+        low = view.low(policy.remaining_threshold, now, policy.rate_per_s)
+        if lane == "bulk" and low:
             return max(wait, (view.reset_at or now) - now, 0.05)  # held until the reset
         st = self.state(provider, partition)
         if not st.limited and wait <= 0:
             return 0.0
-        cost = 2.0 if lane == "normal" and view.low(policy.remaining_threshold, now) else 1.0
+        cost = 2.0 if lane == "normal" and low else 1.0
         meters = [st.total] if lane == "critical" else [st.total, st.non_critical]
         return max([wait, *(m.wait(now, cost) for m in meters if st.limited)])
 
@@ -314,13 +324,9 @@ class PressureBoard:
             st = self.state(provider, partition)
             if st.limited:
                 now = self.clock()
-                view = self.views[provider]
-                cost = (
-                    2.0
-                    if lane == "normal"
-                    and view.low(self.policies[provider].remaining_threshold, now)
-                    else 1.0
-                )
+                policy = self.policies[provider]
+                low = self.views[provider].low(policy.remaining_threshold, now, policy.rate_per_s)
+                cost = 2.0 if lane == "normal" and low else 1.0
                 st.total.take(now, cost)
                 if lane != "critical":
                     st.non_critical.take(now, cost)

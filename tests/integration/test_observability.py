@@ -43,7 +43,7 @@ class Prometheus:
     def __init__(self, workdir: Path, workers: list[Worker]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        jobs = {}
+        jobs: dict[str, list[str]] = {}
         for w in workers:
             jobs.setdefault(f"spillway-{w.stage}", []).append(w.web_url.removeprefix("http://"))
         config = {
@@ -141,7 +141,7 @@ def prometheus(env: Env) -> Iterator[Any]:
 
 
 # --- headless Chromium --------------------------------------------------------------------
-def chromium() -> Any:
+def chromium(profile: str) -> Any:
     """A selenium-driven headless Chromium (Debian's chromium + chromium-driver)."""
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if browser is None or driver is None:
@@ -161,7 +161,7 @@ def chromium() -> Any:
         "--disable-sync",
         "--no-first-run",
         "--window-size=1500,1300",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='spillway-chromium-')}",
+        f"--user-data-dir={profile}",  # a fresh profile: nothing from other runs
     ):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(driver), options=options)
@@ -171,7 +171,8 @@ def check_status_page(url: str, screenshot: Path) -> dict[str, Any]:
     """Load the page, save a screenshot, and read what the DOM shows."""
     from selenium.webdriver.common.by import By
 
-    driver = chromium()
+    profile = tempfile.TemporaryDirectory(prefix="spillway-chromium-")
+    driver = chromium(profile.name)
     try:
         driver.get(url)
         assert driver.title == "Spillway status"
@@ -212,6 +213,7 @@ def check_status_page(url: str, screenshot: Path) -> dict[str, Any]:
         }
     finally:
         driver.quit()
+        profile.cleanup()
 
 
 # --- the tests ----------------------------------------------------------------------------
@@ -237,13 +239,12 @@ def test_prometheus_scrapes_a_burst_and_the_status_page_shows_it(env: Env, prome
     env.producer.flush(30)
 
     # the status page, in Chromium, while mail is going out and dead letters come in
-    assert wait_until(
-        lambda: (
-            (env.workers.check_alive(), observer.snapshot())[1].dead_records >= 5
-            and len(observer.snapshot().sent) >= 100
-        ),
-        timeout=120,
-    ), "the run did not get going"
+    def under_way() -> bool:
+        env.workers.check_alive()
+        snap = observer.snapshot()
+        return snap.dead_records >= 5 and len(snap.sent) >= 100
+
+    assert wait_until(under_way, timeout=120), "the run did not get going"
     shot = artifacts_dir() / "status-page.png"
     page = check_status_page(f"{render.web_url}/status", shot)
     assert shot.stat().st_size > 10_000

@@ -327,3 +327,10 @@ async def test_every_app_serves_metrics_and_status() -> None:
     assert b'spillway_worker_info{app_id="spillway-route",stage="route"} 1.0' in response.body
     page = await views["/status"].get(None)
     assert page.status == 200 and b'id="stages"' in page.body
+
+
+def test_hooks_never_raise_into_the_pipeline(caplog: pytest.LogCaptureFixture) -> None:
+    metrics.rate_limit_remaining("p", "lots")  # type: ignore[arg-type]
+    metrics.render_time("t", None)  # type: ignore[arg-type]
+    metrics.emitted(Emission("sent", None, sent("critical", "soon")), "dispatch")  # type: ignore[arg-type]
+    assert "rate_limit_remaining" in caplog.text and "emitted" in caplog.text

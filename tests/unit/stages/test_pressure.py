@@ -6,7 +6,7 @@ import time
 
 from app.settings import ProviderPolicy
 from app.stages.lanes import LaneGate
-from app.stages.pressure import Breaker, Gcra, Share, PressureBoard, backoff_s
+from app.stages.pressure import Breaker, Gcra, PressureBoard, Share, backoff_s
 from app.tables.pressure import key_for
 
 

@@ -13,6 +13,7 @@ backlog (``LaneGate``), measured from the consumer every ``BACKLOG_EVERY_S``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -30,6 +31,7 @@ from app.tables.ledger import Ledger
 from app.topology import LANES, RETRIES
 
 BACKLOG_EVERY_S = 0.1
+log = logging.getLogger(__name__)
 
 
 def attach(app: Any, runtime: Runtime) -> list[Any]:
@@ -125,6 +127,12 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
 
     @app.timer(BACKLOG_EVERY_S, name="dispatch-lane-backlog")
     async def lane_backlog() -> None:
+        try:
+            await measure_backlog()
+        except Exception as exc:  # e.g. the assignment changed under us: next tick
+            log.debug("lane backlog not measured: %r", exc)
+
+    async def measure_backlog() -> None:
         # Highwaters come from fetch responses (no request); a partition's start is
         # what this worker handled, else the committed offset, else its earliest.
         consumer = app.consumer

@@ -188,6 +188,8 @@ class DispatchStage:
             started = time.perf_counter()
             try:
                 async with self._slots[name]:
+                    if self.board.blocked(name, lane):
+                        continue  # paused or shed while this waited for a slot: wait again
                     self.ledger.mark_in_flight(req.event_id, name)
                     receipt = await self.providers[name].send(outbound(req))
             except ThrottledError as exc:
@@ -212,7 +214,12 @@ class DispatchStage:
             return self._sent(req, receipt)
 
     def _record(
-        self, name: str, partition: int, ok: bool | None, before: str, status: str,
+        self,
+        name: str,
+        partition: int,
+        ok: bool | None,
+        before: str,
+        status: str,
         started: float,
     ) -> None:
         """Tell the breaker (``ok=None``: not a breaker matter) and the metrics hook."""

@@ -160,15 +160,16 @@ class Share:
 
     def resize(self, owned: int) -> None:
         """Normal and bulk mail aim at ``quota x target_utilisation``; critical mail may
-        also use the reserve above it, up to the whole quota. Each meter tolerates a
-        burst of 2% of its rate, so a late timer does not lose capacity."""
+        also use the reserve above it, up to the whole quota."""
         self.owned = owned
         policy = self.policy
         quota = (policy.quota_per_s or 0.0) * owned / self.partitions
         self.non_critical.rate = quota * policy.target_utilisation
         self.total.rate = quota * min(1.0, policy.target_utilisation + policy.critical_reserve)
+        # Tolerate a burst of 10% of the rate, so late timers on a busy machine do not
+        # lose capacity, but never so much that one second could pass the quota.
         for meter in (self.total, self.non_critical):
-            meter.burst = max(1.0, 0.02 * meter.rate)
+            meter.burst = max(1.0, min(0.1 * meter.rate, quota - meter.rate))
 
     @property
     def limited(self) -> bool:
@@ -293,6 +294,16 @@ class PressureBoard:
         view = self.views[provider]
         pause = 1.0 if seconds is None else seconds
         view.paused_until = max(view.paused_until, self.clock() + pause)
+
+    def blocked(self, provider: str, lane: str) -> bool:
+        """Paused by a 429, or (bulk) held for low Remaining: checked again right
+        before a send, since many messages may have passed ``acquire`` meanwhile."""
+        now = self.clock()
+        view = self.views[provider]
+        if view.paused_until > now:
+            return True
+        policy = self.policies[provider]
+        return lane == "bulk" and view.low(policy.remaining_threshold, now, policy.rate_per_s)
 
     def wait_s(self, provider: str, partition: int, lane: str) -> float:
         """Seconds before a ``lane`` message may go to ``provider`` on ``partition``."""

@@ -32,15 +32,26 @@ def providers_env(*policies: dict[str, Any]) -> dict[str, str]:
 
 
 def produce(env: Env, n: int, priority: str, prefix: str) -> list[str]:
-    template = {"critical": "password_reset", "normal": "order_confirmation",
-                "bulk": "newsletter"}[priority]
+    template = {"critical": "password_reset", "normal": "order_confirmation", "bulk": "newsletter"}[
+        priority
+    ]
     ids = []
     for i in range(n):
         event_id = f"{env.ns}-{prefix}{i}"
-        value = burst.encode("good", {
-            "event_id": event_id, "template": template, "priority": priority,
-            "to": f"{prefix}{i}@example.com", "data": env.samples[template], "source": "t",
-        }, env.serde, env.topic("email.raw-events"), use_avro=True)
+        value = burst.encode(
+            "good",
+            {
+                "event_id": event_id,
+                "template": template,
+                "priority": priority,
+                "to": f"{prefix}{i}@example.com",
+                "data": env.samples[template],
+                "source": "t",
+            },
+            env.serde,
+            env.topic("email.raw-events"),
+            use_avro=True,
+        )
         env.produce(event_id.encode(), value)
         ids.append(event_id)
     env.producer.flush(30)
@@ -54,9 +65,12 @@ def fill_lanes(env: Env, counts: dict[str, int]) -> dict[str, list[str]]:
     ids = {p: produce(env, n, p, p[0]) for p, n in counts.items()}
     boot = env.settings.kafka_bootstrap
     assert wait_until(
-        lambda: all(end_offsets(boot, env.topic(f"email.dispatch.{p}"), PARTITIONS) >= n
-                    for p, n in counts.items()),
-        timeout=120, interval=0.5,
+        lambda: all(
+            end_offsets(boot, env.topic(f"email.dispatch.{p}"), PARTITIONS) >= n
+            for p, n in counts.items()
+        ),
+        timeout=120,
+        interval=0.5,
     ), "the lanes did not fill"
     return ids
 
@@ -110,8 +124,10 @@ def test_bulk_is_held_while_remaining_is_low(env: Env, own_sim: Any) -> None:
     # reset while critical keeps going. We never hit the wall (no 429).
     sim = own_sim(quota=300, window_s=4)
     fill_lanes(env, {"bulk": 700})
-    env.workers.add("dispatch", **providers_env(
-        policy("sim", sim.url, remaining_threshold=100, max_in_flight=4)))
+    env.workers.add(
+        "dispatch",
+        **providers_env(policy("sim", sim.url, remaining_threshold=100, max_in_flight=4)),
+    )
     observer = env.observe()
     critical: list[str] = []
     deadline = time.time() + 12
@@ -135,9 +151,18 @@ def test_bulk_is_held_while_remaining_is_low(env: Env, own_sim: Any) -> None:
 
 
 def breaker_policy(name: str, url: str, **over: Any) -> dict[str, Any]:
-    return policy(name, url, quota_per_s=150, breaker_window_s=3, breaker_min_requests=10,
-                  breaker_cooldown_s=2, breaker_half_open_probes=2,
-                  retry_backoff_base_s=0.5, retry_backoff_cap_s=2, **over)
+    return policy(
+        name,
+        url,
+        quota_per_s=150,
+        breaker_window_s=3,
+        breaker_min_requests=10,
+        breaker_cooldown_s=2,
+        breaker_half_open_probes=5,
+        retry_backoff_base_s=0.5,
+        retry_backoff_cap_s=2,
+        **over,
+    )
 
 
 def test_breaker_opens_probes_and_recovers_without_losing_mail(env: Env, own_sim: Any) -> None:
@@ -145,20 +170,21 @@ def test_breaker_opens_probes_and_recovers_without_losing_mail(env: Env, own_sim
     fill_lanes(env, {"normal": 1500})
     env.workers.add("dispatch", **providers_env(breaker_policy("sim", sim.url)))
     observer = env.observe()
-    assert wait_until(lambda: len(sim.entries()) >= 300, timeout=60, interval=0.2)
-    outage = sim.client.outage(duration_s=5, status=500, rate=0.2)
+    assert wait_until(lambda: len(sim.entries()) >= 500, timeout=60, interval=0.2)
+    outage = sim.client.outage(duration_s=6, status=500, rate=0.2)
     tally = observer.wait_for(1500, timeout=120, check=env.workers.check_alive)
     assert len(tally.sent) == 1500 and not tally.dead, tally.reasons()
     per_second = requests_per_second(sim)
     start, end = int(outage["start"]), int(outage["end"])
-    before = [per_second.get(s, 0) for s in range(start - 3, start)]
+    before = [per_second.get(s, 0) for s in range(start - 2, start)]
     during = [per_second.get(s, 0) for s in range(start + 3, end)]  # after one window
-    after = [per_second.get(s, 0) for s in range(end + 3, end + 6)]
+    after = [per_second.get(s, 0) for s in range(end + 3, end + 5)]
     print(f"requests/s before {before}, during {during}, after {after}")
     assert min(before) > 100
-    # open: probes only (2 per partition per 2 s cooldown, 4 partitions)
-    assert max(during) <= 12, during
-    assert max(after) > 100 or len(tally.sent) == 1500
+    # open: probes every cooldown; a probe round that happens to pass closes it and the
+    # next errors reopen it, so a 20% outage cuts traffic to a trickle, not to zero
+    assert sum(during) / len(during) <= 0.2 * sum(before) / len(before), during
+    assert max(after) > 100
     dups = sim.client.duplicates()
     assert dups["count"] == 0 or all(e["requests"] > 1 for e in dups["entries"])
     assert {e["key"] for e in sim.entries()} >= set(tally.sent)
@@ -167,10 +193,13 @@ def test_breaker_opens_probes_and_recovers_without_losing_mail(env: Env, own_sim
 def test_failover_moves_traffic_within_a_window(env: Env, own_sim: Any) -> None:
     primary, fallback = own_sim(), own_sim()
     fill_lanes(env, {"normal": 1200})
-    env.workers.add("dispatch", **providers_env(
-        breaker_policy("primary", primary.url, fallback="fallback"),
-        breaker_policy("fallback", fallback.url),
-    ))
+    env.workers.add(
+        "dispatch",
+        **providers_env(
+            breaker_policy("primary", primary.url, fallback="fallback"),
+            breaker_policy("fallback", fallback.url),
+        ),
+    )
     observer = env.observe()
     assert wait_until(lambda: len(primary.entries()) >= 200, timeout=60, interval=0.2)
     outage = primary.client.outage(duration_s=30, status=503, rate=0.2)
@@ -186,9 +215,17 @@ def test_failover_moves_traffic_within_a_window(env: Env, own_sim: Any) -> None:
 def test_restart_keeps_the_breaker_open_and_the_quota(env: Env, own_sim: Any) -> None:
     sim = own_sim(quota=100)
     fill_lanes(env, {"bulk": 1500})
-    over = providers_env(policy("sim", sim.url, quota_per_s=100, breaker_window_s=3,
-                                breaker_min_requests=10, breaker_cooldown_s=8,
-                                breaker_half_open_probes=2))
+    over = providers_env(
+        policy(
+            "sim",
+            sim.url,
+            quota_per_s=100,
+            breaker_window_s=3,
+            breaker_min_requests=10,
+            breaker_cooldown_s=8,
+            breaker_half_open_probes=2,
+        )
+    )
     worker = env.workers.add("dispatch", **over)
     observer = env.observe()
     assert wait_until(lambda: len(sim.entries()) >= 300, timeout=60, interval=0.2)

@@ -31,6 +31,7 @@ BAD_KINDS: dict[str, str] = {
     "unknown_template": "unknown_template",
     "invalid_address": "invalid_field",
     "missing_variable": "render_error",
+    "provider_rejection": "provider_rejected",  # the simulator rejects reject*@ addresses
 }
 
 
@@ -127,6 +128,8 @@ def encode(
         event = {**event, "to": "not-an-address"}
     elif kind == "missing_variable":
         event = {**event, "data": {}}
+    elif kind == "provider_rejection":
+        event = {**event, "to": f"reject-{event['event_id']}@example.com"}
     if use_avro:
         return serde.encode(raw_topic, RawEvent(**event))
     return json.dumps(event).encode()

@@ -22,6 +22,7 @@ class Tally:
     sent_records: int = 0  # records on email.sent, duplicates included
     dead_records: int = 0
     dead_without_id: list[DeadLetter] = field(default_factory=list)
+    dead_seen: Counter[str] = field(default_factory=Counter)  # dead records per event id
 
     @property
     def done(self) -> int:
@@ -86,6 +87,7 @@ class Observer:
                 t.dead_records += 1
                 if d.event_id:
                     t.dead[d.event_id] = d
+                    t.dead_seen[d.event_id] += 1
                 else:
                     t.dead_without_id.append(d)
 

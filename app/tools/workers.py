@@ -92,7 +92,7 @@ class Workers:
         from confluent_kafka.admin import AdminClient
 
         admin = AdminClient({"bootstrap.servers": bootstrap})
-        wanted = Counter(w.stage for w in self.workers if w.stage != "intake")
+        wanted = Counter(w.stage for w in self.workers if w.stage != "intake" and w.alive())
         groups = [f"{app_id_prefix}-{stage}" for stage in wanted]
 
         def ready() -> bool:

@@ -44,8 +44,14 @@ def test_thousand_mixed_events_end_in_sent_or_dead(env: Env) -> None:
         else:
             dl = tally.dead[e.event_id]
             assert dl.reason == e.expect, f"{e.kind}: {dl.reason}: {dl.message}"
-            assert dl.message and dl.stage == "render"
-            assert dl.original_topic == env.topic("email.raw-events") and dl.payload == e.value
+            assert dl.message
+            if e.kind == "provider_rejection":
+                assert dl.stage == "dispatch" and dl.provider == "sim-http"
+                assert dl.original_topic.startswith(env.topic("email.dispatch."))
+            else:
+                assert dl.stage == "render"
+                assert dl.original_topic == env.topic("email.raw-events")
+                assert dl.payload == e.value
     ledger = env.ledger()
     assert len(ledger) == len(tally.sent)
     assert all(entry["requests"] == 1 for entry in ledger), "the simulator saw a duplicate"

@@ -1,0 +1,628 @@
+"""The flash-sale benchmark: one burst of mixed events through Spillway and through
+the peers a Python team would otherwise pick, side by side in one run.
+
+    python -m bench.flash_sale --preset smoke|quick|full \
+        [--systems spillway,bare,celery,pgqueue] [--quota N] [--workers K]
+
+Presets: smoke 3,000 events, quick 30,000, full 300,000 (5% critical password
+resets, 60% normal order confirmations with order lines, 35% bulk newsletters; the
+mix of app/tools/burst.py). Systems run one after another on the same machine and
+local Kafka, each against a fresh provider simulator of its own (unlimited, or
+``--quota`` requests/s). Needs the local stack (``python3 scripts/stack up``),
+``redis-server`` and PostgreSQL 15 from Debian (``scripts/setup`` installs them).
+
+Writes ``bench/results/flash-sale-<preset>-<quota>-<utc time>.json``; render the
+report with ``python -m bench.report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from app.models import PRIORITIES
+from app.serde import Serde
+from app.settings import PROJECT_ROOT, Settings
+from app.templating import TemplateStore
+from app.tools import burst
+from app.tools.observe import Observer
+from app.tools.workers import Workers, wait_until
+from app.topology import TOPICS
+from bench.infra import Postgres, Redis, Sampler, Simulator, Usage, broker_pid, spawn, stop
+
+PRESETS = {"smoke": 3_000, "quick": 30_000, "full": 300_000}
+SYSTEMS = ("spillway", "bare", "celery", "pgqueue")
+RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
+PARTITIONS = 4  # Spillway's default topic_partitions; the bare loop's raw topic too
+
+
+# --- workload ------------------------------------------------------------------
+
+
+def workload(n: int, samples: dict[str, Any], prefix: str, seed: int = 7) -> list[dict[str, Any]]:
+    """The events of app.tools.burst.events() (same mix, same seed) as dicts, so the
+    peers that take JSON get exactly what Spillway gets."""
+    rng = random.Random(seed)
+    weights = [w for _, _, w in burst.MIX]
+    out = []
+    for i in range(n):
+        priority, template, _ = rng.choices(burst.MIX, weights=weights)[0]
+        out.append(
+            {
+                "event_id": f"{prefix}-{i}",
+                "template": template,
+                "priority": priority,
+                "to": f"user{i}@example.com",
+                "data": burst.template_data(template, rng, i, samples),
+                "source": "flash-sale",
+            }
+        )
+    return out
+
+
+# --- results -----------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+@dataclass
+class Intake:
+    how: str
+    events_per_s: float
+    ack_p50_ms: float | None
+    ack_p99_ms: float | None
+    ack_max_ms: float | None
+
+
+@dataclass
+class SystemResult:
+    system: str
+    config: str
+    produced: int
+    sent: int = 0
+    dead: int = 0
+    missing: int = 0
+    duplicates: int = 0
+    duplicate_requests: int = 0
+    drain_s: float | None = None
+    send_rate_per_s: float | None = None
+    intake: Intake | None = None
+    time_to_send_ms: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
+    resources: dict[str, dict[str, float]] = field(default_factory=dict)
+    series: dict[str, list[float]] = field(default_factory=dict)
+    correct: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def intake_of(how: str, n: int, elapsed: float, latencies_s: list[float]) -> Intake:
+    ms = [x * 1000 for x in latencies_s]
+    return Intake(how, n / elapsed if elapsed > 0 else 0.0, pct(ms, 50), pct(ms, 99),
+                  max(ms) if ms else None)
+
+
+def analyse(result: SystemResult, produced_at: dict[str, float], entries: list[dict[str, Any]],
+            duplicates: dict[str, Any]) -> None:
+    """Drain, time-to-send per priority and the backlog series, from the simulator's
+    ledger (accepted_at) against each event's produce time; correctness counts."""
+    mine = [e for e in entries if e["key"] in produced_at]
+    t0 = min(produced_at.values())
+    result.sent = len({e["key"] for e in mine})
+    result.missing = max(0, result.produced - result.sent - result.dead)
+    result.duplicates = int(duplicates.get("count", 0))
+    result.duplicate_requests = int(duplicates.get("duplicate_requests", 0))
+    result.correct = (
+        result.sent + result.dead == result.produced and result.duplicates == 0
+    )
+    if not mine:
+        return
+    last = max(e["accepted_at"] for e in mine)
+    result.drain_s = last - t0
+    result.send_rate_per_s = len(mine) / result.drain_s if result.drain_s > 0 else None
+    by_priority: dict[str, list[float]] = {p: [] for p in PRIORITIES}
+    for e in mine:
+        p = e["custom_args"].get("priority", "normal")
+        by_priority.setdefault(p, []).append((e["accepted_at"] - produced_at[e["key"]]) * 1000)
+    result.time_to_send_ms = {
+        p: {"count": len(v), "p50": pct(v, 50), "p99": pct(v, 99), "max": max(v, default=None)}
+        for p, v in by_priority.items()
+    }
+    seconds = int(last - t0) + 1
+    produced_per_s = [0] * seconds
+    sent_per_s = [0] * seconds
+    for t in produced_at.values():
+        produced_per_s[min(seconds - 1, int(t - t0))] += 1
+    for e in mine:
+        sent_per_s[min(seconds - 1, int(e["accepted_at"] - t0))] += 1
+    backlog, p_sum, s_sum = [], 0, 0
+    for p_n, s_n in zip(produced_per_s, sent_per_s, strict=True):
+        p_sum, s_sum = p_sum + p_n, s_sum + s_n
+        backlog.append(p_sum - s_sum)
+    result.series = {
+        "second": list(range(seconds)),
+        "produced_per_s": [float(x) for x in produced_per_s],
+        "sent_per_s": [float(x) for x in sent_per_s],
+        "backlog": [float(x) for x in backlog],
+    }
+
+
+def usage_dict(usage: dict[str, Usage]) -> dict[str, dict[str, float]]:
+    return {k: {"peak_rss_mb": round(u.peak_rss_mb, 1), "cpu_s": round(u.cpu_s, 2)}
+            for k, u in usage.items()}
+
+
+def wait_drained(progress: Callable[[], int], n: int, *, stall_s: float, check: Callable[[], None]
+                 ) -> bool:
+    """Wait until ``progress() >= n``; give up after ``stall_s`` without progress."""
+    last, last_change = -1, time.monotonic()
+    while True:
+        check()
+        done = progress()
+        if done >= n:
+            return True
+        if done != last:
+            last, last_change = done, time.monotonic()
+        elif time.monotonic() - last_change > stall_s:
+            return False
+        time.sleep(0.25)
+
+
+# --- Kafka producing (Spillway and the bare loop) --------------------------------------
+
+
+def produce_burst(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, str]],
+                  produced_at: dict[str, float]) -> Intake:
+    """As fast as one confluent-kafka producer can (acks=all); ack latency from the
+    delivery callbacks."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
+                         "queue.buffering.max.messages": 1_000_000})
+    latencies: list[float] = []
+    errors = 0
+    last_ack = [0.0]
+
+    def on_delivery(err: Any, _msg: Any, t: float) -> None:
+        nonlocal errors
+        now = time.perf_counter()
+        last_ack[0] = now
+        if err is not None:
+            errors += 1
+        latencies.append(now - t)
+
+    start = time.perf_counter()
+    for key, value, event_id in records:
+        produced_at[event_id] = time.time()
+        t = time.perf_counter()
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value,
+                                 on_delivery=lambda e, m, t=t: on_delivery(e, m, t))
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    producer.flush(60)
+    if errors:
+        raise RuntimeError(f"{errors} produce errors")
+    return intake_of("confluent-kafka producer, acks=all, linger 5 ms", len(records),
+                     last_ack[0] - start, latencies)
+
+
+def encode_all(events: list[dict[str, Any]], serde: Serde, raw_topic: str
+               ) -> list[tuple[bytes, bytes, str]]:
+    return [
+        (e["event_id"].encode(),
+         burst.encode("good", e, serde, raw_topic, use_avro=i % 2 == 0), e["event_id"])
+        for i, e in enumerate(events)
+    ]
+
+
+def group_stable(bootstrap: str, group: str, members: int, timeout: float) -> bool:
+    from confluent_kafka import ConsumerGroupState
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+
+    def ready() -> bool:
+        try:
+            desc = admin.describe_consumer_groups([group], request_timeout=5)[group].result()
+        except Exception:
+            return False
+        return bool(desc.state == ConsumerGroupState.STABLE and len(desc.members) >= members)
+
+    return wait_until(ready, timeout, interval=0.5)
+
+
+# --- the systems ------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    n: int
+    quota: int | None
+    workers: int
+    log_dir: Path
+    settings: Settings
+    samples: dict[str, Any]
+    stall_s: float = 60.0
+
+    def events(self, prefix: str) -> list[dict[str, Any]]:
+        return workload(self.n, self.samples, prefix)
+
+    def finish(self, result: SystemResult, sim: Simulator, sampler: Sampler,
+               produced_at: dict[str, float]) -> SystemResult:
+        result.resources = usage_dict(sampler.stop())
+        analyse(result, produced_at, sim.entries(), sim.client.duplicates())
+        return result
+
+
+def run_spillway(run: Run, sim: Simulator) -> SystemResult:
+    ns = f"bench{uuid.uuid4().hex[:6]}"
+    policy: dict[str, Any] = {"name": "sim", "url": sim.url}
+    if run.quota:
+        policy["quota_per_s"] = run.quota
+    overrides = {"SPILLWAY_TOPIC_NAMESPACE": f"{ns}.", "SPILLWAY_APP_ID_PREFIX": ns,
+                 "SPILLWAY_PROVIDERS": json.dumps([policy])}
+    settings = Settings(topic_namespace=f"{ns}.", app_id_prefix=ns)
+    registry = SchemaRegistryClient({"url": settings.schema_registry_url})
+    serde = Serde(registry, {settings.topic(t): s for t, s in TOPICS.values()})
+    serde.register()
+    raw_topic = settings.topic("email.raw-events")
+    events = run.events(ns)
+    records = encode_all(events, serde, raw_topic)
+    result = SystemResult("spillway", "one faust worker per stage: render, route, dispatch",
+                          run.n)
+    workers = Workers(overrides, run.log_dir / "spillway")
+    observer: Observer | None = None
+    try:
+        for stage in ("render", "route", "dispatch"):
+            workers.add(stage)
+        if not workers.wait_ready(settings.kafka_bootstrap, ns, timeout=120):
+            result.notes.append("workers were not all in their groups after 120 s")
+        observer = Observer(settings.kafka_bootstrap, serde, settings.topic("email.sent"),
+                            settings.topic("email.dead")).start()
+        pids = {f"spillway-{w.stage}": w.proc.pid for w in workers.workers if w.proc}
+        if (bpid := broker_pid()) is not None:
+            pids["kafka-broker"] = bpid
+        sampler = Sampler(pids).start()
+        produced_at: dict[str, float] = {}
+        result.intake = produce_burst(settings.kafka_bootstrap, raw_topic, records, produced_at)
+        obs = observer
+        if not wait_drained(lambda: obs.snapshot().done, run.n, stall_s=run.stall_s,
+                            check=workers.check_alive):
+            result.notes.append(f"stalled: no progress for {run.stall_s:.0f} s")
+        tally = observer.snapshot()
+        result.dead = len(tally.dead) + len(tally.dead_without_id)
+        if tally.sent_records != len(tally.sent):
+            result.notes.append(
+                f"email.sent holds {tally.sent_records} records for {len(tally.sent)} events")
+        return run.finish(result, sim, sampler, produced_at)
+    finally:
+        if observer:
+            observer.stop()
+        workers.stop()
+        registry.close()
+
+
+def count_dead(logs: list[Path]) -> int:
+    return sum(
+        sum(1 for line in log.read_text(errors="replace").splitlines()
+            if line.startswith("dead: "))
+        for log in logs if log.exists()
+    )
+
+
+def run_bare(run: Run, sim: Simulator) -> SystemResult:
+    ns = f"benchbare{uuid.uuid4().hex[:6]}"
+    settings = run.settings
+    topic = f"{ns}.email.raw-events"
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    for f in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
+        f.result()
+    registry = SchemaRegistryClient({"url": settings.schema_registry_url})
+    serde = Serde(registry, {topic: "raw_event"})
+    serde.register()
+    records = encode_all(run.events(ns), serde, topic)
+    result = SystemResult(
+        "bare", f"{run.workers} confluent-kafka consume loop process(es), 64 sends in flight each",
+        run.n)
+    env = {**os.environ, "BENCH_TOPIC": topic, "BENCH_GROUP": ns, "BENCH_PROVIDER_URL": sim.url}
+    logs = [run.log_dir / "bare" / f"bare-{i}.log" for i in range(run.workers)]
+    procs = [spawn([sys.executable, "-m", "bench.peers.bare"], log, env) for log in logs]
+    try:
+        if not group_stable(settings.kafka_bootstrap, ns, run.workers, 60):
+            result.notes.append("bare consumers not stable after 60 s")
+        pids = {f"bare-{i}": p.pid for i, p in enumerate(procs)}
+        if (bpid := broker_pid()) is not None:
+            pids["kafka-broker"] = bpid
+        sampler = Sampler(pids).start()
+        produced_at: dict[str, float] = {}
+        result.intake = produce_burst(settings.kafka_bootstrap, topic, records, produced_at)
+        if not wait_drained(lambda: sim.accepted() + count_dead(logs), run.n,
+                            stall_s=run.stall_s, check=lambda: check_procs(procs, logs)):
+            result.notes.append(f"stalled: no progress for {run.stall_s:.0f} s")
+        result.dead = count_dead(logs)
+        return run.finish(result, sim, sampler, produced_at)
+    finally:
+        for p in procs:
+            stop(p)
+        registry.close()
+
+
+def check_procs(procs: list[Any], logs: list[Path]) -> None:
+    for p, log in zip(procs, logs, strict=True):
+        if p.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{log.name}: exited with {p.returncode}:\n{tail}")
+
+
+def run_celery(run: Run, sim: Simulator) -> SystemResult:
+    result = SystemResult(
+        "celery",
+        f"{run.workers} worker process(es), -P threads -c 64, prefetch x16, no results, "
+        "one Redis queue", run.n)
+    with ExitStack() as stack:
+        redis_srv = Redis(run.log_dir / "celery")
+        stack.callback(redis_srv.close)
+        env = {**os.environ, "BENCH_REDIS_URL": redis_srv.url, "BENCH_PROVIDER_URL": sim.url}
+        logs = [run.log_dir / "celery" / f"celery-{i}.log" for i in range(run.workers)]
+        procs = [
+            spawn([sys.executable, "-m", "celery", "-A", "bench.peers.celery_app", "worker",
+                   "-P", "threads", "-c", "64", "--prefetch-multiplier", "16",
+                   "--without-gossip", "--without-mingle", "--without-heartbeat",
+                   "-Q", "flash", "-n", f"w{i}@%h", "-l", "info"], log, env)
+            for i, log in enumerate(logs)
+        ]
+        for p in procs:
+            stack.callback(stop, p)
+        if not wait_until(lambda: all(" ready." in log.read_text(errors="replace")
+                                      for log in logs if log.exists()), 60):
+            result.notes.append("celery workers not ready after 60 s")
+        from bench.peers import celery_app
+
+        celery_app.app.conf.broker_url = redis_srv.url
+        events = run.events(f"benchcel{uuid.uuid4().hex[:6]}")
+        pids = {f"celery-{i}": p.pid for i, p in enumerate(procs)}
+        pids["redis-server"] = redis_srv.proc.pid
+        sampler = Sampler(pids).start()
+        produced_at: dict[str, float] = {}
+        latencies = []
+        start = time.perf_counter()
+        for e in events:
+            produced_at[e["event_id"]] = time.time()
+            t = time.perf_counter()
+            celery_app.send_email.apply_async((e,), queue=celery_app.QUEUE)
+            latencies.append(time.perf_counter() - t)
+        elapsed = time.perf_counter() - start
+        result.intake = intake_of("Task.apply_async (one LPUSH per event)", run.n, elapsed,
+                                  latencies)
+        if not wait_drained(lambda: sim.accepted() + count_dead(logs), run.n,
+                            stall_s=run.stall_s, check=lambda: check_procs(procs, logs)):
+            result.notes.append(f"stalled: no progress for {run.stall_s:.0f} s")
+        result.dead = sum(
+            log.read_text(errors="replace").count("raised unexpected") for log in logs)
+        celery_app.app.close()
+        return run.finish(result, sim, sampler, produced_at)
+    raise AssertionError("unreachable")
+
+
+async def pg_enqueue(dsn: str, events: list[dict[str, Any]], produced_at: dict[str, float],
+                     batch: int) -> tuple[float, list[float]]:
+    import psycopg
+    from pgqueuer import PsycopgDriver, Queries
+
+    from bench.peers.pgq import ENTRYPOINT, PRIORITY
+
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    try:
+        queries = Queries(PsycopgDriver(conn))
+        latencies: list[float] = []
+        start = time.perf_counter()
+        for i in range(0, len(events), batch):
+            chunk = events[i : i + batch]
+            now = time.time()
+            for e in chunk:
+                produced_at[e["event_id"]] = now
+            t = time.perf_counter()
+            await queries.enqueue(
+                [ENTRYPOINT] * len(chunk),
+                [json.dumps(e).encode() for e in chunk],
+                [PRIORITY[e["priority"]] for e in chunk],
+            )
+            latencies.append(time.perf_counter() - t)
+        return time.perf_counter() - start, latencies
+    finally:
+        await conn.close()
+
+
+async def pg_install(dsn: str) -> None:
+    import psycopg
+    from pgqueuer import PsycopgDriver, Queries
+
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    try:
+        await Queries(PsycopgDriver(conn)).install()
+    finally:
+        await conn.close()
+
+
+PG_ENQUEUE_BATCH = 100
+
+
+def run_pgqueue(run: Run, sim: Simulator) -> SystemResult:
+    result = SystemResult(
+        "pgqueue",
+        f"pgqueuer, {run.workers} worker process(es), batch 32, 64 jobs in flight each, "
+        f"enqueue in batches of {PG_ENQUEUE_BATCH}", run.n)
+    with ExitStack() as stack:
+        pg = Postgres(run.log_dir / "pgqueue")
+        stack.callback(pg.close)
+        asyncio.run(pg_install(pg.dsn))
+        env = {**os.environ, "BENCH_PG_DSN": pg.dsn, "BENCH_PROVIDER_URL": sim.url}
+        logs = [run.log_dir / "pgqueue" / f"pgq-{i}.log" for i in range(run.workers)]
+        procs = [spawn([sys.executable, "-m", "bench.peers.pgq"], log, env) for log in logs]
+        for p in procs:
+            stack.callback(stop, p)
+        if not wait_until(lambda: all("ready" in log.read_text(errors="replace")
+                                      for log in logs if log.exists()), 60):
+            result.notes.append("pgqueuer workers not ready after 60 s")
+        events = run.events(f"benchpg{uuid.uuid4().hex[:6]}")
+        pids = {f"pgq-{i}": p.pid for i, p in enumerate(procs)}
+        pids["postgres"] = pg.server_pid()
+        sampler = Sampler(pids).start()
+        produced_at: dict[str, float] = {}
+        elapsed, latencies = asyncio.run(pg_enqueue(pg.dsn, events, produced_at,
+                                                    PG_ENQUEUE_BATCH))
+        result.intake = intake_of(
+            f"Queries.enqueue, batches of {PG_ENQUEUE_BATCH} (latency per batch)", run.n,
+            elapsed, latencies)
+        if not wait_drained(lambda: sim.accepted() + count_dead(logs), run.n,
+                            stall_s=run.stall_s, check=lambda: check_procs(procs, logs)):
+            result.notes.append(f"stalled: no progress for {run.stall_s:.0f} s")
+        result.dead = count_dead(logs)
+        return run.finish(result, sim, sampler, produced_at)
+    raise AssertionError("unreachable")
+
+
+RUNNERS: dict[str, Callable[[Run, Simulator], SystemResult]] = {
+    "spillway": run_spillway, "bare": run_bare, "celery": run_celery, "pgqueue": run_pgqueue,
+}
+
+
+# --- machine and versions ---------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "cpu_model": model, "os": platform.platform(), "python": platform.python_version(),
+            "load_avg_at_start": list(os.getloadavg())}
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import confluent_kafka
+
+    out = {"librdkafka": confluent_kafka.libversion()[0]}
+    for pkg in ("faust-streaming", "aiokafka", "confluent-kafka", "celery", "kombu", "redis",
+                "pgqueuer", "psycopg", "jinja2", "httpx"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "missing"
+    out["kafka"] = "4.1.1 (scripts/stack)"
+    for name, cmd in (("redis-server", ["redis-server", "--version"]),
+                      ("postgresql", ["/usr/lib/postgresql/15/bin/postgres", "--version"])):
+        try:
+            import subprocess
+
+            out[name] = subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+        except OSError:
+            out[name] = "missing"
+    return out
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def run_all(preset: str, systems: list[str], quota: int | None, workers: int,
+            n: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    n = n or PRESETS[preset]
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    log_dir = PROJECT_ROOT / "var" / f"bench-{stamp}"
+    settings = Settings()
+    store = TemplateStore(settings.templates_dir)
+    samples = {name: store.sample_data(name) for name in store.names()}
+    run = Run(n, quota, workers, log_dir, settings, samples)
+    doc: dict[str, Any] = {
+        "benchmark": "flash-sale", "preset": preset, "events": n, "quota_per_s": quota,
+        "peer_workers": workers, "started_at": stamp, "machine": machine(),
+        "versions": versions(), "logs": str(log_dir.relative_to(PROJECT_ROOT)), "systems": [],
+    }
+    for system in systems:
+        provider = f"quota {quota}/s" if quota else "unlimited"
+        log(f"[{system}] {n} events, provider {provider}")
+        sim = Simulator(log_dir, quota)
+        try:
+            result = RUNNERS[system](run, sim)
+        finally:
+            sim.close()
+        log(summary_line(result))
+        doc["systems"].append(asdict(result))
+    return doc
+
+
+def summary_line(r: SystemResult) -> str:
+    tts = r.time_to_send_ms
+    crit = tts.get("critical", {})
+    intake = r.intake
+    def f(v: float | int | None, spec: str = ".0f") -> str:
+        return "-" if v is None else format(v, spec)
+    return (
+        f"  {r.system:<9} intake {f(intake.events_per_s if intake else None)}/s "
+        f"ack p99 {f(intake.ack_p99_ms if intake else None, '.1f')} ms | "
+        f"drain {f(r.drain_s, '.1f')} s "
+        f"({f(r.send_rate_per_s)}/s) | critical p99 {f(crit.get('p99'))} ms | "
+        f"sent {r.sent} dead {r.dead} missing {r.missing} dups {r.duplicates} | "
+        f"{'OK' if r.correct else 'INCORRECT'} {'; '.join(r.notes)}"
+    )
+
+
+def save(doc: dict[str, Any], results_dir: Path = RESULTS_DIR) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    quota = f"quota{doc['quota_per_s']}" if doc["quota_per_s"] else "unlimited"
+    path = results_dir / f"flash-sale-{doc['preset']}-{quota}-{doc['started_at']}.json"
+    path.write_text(json.dumps(doc, indent=1))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
+    parser.add_argument("--events", type=int, help="override the preset's event count")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--quota", type=int, help="provider quota, requests/s (default: none)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="worker processes of each peer (bare, celery, pgqueue)")
+    args = parser.parse_args(argv)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
+    doc = run_all(args.preset, systems, args.quota, args.workers, args.events)
+    path = save(doc)
+    print(f"saved {path.relative_to(PROJECT_ROOT)}; render with: python -m bench.report")
+    return 0 if all(s["correct"] for s in doc["systems"]) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -120,6 +120,12 @@ class Settings(BaseSettings):
         "memory:// rebuilds them from the changelog at start.",
     )
     producer_linger_ms: int = Field(5, ge=0, description="Producer linger for pipeline output.")
+    commit_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often consumed offsets are committed (after flushing everything "
+        "produced). Shorter: less work redone after a crash.",
+    )
     session_timeout_s: float = Field(
         10.0,
         gt=0,

@@ -325,10 +325,10 @@ def run_spillway(run: Run, sim: Simulator) -> SystemResult:
         registry.close()
 
 
-def count_dead(logs: list[Path]) -> int:
+def count_dead(logs: list[Path], marker: str = "dead: ") -> int:
+    """Events a peer gave up on, from its workers' logs (``marker`` starts or is in a line)."""
     return sum(
-        sum(1 for line in log.read_text(errors="replace").splitlines()
-            if line.startswith("dead: "))
+        sum(1 for line in log.read_text(errors="replace").splitlines() if marker in line)
         for log in logs if log.exists()
     )
 
@@ -417,11 +417,11 @@ def run_celery(run: Run, sim: Simulator) -> SystemResult:
         elapsed = time.perf_counter() - start
         result.intake = intake_of("Task.apply_async (one LPUSH per event)", run.n, elapsed,
                                   latencies)
-        if not wait_drained(lambda: sim.accepted() + count_dead(logs), run.n,
+        marker = "raised unexpected"
+        if not wait_drained(lambda: sim.accepted() + count_dead(logs, marker), run.n,
                             stall_s=run.stall_s, check=lambda: check_procs(procs, logs)):
             result.notes.append(f"stalled: no progress for {run.stall_s:.0f} s")
-        result.dead = sum(
-            log.read_text(errors="replace").count("raised unexpected") for log in logs)
+        result.dead = count_dead(logs, marker)
         celery_app.app.close()
         return run.finish(result, sim, sampler, produced_at)
     raise AssertionError("unreachable")

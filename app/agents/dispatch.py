@@ -62,6 +62,7 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                 board,
                 max_attempts=settings.max_attempts,
                 flush_every_s=settings.state_flush_s,
+                durable=app.producer.flush,
                 hooks=Hooks(
                     response=metrics.provider_response,
                     breaker=metrics.breaker_state,

@@ -101,6 +101,10 @@ class DispatchStage:
     clock: Clock = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     hooks: Hooks = field(default_factory=Hooks)
+    #: Makes ledger writes durable (the worker's producer flush); awaited after the
+    #: in-flight mark for providers without idempotency keys (SMTP), so a crash can
+    #: never lead to a blind resend.
+    durable: Callable[[], Awaitable[None]] | None = None
     stats: DispatchStats = field(default_factory=DispatchStats)
     rng: random.Random = field(default_factory=random.Random)
 
@@ -191,6 +195,8 @@ class DispatchStage:
                     if self.board.blocked(name, lane):
                         continue  # paused or shed while this waited for a slot: wait again
                     self.ledger.mark_in_flight(req.event_id, name)
+                    if self.durable is not None and self.policies[name].kind == "smtp":
+                        await self.durable()
                     receipt = await self.providers[name].send(outbound(req))
             except ThrottledError as exc:
                 # The provider's own brake: pause for Retry-After. Not counted toward the

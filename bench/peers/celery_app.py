@@ -15,6 +15,7 @@ pooled client).
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from celery import Celery
@@ -35,16 +36,17 @@ app.conf.update(
     worker_hijack_root_logger=False,
 )
 
-_renderer: Renderer | None = None
-_client: Any = None
+_work_lock = threading.Lock()
+_shared: tuple[Renderer, Any] | None = None
 
 
 def _work() -> tuple[Renderer, Any]:
-    global _renderer, _client
-    if _renderer is None:
-        _renderer = Renderer()
-        _client = sync_client(int(os.environ.get("BENCH_CONCURRENCY", "64")))
-    return _renderer, _client
+    """One renderer and one pooled HTTP client per worker process (threads share them)."""
+    global _shared
+    with _work_lock:
+        if _shared is None:
+            _shared = (Renderer(), sync_client(int(os.environ.get("BENCH_CONCURRENCY", "64"))))
+        return _shared
 
 
 @app.task(name="flash.send_email")  # type: ignore[untyped-decorator]

@@ -18,7 +18,7 @@ import signal
 import sys
 
 import psycopg
-from pgqueuer import Job, PsycopgDriver, QueueManager
+from pgqueuer import Job, PsycopgDriver, Queries, QueueManager
 
 from bench.work import Renderer, decode_event, http_provider, send_async
 
@@ -30,7 +30,7 @@ async def main() -> int:
     concurrency = int(os.environ.get("BENCH_CONCURRENCY", "64"))
     batch = int(os.environ.get("BENCH_BATCH", "32"))
     conn = await psycopg.AsyncConnection.connect(os.environ["BENCH_PG_DSN"], autocommit=True)
-    qm = QueueManager(PsycopgDriver(conn))
+    qm = QueueManager(Queries(PsycopgDriver(conn)))
     renderer = Renderer()
     provider = http_provider(concurrency)
     failed = 0

@@ -219,3 +219,19 @@ async def test_lanes_share_the_stage(serde: Serde, lane: str) -> None:
         encode(serde, request(priority=lane)), ORIGIN, lane
     )
     assert out is not None and out.topic == "sent"
+
+
+@pytest.mark.parametrize(("kind", "flushes"), [("smtp", 1), ("http", 0)])
+async def test_in_flight_mark_is_durable_before_an_smtp_send(
+    serde: Serde, kind: str, flushes: int
+) -> None:
+    calls: list[str] = []
+    provider = FakeProvider(name="p")
+    stage = make(serde, provider, policies=[ProviderPolicy(name="p", kind=kind)])  # type: ignore[arg-type]
+
+    async def durable() -> None:
+        calls.append(stage.ledger.get("e-1").state)  # type: ignore[union-attr]
+
+    stage.durable = durable
+    await stage.handle(encode(serde, request()), ORIGIN, "normal")
+    assert calls == ["in_flight"] * flushes

@@ -1,0 +1,262 @@
+"""Render docs/benchmarks.md and docs/benchmarks-flash-sale.png from the results.
+
+    python -m bench.report [RESULT.json ...]
+
+Without arguments: the newest result of each provider setting (unlimited, and each
+quota) under bench/results/. Figures are ratios within one run; with several runs
+of the same preset and setting, the table shows the median of each figure and the
+number of runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from app.settings import PROJECT_ROOT
+from bench.flash_sale import RESULTS_DIR
+
+DOC = PROJECT_ROOT / "docs" / "benchmarks.md"
+PLOT = PROJECT_ROOT / "docs" / "benchmarks-flash-sale.png"
+PEERS = ("celery", "pgqueue")
+
+
+def load(paths: list[Path]) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def setting(doc: dict[str, Any]) -> str:
+    return f"quota {doc['quota_per_s']}/s" if doc["quota_per_s"] else "unlimited"
+
+
+def newest_groups(results_dir: Path) -> list[list[dict[str, Any]]]:
+    """Runs grouped by (preset, setting); the group of the newest run's preset per setting."""
+    docs = load(sorted(results_dir.glob("flash-sale-*.json")))
+    if not docs:
+        return []
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for d in docs:
+        groups[(d["preset"], setting(d))].append(d)
+    newest: dict[str, tuple[str, str]] = {}
+    for key, runs in groups.items():
+        latest = max(r["started_at"] for r in runs)
+        if key[1] not in newest or latest > max(
+            r["started_at"] for r in groups[newest[key[1]]]
+        ):
+            newest[key[1]] = key
+    return [sorted(groups[k], key=lambda r: r["started_at"]) for k in sorted(newest.values())]
+
+
+def med(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def figures(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """system -> median figures over the runs that include it."""
+    per: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for doc in runs:
+        for s in doc["systems"]:
+            per[s["system"]].append(s)
+    out: dict[str, dict[str, Any]] = {}
+    for system, rs in per.items():
+        tts = {
+            p: {q: med([r["time_to_send_ms"].get(p, {}).get(q) for r in rs])
+                for q in ("p50", "p99")}
+            for p in ("critical", "normal", "bulk")
+        }
+        workers = [
+            (k, v) for r in rs for k, v in r["resources"].items()
+            if k not in ("kafka-broker", "redis-server", "postgres")
+        ]
+        infra = [
+            (k, v) for r in rs for k, v in r["resources"].items()
+            if k in ("kafka-broker", "redis-server", "postgres")
+        ]
+        out[system] = {
+            "runs": len(rs),
+            "config": rs[-1]["config"],
+            "intake": med([r["intake"]["events_per_s"] for r in rs if r["intake"]]),
+            "ack_p50": med([r["intake"]["ack_p50_ms"] for r in rs if r["intake"]]),
+            "ack_p99": med([r["intake"]["ack_p99_ms"] for r in rs if r["intake"]]),
+            "ack_max": med([r["intake"]["ack_max_ms"] for r in rs if r["intake"]]),
+            "intake_how": rs[-1]["intake"]["how"] if rs[-1]["intake"] else "",
+            "drain": med([r["drain_s"] for r in rs]),
+            "rate": med([r["send_rate_per_s"] for r in rs]),
+            "tts": tts,
+            "peak_rss_worker": max((v["peak_rss_mb"] for _, v in workers), default=None),
+            "cpu_workers": med([
+                sum(v["cpu_s"] for k, v in r["resources"].items()
+                    if k not in ("kafka-broker", "redis-server", "postgres"))
+                for r in rs
+            ]),
+            "infra": {k: v for k, v in infra},
+            "resources": rs[-1]["resources"],
+            "correct": all(r["correct"] and r["sent"] == r["produced"] for r in rs),
+            "sent": rs[-1]["sent"], "dead": rs[-1]["dead"], "produced": rs[-1]["produced"],
+            "duplicates": max(r["duplicates"] for r in rs),
+            "notes": sorted({n for r in rs for n in r["notes"]}),
+            "series": rs[-1]["series"],
+        }
+    return out
+
+
+def fmt(v: float | None, spec: str = ".0f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return "-" if not a or not b else f"{a / b:.2f}x"
+
+
+def section(runs: list[dict[str, Any]]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    doc = runs[-1]
+    f = figures(runs)
+    n_runs = len(runs)
+    lines = [
+        f"## {doc['preset']} preset, {doc['events']:,} events, provider {setting(doc)}",
+        "",
+        f"{n_runs} run(s), newest {doc['started_at']}; "
+        + ("medians over the runs." if n_runs > 1 else "a single run: no median yet."),
+        "",
+        "| system | intake ev/s | ack p50 / p99 / max ms | drain s | sends/s | "
+        "time-to-send p50 / p99 ms: critical | normal | bulk | peak RSS / worker MB | "
+        "worker CPU s | sent / dead / dups |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for system, x in f.items():
+        t = x["tts"]
+        lines.append(
+            f"| {system} | {fmt(x['intake'])} | {fmt(x['ack_p50'], '.1f')} / "
+            f"{fmt(x['ack_p99'], '.1f')} / {fmt(x['ack_max'], '.1f')} | {fmt(x['drain'], '.1f')} | "
+            f"{fmt(x['rate'])} | {fmt(t['critical']['p50'])} / {fmt(t['critical']['p99'])} | "
+            f"{fmt(t['normal']['p50'])} / {fmt(t['normal']['p99'])} | "
+            f"{fmt(t['bulk']['p50'])} / {fmt(t['bulk']['p99'])} | "
+            f"{fmt(x['peak_rss_worker'])} | {fmt(x['cpu_workers'], '.1f')} | "
+            f"{x['sent']} / {x['dead']} / {x['duplicates']}"
+            f"{'' if x['correct'] else ' **incomplete**'} |"
+        )
+    lines += ["", "Ratios (drain time: lower is better; Spillway's drain vs each):", ""]
+    sp = f.get("spillway")
+    if sp:
+        lines.append("| vs | drain (other ÷ Spillway) | sends/s (Spillway ÷ other) | "
+                     "intake (Spillway ÷ other) | critical p99 (other ÷ Spillway) |")
+        lines.append("|---|---:|---:|---:|---:|")
+        for other in ("bare", *PEERS):
+            if other in f:
+                o = f[other]
+                lines.append(
+                    f"| {other}{' (ceiling)' if other == 'bare' else ''} | "
+                    f"{ratio(o['drain'], sp['drain'])} | {ratio(sp['rate'], o['rate'])} | "
+                    f"{ratio(sp['intake'], o['intake'])} | "
+                    f"{ratio(o['tts']['critical']['p99'], sp['tts']['critical']['p99'])} |"
+                )
+    lines += ["", "Configurations, intake method and resources per process (newest run):", ""]
+    for system, x in f.items():
+        res = ", ".join(f"{k} {v['peak_rss_mb']:.0f} MB / {v['cpu_s']:.1f} s CPU"
+                        for k, v in x["resources"].items())
+        lines.append(f"- **{system}**: {x['config']}. Intake: {x['intake_how']}. {res}.")
+        for note in x["notes"]:
+            lines.append(f"  - note: {note}")
+    lines.append("")
+    return lines, f
+
+
+def plot(sections: list[tuple[str, dict[str, dict[str, Any]]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(sections), 2, figsize=(12, 4 * len(sections)), squeeze=False)
+    for row, (title, f) in enumerate(sections):
+        for system, x in f.items():
+            s = x["series"]
+            if not s:
+                continue
+            axes[row][0].plot(s["second"], s["backlog"], label=system)
+            axes[row][1].plot(s["second"], s["sent_per_s"], label=system)
+        axes[row][0].set_title(f"backlog (produced - sent), {title}")
+        axes[row][1].set_title(f"provider acceptances per second, {title}")
+        for ax in axes[row]:
+            ax.set_xlabel("seconds since the first event")
+            ax.legend()
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def render(groups: list[list[dict[str, Any]]], doc_path: Path = DOC,
+           plot_path: Path = PLOT) -> str:
+    if not groups:
+        raise SystemExit("no results under bench/results/: run python -m bench.flash_sale first")
+    first = groups[-1][-1]
+    m, v = first["machine"], first["versions"]
+    lines = [
+        "# Benchmarks: the flash sale",
+        "",
+        "Generated by `python -m bench.report` from `bench/results/*.json` (written by "
+        "`python -m bench.flash_sale`); do not edit by hand.",
+        "",
+        "A burst of events (5% critical password resets, 60% normal order confirmations with "
+        "order lines, 35% bulk newsletters) is produced as fast as the system's client can "
+        "take it, then rendered with the same templates and sent to a provider simulator of "
+        "the run's own. Systems run one after another in the same run, on the same machine, "
+        "against the same local Kafka broker. Time-to-send is provider acceptance "
+        "(`accepted_at` in the simulator's ledger) minus the moment the event was handed to "
+        "the system's client; drain is the first event to the last acceptance.",
+        "",
+        "Reproduce: `python3 scripts/stack up && python -m bench.flash_sale --preset quick "
+        "&& python -m bench.report` (presets: smoke 3,000, quick 30,000, full 300,000 events; "
+        "`--quota 1000` for a provider quota).",
+        "",
+        f"Machine: {m['cores']} cores ({m['cpu_model']}), {m['memory_gb']} GB RAM, "
+        f"{m['os']}, Python {m['python']}; load average at start "
+        f"{', '.join(f'{x:.2f}' for x in m['load_avg_at_start'])}. The broker, Redis, "
+        "PostgreSQL, the simulator, the producer and all workers share these cores.",
+        "",
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
+        "",
+        "**Noise.** Small presets finish in seconds, so worker start-up, consumer-group "
+        "joins and the 5 ms producer linger weigh heavily, and the machine may be shared "
+        "with other jobs (see the load average). Compare ratios within one run, not absolute "
+        "figures across runs; repeat a preset and the report shows medians.",
+        "",
+        f"![backlog and send rate]({plot_path.name})",
+        "",
+    ]
+    sections = []
+    for runs in groups:
+        part, f = section(runs)
+        lines += part
+        sections.append((f"{runs[-1]['preset']}, {setting(runs[-1])}", f))
+    plot(sections, plot_path)
+    text = "\n".join(lines)
+    doc_path.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("results", nargs="*", type=Path)
+    args = parser.parse_args(argv)
+    if args.results:
+        by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for d in load(args.results):
+            by[(d["preset"], setting(d))].append(d)
+        groups = [sorted(g, key=lambda r: r["started_at"]) for _, g in sorted(by.items())]
+    else:
+        groups = newest_groups(RESULTS_DIR)
+    render(groups)
+    print(f"wrote {DOC.relative_to(PROJECT_ROOT)} and {PLOT.relative_to(PROJECT_ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

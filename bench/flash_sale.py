@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import os
@@ -203,7 +204,7 @@ def produce_burst(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, 
     errors = 0
     last_ack = [0.0]
 
-    def on_delivery(err: Any, _msg: Any, t: float) -> None:
+    def on_delivery(err: Any, _msg: Any, *, t: float) -> None:
         nonlocal errors
         now = time.perf_counter()
         last_ack[0] = now
@@ -218,7 +219,7 @@ def produce_burst(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, 
         while True:
             try:
                 producer.produce(topic, key=key, value=value,
-                                 on_delivery=lambda e, m, t=t: on_delivery(e, m, t))
+                                 on_delivery=functools.partial(on_delivery, t=t))
                 break
             except BufferError:
                 producer.poll(0.01)
@@ -473,7 +474,7 @@ PG_ENQUEUE_BATCH = 100
 def run_pgqueue(run: Run, sim: Simulator) -> SystemResult:
     result = SystemResult(
         "pgqueue",
-        f"pgqueuer, {run.workers} worker process(es), batch 32, 64 jobs in flight each, "
+        f"pgqueuer, {run.workers} worker process(es), dequeue batch 32, 64 HTTP connections each, "
         f"enqueue in batches of {PG_ENQUEUE_BATCH}", run.n)
     with ExitStack() as stack:
         pg = Postgres(run.log_dir / "pgqueue")
@@ -555,14 +556,16 @@ def versions() -> dict[str, str]:
 
 
 def run_all(preset: str, systems: list[str], quota: int | None, workers: int,
-            n: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+            n: int | None = None, log: Callable[[str], None] = print,
+            stall_s: float = 60.0) -> dict[str, Any]:
+    """Run ``systems`` one after another; the result document (see :func:`save`)."""
     n = n or PRESETS[preset]
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     log_dir = PROJECT_ROOT / "var" / f"bench-{stamp}"
     settings = Settings()
     store = TemplateStore(settings.templates_dir)
     samples = {name: store.sample_data(name) for name in store.names()}
-    run = Run(n, quota, workers, log_dir, settings, samples)
+    run = Run(n, quota, workers, log_dir, settings, samples, stall_s)
     doc: dict[str, Any] = {
         "benchmark": "flash-sale", "preset": preset, "events": n, "quota_per_s": quota,
         "peer_workers": workers, "started_at": stamp, "machine": machine(),

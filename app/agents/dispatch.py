@@ -96,6 +96,9 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                 try:
                     with crash_on_error(f"dispatch-{lane}"), metrics.busy("dispatch"):
                         await asyncio.gather(*(one(e) for e in events))
+                        # Ledger marks of the batch durable before the next: after a crash
+                        # only the batch in progress is redone (resent with the same keys).
+                        await app.producer.flush()
                 finally:
                     gate.leave(lane)
 

@@ -80,10 +80,11 @@ async def main() -> int:
             await asyncio.sleep(0.005)
             continue
         for msg in msgs:
-            if msg.error():
+            payload = msg.value()
+            if msg.error() or payload is None:
                 continue
             await slots.acquire()
-            task = asyncio.create_task(handle(msg.value()))
+            task = asyncio.create_task(handle(payload))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     if tasks:

@@ -49,7 +49,7 @@ def _work() -> tuple[Renderer, Any]:
         return _shared
 
 
-@app.task(name="flash.send_email")  # type: ignore[untyped-decorator]
+@app.task(name="flash.send_email")
 def send_email(event: dict[str, Any]) -> None:
     renderer, client = _work()
     send_sync(client, renderer.outbound(event))

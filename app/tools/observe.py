@@ -51,6 +51,8 @@ class Observer:
         self.tally = Tally()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._seen: set[tuple[Any, Any, Any]] = set()
+        self._seen: set[tuple[Any, Any, Any]] = set()
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -72,6 +74,12 @@ class Observer:
             for msg in self._consumer.consume(500, timeout=0.2):
                 if msg.error():
                     continue
+                # Its group commits nothing, so a rebalance (a topic appearing) re-reads
+                # from the start: count each record position once.
+                position = (msg.topic(), msg.partition(), msg.offset())
+                if position in self._seen:
+                    continue
+                self._seen.add(position)
                 self._add(str(msg.topic()), msg.value())
         self._consumer.close()
 
@@ -95,7 +103,12 @@ class Observer:
         with self._lock:
             t = self.tally
             return Tally(
-                dict(t.sent), dict(t.dead), t.sent_records, t.dead_records, list(t.dead_without_id)
+                dict(t.sent),
+                dict(t.dead),
+                t.sent_records,
+                t.dead_records,
+                list(t.dead_without_id),
+                Counter(t.dead_seen),
             )
 
     def wait_for(self, n: int, timeout: float, check: Any = None) -> Tally:

@@ -52,7 +52,6 @@ class Observer:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._seen: set[tuple[Any, Any, Any]] = set()
-        self._seen: set[tuple[Any, Any, Any]] = set()
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,

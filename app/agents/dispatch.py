@@ -39,13 +39,25 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
     topology = runtime.topology
     policies = {p.name: p for p in settings.provider_policies()}
     primary = settings.provider_policies()[0].name
-    ledger = Ledger(ledger_table.declare_table(app, settings.topic_partitions))
+    ledger_tbl = ledger_table.declare_table(app, settings.topic_partitions)
+    pressure_tbl = pressure_table.declare_table(app, settings.topic_partitions)
+    ledger = Ledger(ledger_tbl)
     board = PressureBoard(
-        policies,
-        settings.topic_partitions,
-        pressure_table.declare_table(app, settings.topic_partitions),
-        pressure_table.key_for,
+        policies, settings.topic_partitions, pressure_tbl, pressure_table.key_for
     )
+    ready = asyncio.Event()
+
+    async def tables_ready() -> None:
+        """Both tables write with the key partitioner, which needs the changelog topics'
+        metadata already in the producer (aiokafka looks it up without waiting)."""
+        if ready.is_set():
+            return
+        for table in (ledger_tbl, pressure_tbl):
+            if hasattr(table, "changelog_topic"):  # unit tests pass plain dicts
+                await table.changelog_topic.maybe_declare()
+                producer = app.producer._ensure_producer()
+                await producer.partitions_for(table.changelog_topic.get_topic_name())
+        ready.set()
     gate = LaneGate(start_unknown=True)
     next_offset: dict[Any, int] = {}  # TP -> next offset to handle, as seen by this worker
     holder: dict[str, DispatchStage] = {}
@@ -79,6 +91,7 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
     def lane_agent(lane: str) -> Any:
         async def dispatch(stream: Any) -> None:
             await runtime.start()
+            await tables_ready()
             st = stage()
 
             async def one(event: Any) -> None:
@@ -161,6 +174,8 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
 
     @app.timer(settings.state_flush_s, name="dispatch-pressure-flush")
     async def flush_pressure() -> None:
+        if not ready.is_set():
+            return  # the lane agents have not checked the tables yet
         board.flush(settings.state_flush_s)
         now = time.time()
         for name, share in board.shares.items():
@@ -169,7 +184,8 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app_: Any, revoked: set[Any], **kwargs: Any) -> None:
-        board.flush(settings.state_flush_s)
+        if ready.is_set():
+            board.flush(settings.state_flush_s)
         lane_topic = topology.name(LANES[PRIORITIES[0]])
         board.own(board.owned - {tp.partition for tp in revoked if tp.topic == lane_topic})
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from app.models import DeadLetter
 from app.stages.deadletters import bucket_of, count_key, dimension_values, parse_count_key
+from app.tables import declare_bytes_table
 
 TABLE_NAME = "dead-letter-counts"
 
@@ -73,15 +74,10 @@ class DeadLetterCounts:
 
 
 def declare_table(app: Any, partitions: int) -> Any:
-    import faust
-
-    return app.Table(
+    return declare_bytes_table(
+        app,
         TABLE_NAME,
-        default=None,
-        partitions=partitions,
-        # key_type as well as the schema: Faust derives the changelog's key serializer
-        # for recovery from key_type alone (json otherwise, which cannot read raw keys).
-        key_type=bytes,
-        schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
+        partitions,
         help="Dead letters per partition, time bucket, dimension and value.",
+        use_partitioner=False,
     )

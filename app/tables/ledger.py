@@ -16,6 +16,8 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from app.tables import declare_bytes_table
+
 State = Literal["in_flight", "sent", "failed"]
 TABLE_NAME = "sent-ledger"
 
@@ -61,16 +63,10 @@ class Ledger:
 
 
 def declare_table(app: Any, partitions: int) -> Any:
-    import faust
-
-    return app.Table(
+    return declare_bytes_table(
+        app,
         TABLE_NAME,
-        default=None,
-        partitions=partitions,
-        # key_type as well as the schema: recovery derives the changelog's key
-        # serializer from key_type alone (json otherwise, which cannot read raw keys).
-        key_type=bytes,
-        schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
-        use_partitioner=True,
+        partitions,
         help="Sent-ledger: event id -> in_flight | sent | failed, for effectively-once sends.",
+        use_partitioner=True,
     )

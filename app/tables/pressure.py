@@ -12,6 +12,8 @@ from typing import Any
 
 from aiokafka.partitioner import murmur2
 
+from app.tables import declare_bytes_table
+
 TABLE_NAME = "dispatch-pressure"
 
 
@@ -27,16 +29,10 @@ def key_for(provider: str, partition: int, partitions: int) -> bytes:
 
 
 def declare_table(app: Any, partitions: int) -> Any:
-    import faust
-
-    return app.Table(
+    return declare_bytes_table(
+        app,
         TABLE_NAME,
-        default=None,
-        partitions=partitions,
-        # key_type as well as the schema: recovery derives the changelog's key
-        # serializer from key_type alone (json otherwise, which cannot read raw keys).
-        key_type=bytes,
-        schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
-        use_partitioner=True,
+        partitions,
         help="Per provider and partition: rate-meter times and breaker state.",
+        use_partitioner=True,
     )

@@ -78,8 +78,13 @@ def type_name(annotation: Any) -> str:
     if annotation is SecretStr:
         return "string, **secret**"
     if isinstance(annotation, type):
-        return {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
-                "Path": "path"}.get(annotation.__name__, annotation.__name__)
+        return {
+            "str": "string",
+            "int": "integer",
+            "float": "number",
+            "bool": "boolean",
+            "Path": "path",
+        }.get(annotation.__name__, annotation.__name__)
     return str(annotation)
 
 
@@ -102,8 +107,11 @@ def default_of(field: FieldInfo) -> str:
         except ValueError:
             return f"`{value}`"
     if isinstance(value, dict | list):
-        return f"`{value!r}`".replace("'", '"') if value else ("`{}`" if isinstance(
-            value, dict) else "`[]`")
+        return (
+            f"`{value!r}`".replace("'", '"')
+            if value
+            else ("`{}`" if isinstance(value, dict) else "`[]`")
+        )
     return f"`{value}`" if value != "" else '`""` (empty)'
 
 
@@ -121,8 +129,11 @@ def _cell(text: str) -> str:
 
 
 def table(model: type[BaseModel], names: list[str], env: bool) -> list[str]:
-    head = "| variable | type | default | description |" if env else (
-        "| key | type | default | description |")
+    head = (
+        "| variable | type | default | description |"
+        if env
+        else ("| key | type | default | description |")
+    )
     lines = [head, "|---|---|---|---|"]
     for name in names:
         field = model.model_fields[name]
@@ -146,8 +157,7 @@ def generate(model: type[BaseModel] = Settings) -> str:
     if missing:
         by_section.setdefault("other", []).extend(missing)
     out = [HEADER, "## Sections", ""]
-    out += [f"- [{title}](#{_anchor(title)}) ({len(names)})" for title, names in
-            by_section.items()]
+    out += [f"- [{title}](#{_anchor(title)}) ({len(names)})" for title, names in by_section.items()]
     nested: list[tuple[str, type[BaseModel]]] = []
     for title, names in by_section.items():
         out += ["", f"## {title}", "", *table(model, names, env=True)]
@@ -175,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.check:
         current = TARGET.read_text(encoding="utf-8") if TARGET.exists() else ""
         if current != text:
-            print(f"{TARGET.relative_to(PROJECT_ROOT)} is out of date: run scripts/gen-config-docs",
-                  file=sys.stderr)
+            print(
+                f"{TARGET.relative_to(PROJECT_ROOT)} is out of date: run scripts/gen-config-docs",
+                file=sys.stderr,
+            )
             return 1
     else:
         sys.stdout.write(text)

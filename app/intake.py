@@ -371,8 +371,10 @@ def attach(app: Any, runtime: Runtime) -> None:
     if not gate.required:
         log.warning("intake: authentication is OFF (SPILLWAY_INTAKE_AUTH=off); dev use only")
     elif not gate.auth.integrations:
-        log.warning("intake: no integrations configured (SPILLWAY_INTAKE_API_KEYS): every "
-                    "request will be refused with 401")
+        log.warning(
+            "intake: no integrations configured (SPILLWAY_INTAKE_API_KEYS): every "
+            "request will be refused with 401"
+        )
     else:
         log.info("intake: integrations %s", ", ".join(sorted(gate.auth.integrations)))
 

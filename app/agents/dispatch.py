@@ -42,22 +42,19 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
     ledger_tbl = ledger_table.declare_table(app, settings.topic_partitions)
     pressure_tbl = pressure_table.declare_table(app, settings.topic_partitions)
     ledger = Ledger(ledger_tbl)
-    board = PressureBoard(
-        policies, settings.topic_partitions, pressure_tbl, pressure_table.key_for
-    )
+    board = PressureBoard(policies, settings.topic_partitions, pressure_tbl, pressure_table.key_for)
     ready = asyncio.Event()
 
     async def tables_ready() -> None:
-        """Both tables write with the key partitioner, which needs the changelog topics'
-        metadata already in the producer (aiokafka looks it up without waiting)."""
+        """The tables' changelog topics exist before the first write (the writes
+        themselves pick their partition from the key: app.tables.KeyHashedTable)."""
         if ready.is_set():
             return
         for table in (ledger_tbl, pressure_tbl):
             if hasattr(table, "changelog_topic"):  # unit tests pass plain dicts
                 await table.changelog_topic.maybe_declare()
-                producer = app.producer._ensure_producer()
-                await producer.partitions_for(table.changelog_topic.get_topic_name())
         ready.set()
+
     gate = LaneGate(start_unknown=True)
     next_offset: dict[Any, int] = {}  # TP -> next offset to handle, as seen by this worker
     holder: dict[str, DispatchStage] = {}

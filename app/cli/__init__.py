@@ -66,5 +66,9 @@ def kafka_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     if not logger.handlers:
         logger.addHandler(logging.NullHandler())
         logger.propagate = False
-    return {**settings.kafka_client_config(), "client.id": "spillway-cli", "logger": logger,
-            **extra}
+    return {
+        **settings.kafka_client_config(),
+        "client.id": "spillway-cli",
+        "logger": logger,
+        **extra,
+    }

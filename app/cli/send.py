@@ -239,7 +239,11 @@ def produce(
     "- for stdin). Event flags are ignored.",
 )
 @click.option(
-    "-n", "--count", type=click.IntRange(1), default=1, show_default=True,
+    "-n",
+    "--count",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
     help="Send each event N times, with event ids <id>-1 .. <id>-N.",
 )
 @click.option(
@@ -259,7 +263,10 @@ def produce(
 )
 @click.option("--topic", help="Topic to produce to. Default: email.raw-events (namespaced).")
 @click.option(
-    "--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
     help="Seconds to wait for the broker's acknowledgements.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event.")

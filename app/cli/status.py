@@ -215,7 +215,10 @@ def render(report: Report, max_lag: int | None) -> str:
     help="Exit 1 if any stage's lag is above this many records.",
 )
 @click.option(
-    "--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
     help="Seconds to wait for Kafka's answers.",
 )
 @click.option(

@@ -48,12 +48,22 @@ def list_(templates_dir: Path | None, as_json: bool) -> None:
     store = _store(templates_dir)
     infos = [store.info(name) for name in store.names()]
     if as_json:
-        click.echo(json.dumps([
-            {"name": i.name, "latest": i.latest, "versions": list(i.versions),
-             "locales": list(i.locales), "required": list(i.required),
-             "description": i.description}
-            for i in infos
-        ], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": i.name,
+                        "latest": i.latest,
+                        "versions": list(i.versions),
+                        "locales": list(i.locales),
+                        "required": list(i.required),
+                        "description": i.description,
+                    }
+                    for i in infos
+                ],
+                indent=2,
+            )
+        )
         return
     for i in infos:
         versions = ", ".join(f"{v}*" if v == i.latest else v for v in i.versions)
@@ -72,8 +82,7 @@ def list_(templates_dir: Path | None, as_json: bool) -> None:
     "--data",
     "data_file",
     type=click.File("r", encoding="utf-8"),
-    help="JSON object of template variables ('-' for stdin). Default: the template's "
-    "sample data.",
+    help="JSON object of template variables ('-' for stdin). Default: the template's sample data.",
 )
 @click.option(
     "--part",

@@ -4,26 +4,51 @@ from __future__ import annotations
 
 from typing import Any
 
+import faust
+from aiokafka.partitioner import murmur2
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as in the Java client and
+    aiokafka) gives a key."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class KeyHashedTable(faust.Table):
+    """A table whose changelog partition is the hash of its raw key.
+
+    Faust's ``use_partitioner=True`` does the same through the producer, which reads
+    the changelog's partition count from aiokafka's metadata cache without waiting
+    for it; a write that comes before the cache is filled fails with ``TypeError``.
+    Hashing here needs only the partition count we declared, and the send itself
+    waits for metadata.
+    """
+
+    def partition_for_key(self, key: Any) -> int | None:
+        assert self.partitions, "declared with an explicit partition count"
+        return key_partition(key, self.partitions)
+
 
 def declare_bytes_table(
-    app: Any, name: str, partitions: int, *, help: str, use_partitioner: bool
+    app: Any, name: str, partitions: int, *, help: str, key_hashed: bool
 ) -> Any:
     """A table with raw ``bytes`` keys and JSON values.
 
-    ``use_partitioner``: the changelog partition comes from the key (Kafka's default
-    partitioner), so it can be written outside stream iteration and from concurrent
-    sends; keys must then hash like the messages they belong with.
+    ``key_hashed``: the changelog partition comes from the key, so the table can be
+    written outside stream iteration and from concurrent sends; keys must then hash
+    like the messages they belong with. Otherwise it is the current event's partition.
     """
-    import faust
-
-    return app.Table(
-        name,
+    cls = KeyHashedTable if key_hashed else faust.Table
+    table: faust.Table = cls(
+        app,
+        name=name,
         default=None,
+        beacon=app.tables.beacon,
         partitions=partitions,
         # key_type as well as the schema: recovery derives the changelog's key
         # serializer from key_type alone (json otherwise, which cannot read raw keys).
         key_type=bytes,
         schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
-        use_partitioner=use_partitioner,
         help=help,
     )
+    return app.tables.add(table)

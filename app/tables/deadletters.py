@@ -79,5 +79,5 @@ def declare_table(app: Any, partitions: int) -> Any:
         TABLE_NAME,
         partitions,
         help="Dead letters per partition, time bucket, dimension and value.",
-        use_partitioner=False,
+        key_hashed=False,
     )

@@ -1,7 +1,7 @@
 """The sent-ledger: one entry per event id, so an email is sent at most once.
 
-Kept in a changelog-backed Faust table keyed by the event id (bytes), written with
-the key partitioner (``use_partitioner=True``) so each entry lands in the same
+Kept in a changelog-backed Faust table keyed by the event id (bytes), key-hashed
+(``KeyHashedTable``) so each entry lands in the same
 partition number as the dispatch messages keyed by that id: the worker that owns
 a dispatch partition also owns its ledger entries, after any rebalance.
 
@@ -68,5 +68,5 @@ def declare_table(app: Any, partitions: int) -> Any:
         TABLE_NAME,
         partitions,
         help="Sent-ledger: event id -> in_flight | sent | failed, for effectively-once sends.",
-        use_partitioner=True,
+        key_hashed=True,
     )

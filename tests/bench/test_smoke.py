@@ -25,8 +25,9 @@ EVENTS = 1_500
 def test_flash_sale_smoke_all_systems(bench_stack: None, tmp_path: Path) -> None:
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     started = time.monotonic()
-    doc = flash_sale.run_all("smoke", list(flash_sale.SYSTEMS), quota=None, workers=2,
-                             n=EVENTS, stall_s=20)
+    doc = flash_sale.run_all(
+        "smoke", list(flash_sale.SYSTEMS), quota=None, workers=2, n=EVENTS, stall_s=20
+    )
     elapsed = time.monotonic() - started
 
     results = {s["system"]: s for s in doc["systems"]}
@@ -38,8 +39,7 @@ def test_flash_sale_smoke_all_systems(bench_stack: None, tmp_path: Path) -> None
         assert r["correct"], system
         assert r["drain_s"] and r["series"]["backlog"], system
     spillway = results["spillway"]
-    assert set(spillway["resources"]) >= {"spillway-render", "spillway-route",
-                                          "spillway-dispatch"}
+    assert set(spillway["resources"]) >= {"spillway-render", "spillway-route", "spillway-dispatch"}
     assert sum(c["count"] for c in spillway["time_to_send_ms"].values()) == EVENTS
 
     path = flash_sale.save(doc, tmp_path)  # the report renders from what the run saved

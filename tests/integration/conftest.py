@@ -126,13 +126,23 @@ class OwnSimulator:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         log_dir.mkdir(parents=True, exist_ok=True)
-        args = [sys.executable, "-m", "simulator.provider", "--host", "127.0.0.1",
-                "--port", str(self.port), "--log-level", "WARNING"]
+        args = [
+            sys.executable,
+            "-m",
+            "simulator.provider",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "WARNING",
+        ]
         for key, value in config.items():
             args += ["--set", f"{key}={json.dumps(value)}"]
         with (log_dir / f"simulator-{self.port}.log").open("ab") as log:
-            self.proc = subprocess.Popen(args, cwd=PROJECT_ROOT, stdout=log,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                args, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
         self.client = SyncSimulatorClient(self.url)
         self.client.wait_ready(timeout=20)
 

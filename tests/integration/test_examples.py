@@ -34,13 +34,24 @@ def env(stack: None) -> Iterator[Env]:
     e.close()
 
 
-def run(env: Env, cmd: list[str], cwd: str | os.PathLike[str] = PROJECT_ROOT,
-        timeout: float = 120, **extra: str) -> str:
+def run(
+    env: Env,
+    cmd: list[str],
+    cwd: str | os.PathLike[str] = PROJECT_ROOT,
+    timeout: float = 120,
+    **extra: str,
+) -> str:
     """Run an example with the module's topic; return its output (fail on a non-zero exit)."""
-    child_env = {**os.environ, "TOPIC": env.topic("email.raw-events"),
-                 "KAFKA_BOOTSTRAP": env.settings.kafka_bootstrap, **env.overrides, **extra}
-    done = subprocess.run(cmd, cwd=cwd, env=child_env, capture_output=True, text=True,
-                          timeout=timeout)
+    child_env = {
+        **os.environ,
+        "TOPIC": env.topic("email.raw-events"),
+        "KAFKA_BOOTSTRAP": env.settings.kafka_bootstrap,
+        **env.overrides,
+        **extra,
+    }
+    done = subprocess.run(
+        cmd, cwd=cwd, env=child_env, capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, f"{cmd} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -74,8 +85,12 @@ def test_node_json_and_avro(env: Env) -> None:
         run(env, ["npm", "ci", "--no-audit", "--no-fund"], cwd=node_dir, timeout=300)
     ids = [f"{env.ns}-node-json", f"{env.ns}-node-avro"]
     assert "(json)" in run(env, ["node", "produce.js", ids[0]], cwd=node_dir)
-    assert "(avro)" in run(env, ["node", "produce.js", "--avro", ids[1]], cwd=node_dir,
-                           SCHEMA_REGISTRY_URL=env.settings.schema_registry_url)
+    assert "(avro)" in run(
+        env,
+        ["node", "produce.js", "--avro", ids[1]],
+        cwd=node_dir,
+        SCHEMA_REGISTRY_URL=env.settings.schema_registry_url,
+    )
     delivered(env, *ids)
     assert env.observer is not None
     sent = env.observer.snapshot().sent
@@ -85,16 +100,30 @@ def test_node_json_and_avro(env: Env) -> None:
 @pytest.mark.skipif(shutil.which("mvn") is None, reason="needs Maven (scripts/setup installs it)")
 def test_java(env: Env) -> None:
     event_id = f"{env.ns}-java"
-    out = run(env, ["mvn", "-q", "-B", "compile", "exec:java", f"-Dexec.args={event_id}"],
-              cwd=EXAMPLES / "java", timeout=300)
+    out = run(
+        env,
+        ["mvn", "-q", "-B", "compile", "exec:java", f"-Dexec.args={event_id}"],
+        cwd=EXAMPLES / "java",
+        timeout=300,
+    )
     assert f"{event_id} -> " in out
     delivered(env, event_id)
 
 
 def test_spillway_send(env: Env) -> None:
     ids = [f"{env.ns}-cli-json", f"{env.ns}-cli-avro"]
-    cli = [sys.executable, "-m", "app.cli.main", "send", "-t", "password_reset",
-           "--to", "cli@example.com", "-p", "critical"]
+    cli = [
+        sys.executable,
+        "-m",
+        "app.cli.main",
+        "send",
+        "-t",
+        "password_reset",
+        "--to",
+        "cli@example.com",
+        "-p",
+        "critical",
+    ]
     out = run(env, [*cli, "--event-id", ids[0]])
     assert out.startswith(f"{ids[0]} -> {env.topic('email.raw-events')} partition ")
     run(env, [*cli, "--event-id", ids[1], "--format", "avro"])

@@ -51,19 +51,34 @@ def healthy(url: str) -> bool:
 
 
 def event(env: Env, n: str, **extra: Any) -> dict[str, Any]:
-    return {"event_id": f"{env.ns}-auth-{n}", "template": "password_reset",
-            "to": "auth@example.com", "data": env.samples["password_reset"], **extra}
+    return {
+        "event_id": f"{env.ns}-auth-{n}",
+        "template": "password_reset",
+        "to": "auth@example.com",
+        "data": env.samples["password_reset"],
+        **extra,
+    }
 
 
-def post(worker: Worker, body: bytes, headers: dict[str, str], path: str = "/v1/events"
-         ) -> httpx.Response:
-    return httpx.post(f"{worker.web_url}{path}", content=body, timeout=30,
-                      headers={"content-type": "application/json", **headers})
+def post(
+    worker: Worker, body: bytes, headers: dict[str, str], path: str = "/v1/events"
+) -> httpx.Response:
+    return httpx.post(
+        f"{worker.web_url}{path}",
+        content=body,
+        timeout=30,
+        headers={"content-type": "application/json", **headers},
+    )
 
 
 def read_at(env: Env, partition: int, offset: int) -> Message:
-    c = Consumer({"bootstrap.servers": env.settings.kafka_bootstrap, "group.id": f"{env.ns}-r",
-                  "enable.auto.commit": False})
+    c = Consumer(
+        {
+            "bootstrap.servers": env.settings.kafka_bootstrap,
+            "group.id": f"{env.ns}-r",
+            "enable.auto.commit": False,
+        }
+    )
     try:
         c.assign([TopicPartition(env.topic("email.raw-events"), partition, offset)])
         msg = c.poll(10)
@@ -87,16 +102,25 @@ def test_wrong_key_is_401(intake: tuple[Env, Worker]) -> None:
     r = post(worker, body, {"Authorization": "Bearer not-a-key-0123456789"})
     assert r.status_code == 401 and r.json()["error"] == "invalid API key"
     ts = str(int(time.time()))
-    r = post(worker, body, {"X-Spillway-Integration": "shop-backend",
-                            "X-Spillway-Timestamp": ts,
-                            "X-Spillway-Signature": sign(SLOW_KEY, ts, body)})
+    r = post(
+        worker,
+        body,
+        {
+            "X-Spillway-Integration": "shop-backend",
+            "X-Spillway-Timestamp": ts,
+            "X-Spillway-Signature": sign(SLOW_KEY, ts, body),
+        },
+    )
     assert r.status_code == 401 and r.json()["error"] == "invalid signature"
 
 
 def test_right_key_is_202_and_the_source_is_the_integration(intake: tuple[Env, Worker]) -> None:
     env, worker = intake
-    r = post(worker, json.dumps(event(env, "right", source="spoofed")).encode(),
-             {"Authorization": f"Bearer {SHOP_KEY}"})
+    r = post(
+        worker,
+        json.dumps(event(env, "right", source="spoofed")).encode(),
+        {"Authorization": f"Bearer {SHOP_KEY}"},
+    )
     assert r.status_code == 202, r.text
     msg = read_at(env, r.json()["partition"], r.json()["offset"])
     assert json.loads(msg.value())["source"] == "shop-backend"
@@ -104,15 +128,25 @@ def test_right_key_is_202_and_the_source_is_the_integration(intake: tuple[Env, W
 
     body = json.dumps(event(env, "signed")).encode()  # HMAC instead of a key
     ts = str(int(time.time()))
-    r = post(worker, body, {"X-Spillway-Integration": "shop-backend",
-                            "X-Spillway-Timestamp": ts,
-                            "X-Spillway-Signature": sign(SHOP_KEY, ts, body)})
+    r = post(
+        worker,
+        body,
+        {
+            "X-Spillway-Integration": "shop-backend",
+            "X-Spillway-Timestamp": ts,
+            "X-Spillway-Signature": sign(SHOP_KEY, ts, body),
+        },
+    )
     assert r.status_code == 202, r.text
     msg = read_at(env, r.json()["partition"], r.json()["offset"])
     assert json.loads(msg.value())["source"] == "shop-backend"
 
-    r = post(worker, json.dumps([event(env, "b1"), event(env, "b2", source="x")]).encode(),
-             {"X-Api-Key": SHOP_KEY}, path="/v1/events/batch")
+    r = post(
+        worker,
+        json.dumps([event(env, "b1"), event(env, "b2", source="x")]).encode(),
+        {"X-Api-Key": SHOP_KEY},
+        path="/v1/events/batch",
+    )
     assert r.status_code == 202, r.text
     for result in r.json()["results"]:
         msg = read_at(env, result["partition"], result["offset"])

@@ -15,8 +15,13 @@ pytestmark = pytest.mark.integration
 
 
 def read_at(env: Env, partition: int, offset: int) -> tuple[bytes | None, bytes]:
-    c = Consumer({"bootstrap.servers": env.settings.kafka_bootstrap, "group.id": f"{env.ns}-r",
-                  "enable.auto.commit": False})
+    c = Consumer(
+        {
+            "bootstrap.servers": env.settings.kafka_bootstrap,
+            "group.id": f"{env.ns}-r",
+            "enable.auto.commit": False,
+        }
+    )
     try:
         c.assign([TopicPartition(env.topic("email.raw-events"), partition, offset)])
         msg = c.poll(10)
@@ -39,18 +44,36 @@ def test_intake_appends_and_answers_with_the_offset(env: Env) -> None:
     observer = env.observe()
     assert wait_until(lambda: healthy(worker.web_url), timeout=60), "intake did not start"
     event_id = f"{env.ns}-http-1"
-    body = json.dumps({"event_id": event_id, "template": "password_reset", "to": "h@example.com",
-                       "priority": "critical", "data": env.samples["password_reset"]}).encode()
-    r = httpx.post(f"{worker.web_url}/v1/events", content=body,
-                   headers={"content-type": "application/json"}, timeout=30)
+    body = json.dumps(
+        {
+            "event_id": event_id,
+            "template": "password_reset",
+            "to": "h@example.com",
+            "priority": "critical",
+            "data": env.samples["password_reset"],
+        }
+    ).encode()
+    r = httpx.post(
+        f"{worker.web_url}/v1/events",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert r.status_code == 202, r.text
     result = r.json()
     assert result["topic"] == env.topic("email.raw-events")
     assert result["sequence"] == f"{result['partition']}:{result['offset']}"
     assert read_at(env, result["partition"], result["offset"]) == (event_id.encode(), body)
 
-    batch = [{"event_id": f"{env.ns}-http-b{i}", "template": "password_reset",
-              "to": f"b{i}@example.com", "data": env.samples["password_reset"]} for i in range(5)]
+    batch = [
+        {
+            "event_id": f"{env.ns}-http-b{i}",
+            "template": "password_reset",
+            "to": f"b{i}@example.com",
+            "data": env.samples["password_reset"],
+        }
+        for i in range(5)
+    ]
     r = httpx.post(f"{worker.web_url}/v1/events/batch", json={"events": batch}, timeout=30)
     assert r.status_code == 202, r.text
     assert r.json()["accepted"] == 5 and len(r.json()["results"]) == 5
@@ -74,7 +97,11 @@ def test_intake_refuses_bad_bodies_clearly(
 ) -> None:
     worker = env.workers.add("intake", SPILLWAY_INTAKE_AUTH="off")
     assert wait_until(lambda: healthy(worker.web_url), timeout=60), "intake did not start"
-    r = httpx.post(f"{worker.web_url}{path}", content=body,
-                   headers={"content-type": "application/json"}, timeout=30)
+    r = httpx.post(
+        f"{worker.web_url}{path}",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert r.status_code == status
     assert needle in r.json()["error"]

@@ -95,9 +95,7 @@ def test_critical_overtakes_earlier_bulk(env: Env) -> None:
     order = sorted(env.ledger(), key=lambda e: e["received_at"])
     last_critical = max(i for i, e in enumerate(order) if "-c" in e["key"])
     bulk_before = sum(1 for e in order[:last_critical] if "-b" in e["key"])
-    assert bulk_before <= 5, (
-        f"{bulk_before} bulk emails went out before the last critical one"
-    )
+    assert bulk_before <= 5, f"{bulk_before} bulk emails went out before the last critical one"
 
 
 def test_confluent_serializer_producer_reaches_the_provider(env: Env) -> None:

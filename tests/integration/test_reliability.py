@@ -21,25 +21,49 @@ pytestmark = pytest.mark.integration
 
 
 def test_retries_back_off_without_blocking_the_partition(env: Env, own_sim: Any) -> None:
-    sim = own_sim(fail_rules=[
-        {"regex": "^twice@", "times": 2, "status": 500},
-        {"regex": "^always@", "times": None, "status": 503},
-    ])
+    sim = own_sim(
+        fail_rules=[
+            {"regex": "^twice@", "times": 2, "status": 500},
+            {"regex": "^always@", "times": None, "status": 503},
+        ]
+    )
     env.workers.add("render")
     env.workers.add("route")
-    env.workers.add("dispatch", **providers_env(policy(
-        "sim", sim.url, breaker_min_requests=10_000, retry_backoff_base_s=2.0,
-        retry_backoff_cap_s=4.0)))
+    env.workers.add(
+        "dispatch",
+        **providers_env(
+            policy(
+                "sim",
+                sim.url,
+                breaker_min_requests=10_000,
+                retry_backoff_base_s=2.0,
+                retry_backoff_cap_s=4.0,
+            )
+        ),
+    )
     assert env.workers.wait_ready(env.settings.kafka_bootstrap, env.ns)
     observer = env.observe()
     special = []
     for who in ("twice", "always"):
         event_id = f"{env.ns}-{who}"
         special.append(event_id)
-        env.produce(event_id.encode(), burst.encode("good", {
-            "event_id": event_id, "template": "password_reset", "priority": "normal",
-            "to": f"{who}@example.com", "data": env.samples["password_reset"], "source": "t",
-        }, env.serde, env.topic("email.raw-events"), use_avro=False))
+        env.produce(
+            event_id.encode(),
+            burst.encode(
+                "good",
+                {
+                    "event_id": event_id,
+                    "template": "password_reset",
+                    "priority": "normal",
+                    "to": f"{who}@example.com",
+                    "data": env.samples["password_reset"],
+                    "source": "t",
+                },
+                env.serde,
+                env.topic("email.raw-events"),
+                use_avro=False,
+            ),
+        )
     others = produce(env, 300, "normal", "o")
     tally = observer.wait_for(302, timeout=120, check=env.workers.check_alive)
     assert tally.done == 302
@@ -63,8 +87,11 @@ def test_one_percent_of_each_poison_leaves_the_good_unaffected(env: Env) -> None
     assert env.workers.wait_ready(env.settings.kafka_bootstrap, env.ns)
     observer = env.observe()
     n = 2800  # every 14th event bad: 7 kinds, each 1% of the run
-    events = list(burst.events(n, env.serde, env.topic("email.raw-events"), env.samples,
-                               prefix=env.ns, bad_every=14))
+    events = list(
+        burst.events(
+            n, env.serde, env.topic("email.raw-events"), env.samples, prefix=env.ns, bad_every=14
+        )
+    )
     started = time.monotonic()
     for e in events:
         env.produce(e.key, e.value)
@@ -72,8 +99,9 @@ def test_one_percent_of_each_poison_leaves_the_good_unaffected(env: Env) -> None
     tally = observer.wait_for(n, timeout=180, check=env.workers.check_alive)
     elapsed = time.monotonic() - started
     assert tally.done == n
-    twice = {i: (tally.dead[i].stage, tally.dead[i].reason)
-             for i, c in tally.dead_seen.items() if c > 1}
+    twice = {
+        i: (tally.dead[i].stage, tally.dead[i].reason) for i, c in tally.dead_seen.items() if c > 1
+    }
     assert tally.dead_records == len(tally.dead), f"dead letters written twice: {twice}"
     kinds = Counter(e.kind for e in events if e.kind != "good")
     assert set(kinds) == set(burst.BAD_KINDS) and min(kinds.values()) >= n // 100 - 1
@@ -89,16 +117,19 @@ def test_one_percent_of_each_poison_leaves_the_good_unaffected(env: Env) -> None
         if e.kind == "provider_rejection":
             assert dl.provider and len(dl.history) == 1 and not dl.retriable
     good = sum(1 for e in events if e.kind == "good")
-    print(f"{good} good events delivered in {elapsed:.1f} s ({good / elapsed:.0f}/s) "
-          f"beside {n - good} poison ones")
+    print(
+        f"{good} good events delivered in {elapsed:.1f} s ({good / elapsed:.0f}/s) "
+        f"beside {n - good} poison ones"
+    )
 
 
 def test_double_intake_sends_once(env: Env) -> None:
     for stage in ("render", "route", "dispatch"):
         env.workers.add(stage)
     observer = env.observe()
-    events = list(burst.events(1000, env.serde, env.topic("email.raw-events"), env.samples,
-                               prefix=env.ns))
+    events = list(
+        burst.events(1000, env.serde, env.topic("email.raw-events"), env.samples, prefix=env.ns)
+    )
     for _ in range(2):
         for e in events:
             env.produce(e.key, e.value)
@@ -146,8 +177,11 @@ def test_sigkill_during_a_run_loses_nothing_and_duplicates_no_email(env: Env) ->
     env.workers.add("route")
     worker = env.workers.add("dispatch")
     observer = env.observe()
-    events = list(burst.events(n, env.serde, env.topic("email.raw-events"), env.samples,
-                               prefix=env.ns, bad_every=500))
+    events = list(
+        burst.events(
+            n, env.serde, env.topic("email.raw-events"), env.samples, prefix=env.ns, bad_every=500
+        )
+    )
     for e in events:
         env.produce(e.key, e.value)
     env.producer.flush(60)
@@ -164,7 +198,9 @@ def test_sigkill_during_a_run_loses_nothing_and_duplicates_no_email(env: Env) ->
     keys = Counter(e["key"] for e in entries)
     assert all(c == 1 for c in keys.values())  # one accepted email per event id
     re_requests = sum(e["requests"] - 1 for e in entries)
-    print(f"20,000 events, 5 SIGKILLs: {len(tally.sent)} sent, {len(tally.dead)} dead, "
-          f"{tally.sent_records - len(tally.sent)} duplicate results, {re_requests} "
-          "idempotent re-requests (same key, deduplicated by the provider)")
+    print(
+        f"20,000 events, 5 SIGKILLs: {len(tally.sent)} sent, {len(tally.dead)} dead, "
+        f"{tally.sent_records - len(tally.sent)} duplicate results, {re_requests} "
+        "idempotent re-requests (same key, deduplicated by the provider)"
+    )
     assert len(entries) == len(tally.sent)

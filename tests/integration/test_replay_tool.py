@@ -152,8 +152,11 @@ def test_fixing_a_template_and_replaying_its_dead_letters(env: Env, tmp_path: Pa
     ledger = env.ledger()
     assert len(ledger) == N + GOOD and all(entry["requests"] == 1 for entry in ledger)
     tally = observer.snapshot()
-    doubled = {i: (d.stage, d.reason, d.replayed, d.original_offset)
-               for i, d in tally.dead.items() if tally.dead_seen[i] > 1}
+    doubled = {
+        i: (d.stage, d.reason, d.replayed, d.original_offset)
+        for i, d in tally.dead.items()
+        if tally.dead_seen[i] > 1
+    }
     assert tally.sent_records == N + GOOD and tally.dead_records == N, doubled
     assert wait_until(lambda: analysed() is not None, timeout=30)
     doc = analysed()

@@ -37,8 +37,11 @@ async def test_body_limits() -> None:
 
 @pytest.mark.parametrize(
     ("body", "match"),
-    [(b"[1]", "must be a JSON object, not list"), (b"\xff", "not valid UTF-8 JSON"),
-     (b'"x"', "not str")],
+    [
+        (b"[1]", "must be a JSON object, not list"),
+        (b"\xff", "not valid UTF-8 JSON"),
+        (b'"x"', "not str"),
+    ],
 )
 def test_single_must_be_an_object(body: bytes, match: str) -> None:
     with pytest.raises(IntakeError, match=match) as info:
@@ -75,8 +78,9 @@ class StuckTopic:
 
 async def test_no_ack_means_503_with_retry_after() -> None:
     settings = SimpleNamespace(intake_ack_timeout_s=0.05, intake_retry_after_s=7)
-    runtime = SimpleNamespace(settings=settings,
-                              topology=SimpleNamespace(topics={"raw": StuckTopic()}))
+    runtime = SimpleNamespace(
+        settings=settings, topology=SimpleNamespace(topics={"raw": StuckTopic()})
+    )
     with pytest.raises(IntakeError, match="did not acknowledge") as info:
         await Intake(runtime).append([(b"k", b"{}")])  # type: ignore[arg-type]
     assert (info.value.status, info.value.retry_after) == (503, 7)

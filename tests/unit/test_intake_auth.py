@@ -102,8 +102,10 @@ def test_hmac_signature() -> None:
 
 @pytest.mark.parametrize(
     ("keys", "match"),
-    [({"a": SecretStr("tiny-1")}, "shorter than 16"),
-     ({"a": SecretStr(SHOP), "b": SecretStr(SHOP)}, "share one secret")],
+    [
+        ({"a": SecretStr("tiny-1")}, "shorter than 16"),
+        ({"a": SecretStr(SHOP), "b": SecretStr(SHOP)}, "share one secret"),
+    ],
 )
 def test_weak_configuration_is_refused_without_quoting_secrets(
     keys: dict[str, SecretStr], match: str

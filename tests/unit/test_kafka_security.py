@@ -73,9 +73,24 @@ def test_sasl_without_credentials_is_refused_without_quoting_secrets() -> None:
 def test_mutual_tls(tmp_path: Path) -> None:
     cert, key = tmp_path / "client.pem", tmp_path / "client.key"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=spillway-test", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=spillway-test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     s = Settings(
         kafka_security_protocol="SSL",

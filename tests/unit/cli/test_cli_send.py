@@ -23,8 +23,18 @@ def sent(producer: Any) -> list[tuple[str, bytes | None, bytes]]:
 
 
 def test_event_from_flags_uses_sample_data(producer: Any) -> None:
-    code, out = run("-t", "password_reset", "--to", "ann@example.com", "-p", "critical",
-                    "--event-id", "e-1", "--locale", "de")
+    code, out = run(
+        "-t",
+        "password_reset",
+        "--to",
+        "ann@example.com",
+        "-p",
+        "critical",
+        "--event-id",
+        "e-1",
+        "--locale",
+        "de",
+    )
     assert code == 0, out
     [(topic, key, value)] = sent(producer)
     event = json.loads(value)
@@ -38,8 +48,9 @@ def test_event_from_flags_uses_sample_data(producer: Any) -> None:
 
 def test_namespace_count_and_json_output(producer: Any, monkeypatch: Any) -> None:
     monkeypatch.setenv("SPILLWAY_TOPIC_NAMESPACE", "staging.")
-    code, out = run("-t", "newsletter", "--to", "x@example.com", "--event-id", "n",
-                    "-n", "3", "--json")
+    code, out = run(
+        "-t", "newsletter", "--to", "x@example.com", "--event-id", "n", "-n", "3", "--json"
+    )
     assert code == 0, out
     lines = [json.loads(line) for line in out.splitlines()]
     assert [r["event_id"] for r in lines] == ["n-1", "n-2", "n-3"]
@@ -48,10 +59,20 @@ def test_namespace_count_and_json_output(producer: Any, monkeypatch: Any) -> Non
 
 
 def test_events_from_a_file(producer: Any, tmp_path: Path) -> None:
-    events = [{"event_id": f"f{i}", "template": "password_reset", "to": f"u{i}@example.com",
-               "data": {"user": {"name": "U"}, "reset_url": "https://x.example/r",
-                        "expires_minutes": 30, "shop": {"name": "S", "url": "https://s.example"}}}
-              for i in range(3)]
+    events = [
+        {
+            "event_id": f"f{i}",
+            "template": "password_reset",
+            "to": f"u{i}@example.com",
+            "data": {
+                "user": {"name": "U"},
+                "reset_url": "https://x.example/r",
+                "expires_minutes": 30,
+                "shop": {"name": "S", "url": "https://s.example"},
+            },
+        }
+        for i in range(3)
+    ]
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(json.dumps(e) for e in events))
     code, out = run("-f", str(path))

@@ -30,8 +30,9 @@ class FakeAdmin:
         self.members, self.committed = members, committed
 
     def list_topics(self, timeout: float) -> Any:
-        topics = {name: SimpleNamespace(partitions=dict.fromkeys(range(4)))
-                  for name, _ in TOPICS.values()}
+        topics = {
+            name: SimpleNamespace(partitions=dict.fromkeys(range(4))) for name, _ in TOPICS.values()
+        }
         return SimpleNamespace(topics=topics)
 
     def list_offsets(self, request: dict[TopicPartition, Any], request_timeout: float) -> Any:
@@ -39,20 +40,32 @@ class FakeAdmin:
         return {tp: done(SimpleNamespace(offset=110 if latest else 10)) for tp in request}
 
     def describe_consumer_groups(self, groups: list[str], request_timeout: float) -> Any:
-        return {g: done(SimpleNamespace(state=SimpleNamespace(name="STABLE"),
-                                        members=[object()] * self.members.get(g, 0)))
-                for g in groups}
+        return {
+            g: done(
+                SimpleNamespace(
+                    state=SimpleNamespace(name="STABLE"),
+                    members=[object()] * self.members.get(g, 0),
+                )
+            )
+            for g in groups
+        }
 
     def list_consumer_group_offsets(self, request: list[Any], request_timeout: float) -> Any:
         [req] = request
         group = req.group_id
         offset = self.committed.get(group)
-        tps = [] if offset is None else [
-            TopicPartition(topic, p, offset)
-            for topic in {"spillway-render": ["email.raw-events"],
-                          "spillway-route": ["email.rendered"]}.get(group, [])
-            for p in range(4)
-        ]
+        tps = (
+            []
+            if offset is None
+            else [
+                TopicPartition(topic, p, offset)
+                for topic in {
+                    "spillway-render": ["email.raw-events"],
+                    "spillway-route": ["email.rendered"],
+                }.get(group, [])
+                for p in range(4)
+            ]
+        )
         return {group: done(SimpleNamespace(topic_partitions=tps))}
 
 
@@ -66,8 +79,9 @@ def admin(monkeypatch: pytest.MonkeyPatch) -> dict[str, FakeAdmin]:
 
 
 def test_lag_per_stage_and_down_stages(admin: dict[str, FakeAdmin]) -> None:
-    admin["admin"] = FakeAdmin({"spillway-render": 2, "spillway-route": 1},
-                               {"spillway-render": 100, "spillway-route": 110})
+    admin["admin"] = FakeAdmin(
+        {"spillway-render": 2, "spillway-route": 1}, {"spillway-render": 100, "spillway-route": 110}
+    )
     result = CliRunner().invoke(cli, ["status", "--json"])
     assert result.exit_code == EXIT_FAILURE  # dispatch has no worker
     report = json.loads(result.output[: result.output.rindex("}") + 1])
@@ -86,9 +100,10 @@ def test_dev_mode_all_covers_every_stage_and_max_lag(admin: dict[str, FakeAdmin]
     result = CliRunner().invoke(cli, ["status"])
     assert result.exit_code == 0, result.output
     assert "add --worker URL" in result.output
-    admin["admin"] = FakeAdmin({g: 1 for g in ("spillway-render", "spillway-route",
-                                                "spillway-dispatch")},
-                               {"spillway-render": 100, "spillway-route": 110})
+    admin["admin"] = FakeAdmin(
+        {g: 1 for g in ("spillway-render", "spillway-route", "spillway-dispatch")},
+        {"spillway-render": 100, "spillway-route": 110},
+    )
     assert CliRunner().invoke(cli, ["status", "--max-lag", "100"]).exit_code == EXIT_FAILURE
     result = CliRunner().invoke(cli, ["status", "--max-lag", "5000"])
     assert result.exit_code == 0, result.output
@@ -106,9 +121,13 @@ def test_worker_adds_breakers_and_dead_letters_by_reason(
 ) -> None:
     import httpx
 
-    model = {"providers": [{"provider": "sim-http", "breaker": "open", "sent": 7}],
-             "dead_letters": {"total": 3, "by_reason": [
-                 {"stage": "render", "reason": "unknown_template", "count": 3}]}}
+    model = {
+        "providers": [{"provider": "sim-http", "breaker": "open", "sent": 7}],
+        "dead_letters": {
+            "total": 3,
+            "by_reason": [{"stage": "render", "reason": "unknown_template", "count": 3}],
+        },
+    }
 
     def get(url: str, timeout: float) -> httpx.Response:
         if url.startswith("http://down"):

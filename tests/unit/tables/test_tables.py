@@ -1,0 +1,38 @@
+"""Table declarations: key-hashed changelog partitions match Kafka's partitioner."""
+
+from __future__ import annotations
+
+from aiokafka.partitioner import DefaultPartitioner
+
+from app.factory import create_app
+from app.settings import Settings
+from app.tables import KeyHashedTable, deadletters, key_partition, ledger, pressure
+
+
+def test_key_partition_matches_kafka_default_partitioner() -> None:
+    partitioner = DefaultPartitioner()
+    for n in (1, 3, 8):
+        for i in range(500):
+            key = f"evt-{i}".encode()
+            assert key_partition(key, n) == partitioner(key, list(range(n)), list(range(n)))
+
+
+def test_ledger_and_pressure_hash_keys_without_the_producer() -> None:
+    settings = Settings(stage="dispatch", store="memory://")  # type: ignore[arg-type]
+    app = create_app(settings)  # declares the dispatch stage's tables
+    n = settings.topic_partitions
+    table = app.tables[ledger.TABLE_NAME]
+    assert isinstance(table, KeyHashedTable)
+    # No producer, no metadata, no current event: the partition is the key's hash.
+    assert table.partition_for_key(b"order-42") == key_partition(b"order-42", n)
+    board = app.tables[pressure.TABLE_NAME]
+    assert isinstance(board, KeyHashedTable)
+    for p in range(n):
+        assert board.partition_for_key(pressure.key_for("sim", p, n)) == p
+
+
+def test_dead_letter_counts_follow_the_event_partition() -> None:
+    app = create_app(Settings(stage="route", store="memory://"))  # type: ignore[arg-type]
+    table = deadletters.declare_table(app, 6)
+    assert not isinstance(table, KeyHashedTable)
+    assert app.tables[deadletters.TABLE_NAME] is table

@@ -48,7 +48,17 @@ from app.tools import burst
 from app.tools.observe import Observer
 from app.tools.workers import Workers, wait_until
 from app.topology import TOPICS
-from bench.infra import Postgres, Redis, Sampler, Simulator, Usage, broker_pid, spawn, stop
+from bench.infra import (
+    Postgres,
+    Profiler,
+    Redis,
+    Sampler,
+    Simulator,
+    Usage,
+    broker_pid,
+    spawn,
+    stop,
+)
 
 PRESETS = {"smoke": 3_000, "quick": 30_000, "full": 300_000}
 SYSTEMS = ("spillway", "bare", "celery", "pgqueue")
@@ -267,6 +277,7 @@ class Run:
     settings: Settings
     samples: dict[str, Any]
     stall_s: float = 60.0
+    profile: bool = False  # py-spy on Spillway's workers, into <log_dir>/profile
 
     def events(self, prefix: str) -> list[dict[str, Any]]:
         return workload(self.n, self.samples, prefix)
@@ -307,12 +318,17 @@ def run_spillway(run: Run, sim: Simulator) -> SystemResult:
         if (bpid := broker_pid()) is not None:
             pids["kafka-broker"] = bpid
         sampler = Sampler(pids).start()
+        profiler = (Profiler({k: v for k, v in pids.items() if k != "kafka-broker"},
+                             run.log_dir / "profile") if run.profile else None)
         produced_at: dict[str, float] = {}
         result.intake = produce_burst(settings.kafka_bootstrap, raw_topic, records, produced_at)
         obs = observer
         if not wait_drained(lambda: obs.snapshot().done, run.n, stall_s=run.stall_s,
                             check=workers.check_alive):
             result.notes.append(f"stalled: no progress for {run.stall_s:.0f} s")
+        if profiler:
+            profiled = [str(p.relative_to(PROJECT_ROOT)) for p in profiler.stop()]
+            result.notes.append(f"profiled: {', '.join(profiled)}")
         tally = observer.snapshot()
         result.dead = len(tally.dead) + len(tally.dead_without_id)
         if tally.sent_records != len(tally.sent):
@@ -557,7 +573,7 @@ def versions() -> dict[str, str]:
 
 def run_all(preset: str, systems: list[str], quota: int | None, workers: int,
             n: int | None = None, log: Callable[[str], None] = print,
-            stall_s: float = 60.0) -> dict[str, Any]:
+            stall_s: float = 60.0, profile: bool = False) -> dict[str, Any]:
     """Run ``systems`` one after another; the result document (see :func:`save`)."""
     n = n or PRESETS[preset]
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -565,7 +581,7 @@ def run_all(preset: str, systems: list[str], quota: int | None, workers: int,
     settings = Settings()
     store = TemplateStore(settings.templates_dir)
     samples = {name: store.sample_data(name) for name in store.names()}
-    run = Run(n, quota, workers, log_dir, settings, samples, stall_s)
+    run = Run(n, quota, workers, log_dir, settings, samples, stall_s, profile)
     doc: dict[str, Any] = {
         "benchmark": "flash-sale", "preset": preset, "events": n, "quota_per_s": quota,
         "peer_workers": workers, "started_at": stamp, "machine": machine(),
@@ -616,12 +632,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quota", type=int, help="provider quota, requests/s (default: none)")
     parser.add_argument("--workers", type=int, default=2,
                         help="worker processes of each peer (bare, celery, pgqueue)")
+    parser.add_argument("--profile", action="store_true",
+                        help="record Spillway's workers with py-spy during the burst "
+                             "(var/bench-<time>/profile/*.top.txt)")
     args = parser.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
-    doc = run_all(args.preset, systems, args.quota, args.workers, args.events)
+    doc = run_all(args.preset, systems, args.quota, args.workers, args.events,
+                  profile=args.profile)
     path = save(doc)
     print(f"saved {path.relative_to(PROJECT_ROOT)}; render with: python -m bench.report")
     return 0 if all(s["correct"] for s in doc["systems"]) else 1

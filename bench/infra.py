@@ -226,3 +226,57 @@ def broker_pid(port: int = 9092) -> int | None:
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
             return conn.pid
     return None
+
+
+class Profiler:
+    """py-spy attached to running workers; on stop, each writes collapsed stacks
+    (``<name>.folded``, one line per stack with its sample count) and a summary of
+    the hottest functions (``<name>.top.txt``)."""
+
+    def __init__(self, pids: dict[str, int], out_dir: Path, rate: int = 97) -> None:
+        exe = shutil.which("py-spy")
+        if exe is None:
+            raise RuntimeError("py-spy is not installed: pip install py-spy")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir = out_dir
+        self.procs = {
+            name: spawn([exe, "record", "--pid", str(pid), "--rate", str(rate), "--nonblocking",
+                         "--format", "raw", "--output", str(out_dir / f"{name}.folded")],
+                        out_dir / f"{name}.py-spy.log")
+            for name, pid in pids.items()
+        }
+
+    def stop(self) -> list[Path]:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        written = []
+        for name, proc in self.procs.items():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(30)
+            folded = self.out_dir / f"{name}.folded"
+            if folded.exists():
+                (self.out_dir / f"{name}.top.txt").write_text(hottest(folded))
+                written.append(folded)
+        return written
+
+
+def hottest(folded: Path, limit: int = 40) -> str:
+    """Functions by inclusive share of samples (a function counts once per stack)."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in folded.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    lines = [f"{total} samples", "", "inclusive %  own %  function"]
+    for frame, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:limit]:
+        lines.append(f"{100 * n / total:10.1f}  {100 * own.get(frame, 0) / total:5.1f}  {frame}")
+    return "\n".join(lines) + "\n"

@@ -45,6 +45,10 @@ def create_app(settings: Settings | None = None, *, registry: Any = None) -> fau
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_linger_ms=settings.producer_linger_ms,
+        producer_max_batch_size=settings.producer_batch_bytes,
+        producer_compression_type=(
+            None if settings.producer_compression == "none" else settings.producer_compression
+        ),
         broker_commit_interval=settings.commit_interval_s,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),

@@ -119,7 +119,24 @@ class Settings(BaseSettings):
         description="Faust table store. Tables are changelog-backed in Kafka whatever the store; "
         "memory:// rebuilds them from the changelog at start.",
     )
-    producer_linger_ms: int = Field(5, ge=0, description="Producer linger for pipeline output.")
+    producer_linger_ms: int = Field(
+        20,
+        ge=0,
+        description="How long the producer waits to fill a batch of pipeline output "
+        "(Kafka Streams uses 100). Fewer, larger produce requests for a few ms per hop.",
+    )
+    producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "lz4",
+        description="Compression of pipeline output. Rendered HTML shrinks about 12x with "
+        "lz4 for a few microseconds each, which saves more CPU (socket and broker work) "
+        "than it costs.",
+    )
+    producer_batch_bytes: int = Field(
+        262_144,
+        ge=1024,
+        description="Largest producer batch per partition. A rendered email is a few kB, "
+        "so Kafka's 16 kB default would fill after a handful and send a request each.",
+    )
     commit_interval_s: float = Field(
         1.0,
         gt=0,

@@ -23,7 +23,7 @@ from app.models import PRIORITIES, DispatchRequest
 from app.runtime import Runtime, build_provider
 from app.stages.common import Emission, Origin
 from app.stages.dispatch import DispatchStage, Hooks
-from app.stages.lanes import LaneGate
+from app.stages.lanes import LaneGate, waiting_work
 from app.stages.pressure import PressureBoard
 from app.tables import ledger as ledger_table
 from app.tables import pressure as pressure_table
@@ -146,6 +146,15 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
         except Exception as exc:  # e.g. the assignment changed under us: next tick
             log.debug("lane backlog not measured: %r", exc)
 
+    def lane_buffers() -> dict[str, list[Any]]:
+        """Each lane's buffers: the queues the consumer delivers its messages into
+        (one per subscribed stream; Faust keeps them in the conductor's index)."""
+        index = getattr(app.topics, "_topic_name_index", {})
+        return {
+            lane: [c.queue for c in index.get(topology.name(LANES[lane]), ())]
+            for lane in PRIORITIES
+        }
+
     async def measure_backlog() -> None:
         # Highwaters come from fetch responses (no request); a partition's start is
         # what this worker handled, else the committed offset, else its earliest.
@@ -154,6 +163,8 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
         lane_topic = topology.name(LANES[PRIORITIES[0]])
         board.own({tp.partition for tp in assigned if tp.topic == lane_topic})
         committed = getattr(consumer, "_committed_offset", {})
+        buffers = lane_buffers()
+        stalled = any(q.full() for qs in buffers.values() for q in qs)
         for lane in PRIORITIES[:-1]:  # the lowest lane waits on no one
             name = topology.name(LANES[lane])
             backlog = 0
@@ -167,7 +178,8 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                 if end is None:
                     end = start + 1  # not fetched yet: assume work until we know
                 backlog += max(0, end - start)
-            gate.set_backlog(lane, backlog)
+            buffered = sum(q.qsize() for q in buffers[lane]) if buffers[lane] else backlog
+            gate.set_backlog(lane, waiting_work(backlog, buffered, stalled))
 
     @app.timer(settings.state_flush_s, name="dispatch-pressure-flush")
     async def flush_pressure() -> None:

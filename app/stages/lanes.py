@@ -14,6 +14,18 @@ import contextlib
 from app.models import PRIORITIES
 
 
+def waiting_work(lag: int, buffered: int, delivery_stalled: bool) -> int:
+    """The backlog a lane holds lower lanes back with.
+
+    Normally its lag (handled up to the partition ends). But one consumer feeds every
+    lane's buffer in fetch order, and stops while any buffer is full: when a held-back
+    lane's buffer fills, a higher lane's lag cannot arrive until the held-back lane
+    takes some. Then only what the higher lane has in its buffer counts, or both would
+    wait on each other for ever.
+    """
+    return buffered if delivery_stalled else lag
+
+
 class LaneGate:
     def __init__(self, lanes: tuple[str, ...] = PRIORITIES, *, start_unknown: bool = False) -> None:
         """``start_unknown``: higher lanes count as busy until their backlog is first set."""

@@ -71,17 +71,18 @@ class Breaker:
     probes_sent: int = 0
     probes_ok: int = 0
     window: deque[tuple[float, bool]] = field(default_factory=deque)
+    errors: int = 0  # failures in ``window``, kept so a record costs O(1)
 
     def _trim(self, now: float) -> None:
         horizon = now - self.policy.breaker_window_s
         while self.window and self.window[0][0] < horizon:
-            self.window.popleft()
+            if not self.window.popleft()[1]:
+                self.errors -= 1
 
     def error_rate(self, now: float) -> tuple[float, int]:
         self._trim(now)
         n = len(self.window)
-        errors = sum(1 for _, ok in self.window if not ok)
-        return (errors / n if n else 0.0), n
+        return (self.errors / n if n else 0.0), n
 
     def admit(self, now: float) -> float:
         """0 if a request may go now (possibly as a probe), else seconds to wait."""
@@ -104,18 +105,23 @@ class Breaker:
             self.probes_ok += 1
             if self.probes_ok >= self.policy.breaker_half_open_probes:
                 self.state = "closed"
-                self.window.clear()
+                self._clear()
             return
         if self.state == "open":
             return  # a late answer from before the trip
         self.window.append((now, ok))
+        self.errors += not ok
         rate, n = self.error_rate(now)
         if n >= self.policy.breaker_min_requests and rate > self.policy.breaker_error_threshold:
             self._open(now)
 
     def _open(self, now: float) -> None:
         self.state, self.opened_at = "open", now
+        self._clear()
+
+    def _clear(self) -> None:
         self.window.clear()
+        self.errors = 0
 
 
 @dataclass

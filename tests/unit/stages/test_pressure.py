@@ -69,6 +69,17 @@ def test_breaker_opens_probes_and_closes() -> None:
     assert b.state == "closed"
 
 
+def test_error_rate_slides_with_the_window() -> None:
+    policy = ProviderPolicy(name="p", breaker_min_requests=100, breaker_window_s=5)
+    b = Breaker(policy)
+    for i in range(10):
+        b.record(i % 2 == 0, float(i))  # failures at 1, 3, 5, 7, 9
+    assert b.error_rate(9.0) == (3 / 6, 6)  # t = 4..9 is inside the window
+    assert b.error_rate(20.0) == (0.0, 0)
+    b.record(True, 20.0)
+    assert b.error_rate(20.0) == (0.0, 1)
+
+
 def test_failed_probe_reopens() -> None:
     policy = ProviderPolicy(name="p", breaker_min_requests=1, breaker_cooldown_s=1)
     b = Breaker(policy)

@@ -44,7 +44,9 @@ def create_app(settings: Settings | None = None, *, registry: Any = None) -> fau
         topic_replication_factor=settings.topic_replication,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        producer_linger_ms=settings.producer_linger_ms,
+        producer_linger_ms=(
+            settings.intake_linger_ms if settings.stage == "intake" else settings.producer_linger_ms
+        ),
         producer_max_batch_size=settings.producer_batch_bytes,
         producer_compression_type=(
             None if settings.producer_compression == "none" else settings.producer_compression

@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         description="How long the producer waits to fill a batch of pipeline output "
         "(Kafka Streams uses 100). Fewer, larger produce requests for a few ms per hop.",
     )
+    intake_linger_ms: int = Field(
+        1,
+        ge=0,
+        description="Producer linger of an intake worker (stage intake): each request waits "
+        "for its ack, so the pipeline's linger would add to every answer.",
+    )
     producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
         "lz4",
         description="Compression of pipeline output. Rendered HTML shrinks about 12x with "

@@ -25,7 +25,9 @@ import math
 import os
 import platform
 import random
+import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -155,7 +157,7 @@ def analyse(result: SystemResult, produced_at: dict[str, float], entries: list[d
     result.send_rate_per_s = len(mine) / result.drain_s if result.drain_s > 0 else None
     by_priority: dict[str, list[float]] = {p: [] for p in PRIORITIES}
     for e in mine:
-        p = e["custom_args"].get("priority", "normal")
+        p = "critical_late" if LATE in e["key"] else e["custom_args"].get("priority", "normal")
         by_priority.setdefault(p, []).append((e["accepted_at"] - produced_at[e["key"]]) * 1000)
     result.time_to_send_ms = {
         p: {"count": len(v), "p50": pct(v, 50), "p99": pct(v, 99), "max": max(v, default=None)}
@@ -241,6 +243,20 @@ def produce_burst(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, 
                      last_ack[0] - start, latencies)
 
 
+def kafka_sender(bootstrap: str, topic: str, serde: Serde
+                 ) -> Callable[[dict[str, Any]], None]:
+    """One event at a time (Avro), each waited for: for LateCritical."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+
+    def send(e: dict[str, Any]) -> None:
+        producer.produce(topic, key=e["event_id"].encode(),
+                         value=burst.encode("good", e, serde, topic, use_avro=True))
+        if producer.flush(10):
+            raise RuntimeError("late event not acknowledged in 10 s")
+
+    return send
+
+
 def encode_all(events: list[dict[str, Any]], serde: Serde, raw_topic: str
                ) -> list[tuple[bytes, bytes, str]]:
     return [
@@ -267,6 +283,44 @@ def group_stable(bootstrap: str, group: str, members: int, timeout: float) -> bo
 
 # --- the systems ------------------------------------------------------------------------
 
+LATE = "-late-"  # in the event ids of LateCritical's password resets
+LATE_RATE_PER_S = 5.0
+
+
+class LateCritical:
+    """Password resets arriving while the burst drains: once half the burst is accepted
+    by the provider (with a quota, bulk is saturating it by then), send ``events`` at
+    LATE_RATE_PER_S through the system's own intake. Their time-to-send is what a
+    user waiting for a reset sees during a flash sale."""
+
+    def __init__(self, events: list[dict[str, Any]], burst_n: int, sim: Simulator,
+                 send: Callable[[dict[str, Any]], None], produced_at: dict[str, float]) -> None:
+        self.events, self.burst_n, self.sim = events, burst_n, sim
+        self.send, self.produced_at = send, produced_at
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="late-critical", daemon=True)
+
+    def start(self) -> LateCritical:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            while self.sim.accepted() < self.burst_n // 2:
+                time.sleep(0.2)
+            for e in self.events:
+                self.produced_at[e["event_id"]] = time.time()
+                self.send(e)
+                time.sleep(1 / LATE_RATE_PER_S)
+        except BaseException as exc:  # reported by join()
+            self.error = exc
+
+    def join(self, timeout: float = 120.0) -> None:
+        self.thread.join(timeout)
+        if self.error is not None:
+            raise RuntimeError(f"late critical events: {self.error!r}") from self.error
+
+
 
 @dataclass
 class Run:
@@ -278,9 +332,25 @@ class Run:
     samples: dict[str, Any]
     stall_s: float = 60.0
     profile: bool = False  # py-spy on Spillway's workers, into <log_dir>/profile
+    late: int = 0  # password resets sent while the burst drains (see LateCritical)
 
     def events(self, prefix: str) -> list[dict[str, Any]]:
         return workload(self.n, self.samples, prefix)
+
+    def late_events(self, prefix: str) -> list[dict[str, Any]]:
+        sample = self.samples["password_reset"]
+        rng = random.Random(11)
+        return [{"event_id": f"{prefix}{LATE}{i}", "template": "password_reset",
+                 "priority": "critical", "to": f"late{i}@example.com",
+                 "data": burst.template_data("password_reset", rng, i, self.samples)
+                 if sample else {}, "source": "flash-sale-late"}
+                for i in range(self.late)]
+
+    def probe(self, sim: Simulator, prefix: str, send: Callable[[dict[str, Any]], None],
+              produced_at: dict[str, float]) -> LateCritical | None:
+        if not self.late:
+            return None
+        return LateCritical(self.late_events(prefix), self.n, sim, send, produced_at).start()
 
     def finish(self, result: SystemResult, sim: Simulator, sampler: Sampler,
                produced_at: dict[str, float]) -> SystemResult:
@@ -304,7 +374,7 @@ def run_spillway(run: Run, sim: Simulator) -> SystemResult:
     events = run.events(ns)
     records = encode_all(events, serde, raw_topic)
     result = SystemResult("spillway", "one faust worker per stage: render, route, dispatch",
-                          run.n)
+                          run.n + run.late)
     workers = Workers(overrides, run.log_dir / "spillway")
     observer: Observer | None = None
     try:
@@ -322,10 +392,14 @@ def run_spillway(run: Run, sim: Simulator) -> SystemResult:
                              run.log_dir / "profile") if run.profile else None)
         produced_at: dict[str, float] = {}
         result.intake = produce_burst(settings.kafka_bootstrap, raw_topic, records, produced_at)
+        probe = run.probe(sim, ns, kafka_sender(settings.kafka_bootstrap, raw_topic, serde),
+                          produced_at)
         obs = observer
-        if not wait_drained(lambda: obs.snapshot().done, run.n, stall_s=run.stall_s,
+        if not wait_drained(lambda: obs.snapshot().done, run.n + run.late, stall_s=run.stall_s,
                             check=workers.check_alive):
             result.notes.append(f"stalled: no progress for {run.stall_s:.0f} s")
+        if probe:
+            probe.join()
         if profiler:
             profiled = [str(p.relative_to(PROJECT_ROOT)) for p in profiler.stop()]
             result.notes.append(f"profiled: {', '.join(profiled)}")
@@ -363,7 +437,7 @@ def run_bare(run: Run, sim: Simulator) -> SystemResult:
     records = encode_all(run.events(ns), serde, topic)
     result = SystemResult(
         "bare", f"{run.workers} confluent-kafka consume loop process(es), 64 sends in flight each",
-        run.n)
+        run.n + run.late)
     env = {**os.environ, "BENCH_TOPIC": topic, "BENCH_GROUP": ns, "BENCH_PROVIDER_URL": sim.url}
     logs = [run.log_dir / "bare" / f"bare-{i}.log" for i in range(run.workers)]
     procs = [spawn([sys.executable, "-m", "bench.peers.bare"], log, env) for log in logs]
@@ -376,9 +450,13 @@ def run_bare(run: Run, sim: Simulator) -> SystemResult:
         sampler = Sampler(pids).start()
         produced_at: dict[str, float] = {}
         result.intake = produce_burst(settings.kafka_bootstrap, topic, records, produced_at)
-        if not wait_drained(lambda: sim.accepted() + count_dead(logs), run.n,
+        probe = run.probe(sim, ns, kafka_sender(settings.kafka_bootstrap, topic, serde),
+                          produced_at)
+        if not wait_drained(lambda: sim.accepted() + count_dead(logs), run.n + run.late,
                             stall_s=run.stall_s, check=lambda: check_procs(procs, logs)):
             result.notes.append(f"stalled: no progress for {run.stall_s:.0f} s")
+        if probe:
+            probe.join()
         result.dead = count_dead(logs)
         return run.finish(result, sim, sampler, produced_at)
     finally:
@@ -398,7 +476,7 @@ def run_celery(run: Run, sim: Simulator) -> SystemResult:
     result = SystemResult(
         "celery",
         f"{run.workers} worker process(es), -P threads -c 64, prefetch x16, no results, "
-        "one Redis queue", run.n)
+        "one Redis queue", run.n + run.late)
     with ExitStack() as stack:
         redis_srv = Redis(run.log_dir / "celery")
         stack.callback(redis_srv.close)
@@ -419,7 +497,8 @@ def run_celery(run: Run, sim: Simulator) -> SystemResult:
         from bench.peers import celery_app
 
         celery_app.app.conf.broker_url = redis_srv.url
-        events = run.events(f"benchcel{uuid.uuid4().hex[:6]}")
+        prefix = f"benchcel{uuid.uuid4().hex[:6]}"
+        events = run.events(prefix)
         pids = {f"celery-{i}": p.pid for i, p in enumerate(procs)}
         pids["redis-server"] = redis_srv.proc.pid
         sampler = Sampler(pids).start()
@@ -434,10 +513,14 @@ def run_celery(run: Run, sim: Simulator) -> SystemResult:
         elapsed = time.perf_counter() - start
         result.intake = intake_of("Task.apply_async (one LPUSH per event)", run.n, elapsed,
                                   latencies)
+        probe = run.probe(sim, prefix, lambda e: celery_app.send_email.apply_async(
+            (e,), queue=celery_app.QUEUE), produced_at)
         marker = "raised unexpected"
-        if not wait_drained(lambda: sim.accepted() + count_dead(logs, marker), run.n,
+        if not wait_drained(lambda: sim.accepted() + count_dead(logs, marker), run.n + run.late,
                             stall_s=run.stall_s, check=lambda: check_procs(procs, logs)):
             result.notes.append(f"stalled: no progress for {run.stall_s:.0f} s")
+        if probe:
+            probe.join()
         result.dead = count_dead(logs, marker)
         celery_app.app.close()
         return run.finish(result, sim, sampler, produced_at)
@@ -491,7 +574,7 @@ def run_pgqueue(run: Run, sim: Simulator) -> SystemResult:
     result = SystemResult(
         "pgqueue",
         f"pgqueuer, {run.workers} worker process(es), dequeue batch 32, 64 HTTP connections each, "
-        f"enqueue in batches of {PG_ENQUEUE_BATCH}", run.n)
+        f"enqueue in batches of {PG_ENQUEUE_BATCH}", run.n + run.late)
     with ExitStack() as stack:
         pg = Postgres(run.log_dir / "pgqueue")
         stack.callback(pg.close)
@@ -504,7 +587,8 @@ def run_pgqueue(run: Run, sim: Simulator) -> SystemResult:
         if not wait_until(lambda: all("ready" in log.read_text(errors="replace")
                                       for log in logs if log.exists()), 60):
             result.notes.append("pgqueuer workers not ready after 60 s")
-        events = run.events(f"benchpg{uuid.uuid4().hex[:6]}")
+        prefix = f"benchpg{uuid.uuid4().hex[:6]}"
+        events = run.events(prefix)
         pids = {f"pgq-{i}": p.pid for i, p in enumerate(procs)}
         pids["postgres"] = pg.server_pid()
         sampler = Sampler(pids).start()
@@ -514,9 +598,14 @@ def run_pgqueue(run: Run, sim: Simulator) -> SystemResult:
         result.intake = intake_of(
             f"Queries.enqueue, batches of {PG_ENQUEUE_BATCH} (latency per batch)", run.n,
             elapsed, latencies)
-        if not wait_drained(lambda: sim.accepted() + count_dead(logs), run.n,
+        dsn = pg.dsn
+        probe = run.probe(sim, prefix, lambda e: asyncio.run(pg_enqueue(dsn, [e], {}, 1))
+                          and None, produced_at)
+        if not wait_drained(lambda: sim.accepted() + count_dead(logs), run.n + run.late,
                             stall_s=run.stall_s, check=lambda: check_procs(procs, logs)):
             result.notes.append(f"stalled: no progress for {run.stall_s:.0f} s")
+        if probe:
+            probe.join()
         result.dead = count_dead(logs)
         return run.finish(result, sim, sampler, produced_at)
     raise AssertionError("unreachable")
@@ -528,6 +617,19 @@ RUNNERS: dict[str, Callable[[Run, Simulator], SystemResult]] = {
 
 
 # --- machine and versions ---------------------------------------------------------------
+
+
+def git_commit() -> str | None:
+    """The checkout's commit, with ``+dirty`` when the code differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT,
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "app", "bench",
+                                "simulator", "templates"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def machine() -> dict[str, Any]:
@@ -573,7 +675,8 @@ def versions() -> dict[str, str]:
 
 def run_all(preset: str, systems: list[str], quota: int | None, workers: int,
             n: int | None = None, log: Callable[[str], None] = print,
-            stall_s: float = 60.0, profile: bool = False) -> dict[str, Any]:
+            stall_s: float = 60.0, profile: bool = False, late: int | None = None
+            ) -> dict[str, Any]:
     """Run ``systems`` one after another; the result document (see :func:`save`)."""
     n = n or PRESETS[preset]
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -581,10 +684,13 @@ def run_all(preset: str, systems: list[str], quota: int | None, workers: int,
     settings = Settings()
     store = TemplateStore(settings.templates_dir)
     samples = {name: store.sample_data(name) for name in store.names()}
-    run = Run(n, quota, workers, log_dir, settings, samples, stall_s, profile)
+    late = (50 if quota else 0) if late is None else late
+    run = Run(n, quota, workers, log_dir, settings, samples, stall_s, profile, late)
     doc: dict[str, Any] = {
         "benchmark": "flash-sale", "preset": preset, "events": n, "quota_per_s": quota,
-        "peer_workers": workers, "started_at": stamp, "machine": machine(),
+        "late_critical": late, "late_rate_per_s": LATE_RATE_PER_S,
+        "peer_workers": workers, "started_at": stamp, "commit": git_commit(),
+        "machine": machine(),
         "versions": versions(), "logs": str(log_dir.relative_to(PROJECT_ROOT)), "systems": [],
     }
     for system in systems:
@@ -632,6 +738,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quota", type=int, help="provider quota, requests/s (default: none)")
     parser.add_argument("--workers", type=int, default=2,
                         help="worker processes of each peer (bare, celery, pgqueue)")
+    parser.add_argument("--late", type=int,
+                        help="password resets sent at 5/s once half the burst is accepted "
+                             "(default: 50 with --quota, else 0)")
     parser.add_argument("--profile", action="store_true",
                         help="record Spillway's workers with py-spy during the burst "
                              "(var/bench-<time>/profile/*.top.txt)")
@@ -641,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
     doc = run_all(args.preset, systems, args.quota, args.workers, args.events,
-                  profile=args.profile)
+                  profile=args.profile, late=args.late)
     path = save(doc)
     print(f"saved {path.relative_to(PROJECT_ROOT)}; render with: python -m bench.report")
     return 0 if all(s["correct"] for s in doc["systems"]) else 1

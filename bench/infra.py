@@ -262,7 +262,8 @@ class Profiler:
 
 
 def hottest(folded: Path, limit: int = 40) -> str:
-    """Functions by inclusive share of samples (a function counts once per stack)."""
+    """Functions by inclusive share of samples (a function counts once per stack), then
+    by own share (samples where it was the innermost frame)."""
     inclusive: dict[str, int] = {}
     own: dict[str, int] = {}
     total = 0
@@ -276,7 +277,11 @@ def hottest(folded: Path, limit: int = 40) -> str:
         for frame in set(frames):
             inclusive[frame] = inclusive.get(frame, 0) + n
         own[frames[-1]] = own.get(frames[-1], 0) + n
+    total = max(total, 1)
     lines = [f"{total} samples", "", "inclusive %  own %  function"]
     for frame, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:limit]:
         lines.append(f"{100 * n / total:10.1f}  {100 * own.get(frame, 0) / total:5.1f}  {frame}")
+    lines += ["", "own %  function"]
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:limit]:
+        lines.append(f"{100 * n / total:5.1f}  {frame}")
     return "\n".join(lines) + "\n"

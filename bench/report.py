@@ -2,8 +2,8 @@
 
     python -m bench.report [RESULT.json ...]
 
-Without arguments: the newest result of each provider setting (unlimited, and each
-quota) under bench/results/. Figures are ratios within one run; with several runs
+Without arguments: every preset and provider setting (unlimited, and each quota)
+under bench/results/, biggest preset first. Figures are ratios within one run; with several runs
 of the same preset and setting, the table shows the median of each figure and the
 number of runs.
 """
@@ -34,21 +34,14 @@ def setting(doc: dict[str, Any]) -> str:
 
 
 def newest_groups(results_dir: Path) -> list[list[dict[str, Any]]]:
-    """Runs grouped by (preset, setting); the group of the newest run's preset per setting."""
+    """Runs grouped by (preset, provider setting): every group, biggest preset first."""
     docs = load(sorted(results_dir.glob("flash-sale-*.json")))
-    if not docs:
-        return []
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for d in docs:
         groups[(d["preset"], setting(d))].append(d)
-    newest: dict[str, tuple[str, str]] = {}
-    for key, runs in groups.items():
-        latest = max(r["started_at"] for r in runs)
-        if key[1] not in newest or latest > max(
-            r["started_at"] for r in groups[newest[key[1]]]
-        ):
-            newest[key[1]] = key
-    return [sorted(groups[k], key=lambda r: r["started_at"]) for k in sorted(newest.values())]
+    order = {"full": 0, "quick": 1, "smoke": 2}
+    keys = sorted(groups, key=lambda k: (order.get(k[0], 3), k[1] != "unlimited", k[1]))
+    return [sorted(groups[k], key=lambda r: r["started_at"]) for k in keys]
 
 
 def med(values: list[float | None]) -> float | None:
@@ -67,7 +60,7 @@ def figures(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         tts = {
             p: {q: med([r["time_to_send_ms"].get(p, {}).get(q) for r in rs])
                 for q in ("p50", "p99")}
-            for p in ("critical", "normal", "bulk")
+            for p in ("critical", "normal", "bulk", "critical_late")
         }
         workers = [
             (k, v) for r in rs for k, v in r["resources"].items()
@@ -124,9 +117,9 @@ def section(runs: list[dict[str, Any]]) -> tuple[list[str], dict[str, dict[str, 
         + ("medians over the runs." if n_runs > 1 else "a single run: no median yet."),
         "",
         "| system | intake ev/s | ack p50 / p99 / max ms | drain s | sends/s | "
-        "time-to-send p50 / p99 ms: critical | normal | bulk | peak RSS / worker MB | "
-        "worker CPU s | sent / dead / dups |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "time-to-send p50 / p99 ms: critical | normal | bulk | late critical | "
+        "peak RSS / worker MB | worker CPU s | sent / dead / dups |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for system, x in f.items():
         t = x["tts"]
@@ -136,16 +129,24 @@ def section(runs: list[dict[str, Any]]) -> tuple[list[str], dict[str, dict[str, 
             f"{fmt(x['rate'])} | {fmt(t['critical']['p50'])} / {fmt(t['critical']['p99'])} | "
             f"{fmt(t['normal']['p50'])} / {fmt(t['normal']['p99'])} | "
             f"{fmt(t['bulk']['p50'])} / {fmt(t['bulk']['p99'])} | "
+            f"{fmt(t['critical_late']['p50'])} / {fmt(t['critical_late']['p99'])} | "
             f"{fmt(x['peak_rss_worker'])} | {fmt(x['cpu_workers'], '.1f')} | "
             f"{x['sent']} / {x['dead']} / {x['duplicates']}"
             f"{'' if x['correct'] else ' **incomplete**'} |"
         )
+    if doc.get("late_critical"):
+        lines += ["", f"Late critical: {doc['late_critical']} password resets sent at "
+                  f"{doc['late_rate_per_s']:.0f}/s through each system's own intake once half "
+                  "the burst was accepted by the provider, i.e. while the burst saturates the "
+                  "quota. The critical column counts the resets inside the burst, which wait "
+                  "for everything produced before them to be read."]
     lines += ["", "Ratios (drain time: lower is better; Spillway's drain vs each):", ""]
     sp = f.get("spillway")
     if sp:
         lines.append("| vs | drain (other ÷ Spillway) | sends/s (Spillway ÷ other) | "
-                     "intake (Spillway ÷ other) | critical p99 (other ÷ Spillway) |")
-        lines.append("|---|---:|---:|---:|---:|")
+                     "intake (Spillway ÷ other) | critical p99 (other ÷ Spillway) | "
+                     "late critical p99 (other ÷ Spillway) |")
+        lines.append("|---|---:|---:|---:|---:|---:|")
         for other in ("bare", *PEERS):
             if other in f:
                 o = f[other]
@@ -153,7 +154,9 @@ def section(runs: list[dict[str, Any]]) -> tuple[list[str], dict[str, dict[str, 
                     f"| {other}{' (ceiling)' if other == 'bare' else ''} | "
                     f"{ratio(o['drain'], sp['drain'])} | {ratio(sp['rate'], o['rate'])} | "
                     f"{ratio(sp['intake'], o['intake'])} | "
-                    f"{ratio(o['tts']['critical']['p99'], sp['tts']['critical']['p99'])} |"
+                    f"{ratio(o['tts']['critical']['p99'], sp['tts']['critical']['p99'])} | "
+                    f"{ratio(o['tts']['critical_late']['p99'], sp['tts']['critical_late']['p99'])}"
+                    " |"
                 )
     lines += ["", "Configurations, intake method and resources per process (newest run):", ""]
     for system, x in f.items():
@@ -164,6 +167,82 @@ def section(runs: list[dict[str, Any]]) -> tuple[list[str], dict[str, dict[str, 
             lines.append(f"  - note: {note}")
     lines.append("")
     return lines, f
+
+
+def intake_section(results_dir: Path) -> list[str]:
+    """The newest ``bench.intake`` result: ack latency at a fixed offered load."""
+    found = sorted(results_dir.glob("intake-*.json"))
+    if not found:
+        return []
+    doc = json.loads(found[-1].read_text())
+    lines = [
+        f"## Intake at a fixed offered load ({doc['rate_per_s']:.0f} events/s for "
+        f"{doc['seconds']:.0f} s)",
+        "",
+        f"`python -m bench.intake` (run {doc['started_at']}, {len(found)} run(s) on record): "
+        "open loop, latency from each event's scheduled start to its acknowledgement. "
+        "HTTP: `POST /v1/events`, one JSON event per request, answered 202 after the "
+        f"broker's acks=all (intake worker linger {doc.get('intake_linger_ms', '?')} ms). "
+        "Kafka: one confluent-kafka producer, acks=all, linger 1 ms.",
+        "",
+        "| path | answered / offered | achieved ev/s | errors | p50 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, label in (("http", "HTTP intake"), ("kafka", "Kafka producer")):
+        r = doc[name]
+        lines.append(
+            f"| {label} | {r['answered']} / {r['offered']} | {fmt(r['achieved_per_s'])} | "
+            f"{r['errors']} | {fmt(r['p50_ms'], '.1f')} | {fmt(r['p99_ms'], '.1f')} | "
+            f"{fmt(r['max_ms'], '.1f')} |"
+        )
+    lines.append("")
+    return lines
+
+
+def hot_path(dir_: Path) -> list[str]:
+    """Before/after of the hot-path work: Spillway-only runs under ``dir_`` labelled by
+    ``steps.json``, and the hottest own-time frames of the profiled ones."""
+    runs = load(sorted(dir_.glob("flash-sale-*.json")))
+    if not runs:
+        return []
+    steps = json.loads((dir_ / "steps.json").read_text()) if (dir_ / "steps.json").exists() else {}
+    base = runs[0]["systems"][0]
+    lines = [
+        "## Hot path: before and after",
+        "",
+        f"Spillway alone, {runs[0]['events']:,} events, provider "
+        f"{setting(runs[0])}, each step a separate run on the same machine "
+        "(`python -m bench.flash_sale --preset quick --systems spillway --profile`; the "
+        f"results are in `{dir_.relative_to(PROJECT_ROOT)}/`). Consecutive runs, not "
+        "side by side: read the ratios as rough.",
+        "",
+        "| run | change | drain s | vs before | CPU s render / route / dispatch / broker | "
+        "complete |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for doc in runs:
+        r = doc["systems"][0]
+        cpu = " / ".join(fmt(r["resources"].get(k, {}).get("cpu_s"), ".1f") for k in (
+            "spillway-render", "spillway-route", "spillway-dispatch", "kafka-broker"))
+        faster = ratio(base["drain_s"], r["drain_s"]) if r["correct"] else "-"
+        lines.append(
+            f"| {doc['started_at']} | {steps.get(doc['started_at'], '')} | "
+            f"{fmt(r['drain_s'], '.1f')} | {faster} | {cpu} | "
+            f"{'yes' if r['correct'] else 'no: ' + '; '.join(r['notes'])[:80]} |"
+        )
+    profiled = sorted(p for p in (dir_ / "profiles").glob("*") if p.is_dir())
+    for prof in profiled:
+        lines += ["", f"Hottest own-time frames, run {prof.name} "
+                  f"({steps.get(prof.name, '').split(':')[0] or 'profiled'}; py-spy, "
+                  f"`{prof.relative_to(PROJECT_ROOT)}/`):", ""]
+        for top in sorted(prof.glob("*.top.txt")):
+            text = top.read_text().splitlines()
+            own = text[text.index("own %  function") + 1:][:4] if "own %  function" in text else []
+            frames = "; ".join(
+                f"{line.split(None, 1)[1].split(' (')[0]} {line.split()[0]}%" for line in own)
+            lines.append(f"- {top.name.removesuffix('.top.txt')}: {frames}")
+    lines.append("")
+    return lines
 
 
 def plot(sections: list[tuple[str, dict[str, dict[str, Any]]]], path: Path) -> None:
@@ -224,9 +303,9 @@ def render(groups: list[list[dict[str, Any]]], doc_path: Path = DOC,
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "",
         "**Noise.** Small presets finish in seconds, so worker start-up, consumer-group "
-        "joins and the 5 ms producer linger weigh heavily, and the machine may be shared "
-        "with other jobs (see the load average). Compare ratios within one run, not absolute "
-        "figures across runs; repeat a preset and the report shows medians.",
+        "joins and the producer linger (20 ms per hop) weigh heavily, and the machine may be "
+        "shared with other jobs (see the load average). Compare ratios within one run, not "
+        "absolute figures across runs; repeat a preset and the report shows medians.",
         "",
         f"![backlog and send rate]({plot_path.name})",
         "",
@@ -237,6 +316,8 @@ def render(groups: list[list[dict[str, Any]]], doc_path: Path = DOC,
         lines += part
         sections.append((f"{runs[-1]['preset']}, {setting(runs[-1])}", f))
     plot(sections, plot_path)
+    lines += intake_section(RESULTS_DIR)
+    lines += hot_path(RESULTS_DIR / "hot-path")
     text = "\n".join(lines)
     doc_path.write_text(text)
     return text

@@ -12,6 +12,7 @@ from typing import Any
 
 import faust
 
+from app import consumer as gapless
 from app import intake, metrics
 from app.agents import deadletters, dispatch, render, route
 from app.runtime import Runtime
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None, *, registry: Any = None) -> fau
         web_enabled=True,
         datadir=str(settings.data_dir / "{conf.id}"),
     )
+    gapless.install(app)  # never commit past an undelivered message (app/consumer.py)
     topology = declare(app, settings)
     runtime = Runtime(settings, topology, registry=registry)
     app.spillway = runtime  # type: ignore[attr-defined]

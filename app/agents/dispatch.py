@@ -28,7 +28,7 @@ from app.stages.pressure import PressureBoard
 from app.tables import ledger as ledger_table
 from app.tables import pressure as pressure_table
 from app.tables.ledger import Ledger
-from app.topology import LANES, RETRIES
+from app.topology import LANES, RETRIES, SENT
 
 BACKLOG_EVERY_S = 0.1
 log = logging.getLogger(__name__)
@@ -91,11 +91,13 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             await tables_ready()
             st = stage()
 
-            async def one(event: Any) -> None:
+            async def one(event: Any, sent: list[str]) -> None:
                 message = event.message
                 emission = await st.handle(event.value, Origin.of(message), lane)
                 if emission is not None:
                     await runtime.emit(emission)
+                    if emission.topic == SENT:
+                        sent.append(emission.value.event_id)
                 tp = message.tp
                 next_offset[tp] = max(next_offset.get(tp, 0), message.offset + 1)
 
@@ -105,10 +107,14 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                 gate.enter(lane)
                 try:
                     with crash_on_error(f"dispatch-{lane}"), metrics.busy("dispatch"):
-                        await asyncio.gather(*(one(e) for e in events))
-                        # Ledger marks of the batch durable before the next: after a crash
-                        # only the batch in progress is redone (resent with the same keys).
+                        sent: list[str] = []
+                        await asyncio.gather(*(one(e, sent) for e in events))
+                        # The batch's results and in-flight marks acked before the next
+                        # batch: after a crash only the batch in progress is redone
+                        # (resent with the same keys). Then its sent marks, which the
+                        # offset commit flushes before it commits.
                         await app.producer.flush()
+                        ledger.confirm(sent)
                 finally:
                     gate.leave(lane)
 

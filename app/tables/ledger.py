@@ -7,12 +7,19 @@ a dispatch partition also owns its ledger entries, after any rebalance.
 
 States: ``in_flight`` (marked before the provider call), ``sent`` (after it),
 ``failed`` (gave up: a replay may send it). Only ``sent`` suppresses a send.
+
+A ``sent`` mark is held back in the worker (``pending``, already visible to
+``get``) until the SendResult it stands for is acked by the broker, then written
+by ``confirm``. Written at once, a crash could keep the mark and lose the
+SendResult: the redelivered message would be suppressed and ``email.sent`` would
+never hear of it. Held back, the worst case is an ``in_flight`` entry, which
+HTTP resends with the same idempotency key.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,8 +42,12 @@ class Ledger:
 
     def __init__(self, table: MutableMapping[bytes, Any]) -> None:
         self.table = table
+        self.pending: dict[str, Entry] = {}
 
     def get(self, event_id: str) -> Entry | None:
+        held = self.pending.get(event_id)
+        if held is not None:
+            return held
         raw = self.table.get(event_id.encode())
         if not raw:
             return None
@@ -45,6 +56,7 @@ class Ledger:
     def _put(
         self, event_id: str, state: State, provider: str | None, message_id: str | None
     ) -> None:
+        self.pending.pop(event_id, None)
         self.table[event_id.encode()] = {
             "s": state,
             "p": provider,
@@ -56,7 +68,20 @@ class Ledger:
         self._put(event_id, "in_flight", provider, None)
 
     def mark_sent(self, event_id: str, provider: str, message_id: str) -> None:
-        self._put(event_id, "sent", provider, message_id)
+        """Held until ``confirm``: call that once the SendResult is acked."""
+        self.pending[event_id] = Entry("sent", provider, message_id, time.time())
+
+    def confirm(self, event_ids: Iterable[str]) -> None:
+        """Write the held ``sent`` marks of these ids (their SendResults are acked)."""
+        for event_id in event_ids:
+            entry = self.pending.pop(event_id, None)
+            if entry is not None:
+                self.table[event_id.encode()] = {
+                    "s": entry.state,
+                    "p": entry.provider,
+                    "m": entry.message_id,
+                    "t": entry.at,
+                }
 
     def mark_failed(self, event_id: str, provider: str | None) -> None:
         self._put(event_id, "failed", provider, None)

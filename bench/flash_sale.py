@@ -133,12 +133,17 @@ class SystemResult:
 
 def intake_of(how: str, n: int, elapsed: float, latencies_s: list[float]) -> Intake:
     ms = [x * 1000 for x in latencies_s]
-    return Intake(how, n / elapsed if elapsed > 0 else 0.0, pct(ms, 50), pct(ms, 99),
-                  max(ms) if ms else None)
+    return Intake(
+        how, n / elapsed if elapsed > 0 else 0.0, pct(ms, 50), pct(ms, 99), max(ms) if ms else None
+    )
 
 
-def analyse(result: SystemResult, produced_at: dict[str, float], entries: list[dict[str, Any]],
-            duplicates: dict[str, Any]) -> None:
+def analyse(
+    result: SystemResult,
+    produced_at: dict[str, float],
+    entries: list[dict[str, Any]],
+    duplicates: dict[str, Any],
+) -> None:
     """Drain, time-to-send per priority and the backlog series, from the simulator's
     ledger (accepted_at) against each event's produce time; correctness counts."""
     mine = [e for e in entries if e["key"] in produced_at]
@@ -147,9 +152,7 @@ def analyse(result: SystemResult, produced_at: dict[str, float], entries: list[d
     result.missing = max(0, result.produced - result.sent - result.dead)
     result.duplicates = int(duplicates.get("count", 0))
     result.duplicate_requests = int(duplicates.get("duplicate_requests", 0))
-    result.correct = (
-        result.sent + result.dead == result.produced and result.duplicates == 0
-    )
+    result.correct = result.sent + result.dead == result.produced and result.duplicates == 0
     if not mine:
         return
     last = max(e["accepted_at"] for e in mine)
@@ -183,12 +186,15 @@ def analyse(result: SystemResult, produced_at: dict[str, float], entries: list[d
 
 
 def usage_dict(usage: dict[str, Usage]) -> dict[str, dict[str, float]]:
-    return {k: {"peak_rss_mb": round(u.peak_rss_mb, 1), "cpu_s": round(u.cpu_s, 2)}
-            for k, u in usage.items()}
+    return {
+        k: {"peak_rss_mb": round(u.peak_rss_mb, 1), "cpu_s": round(u.cpu_s, 2)}
+        for k, u in usage.items()
+    }
 
 
-def wait_drained(progress: Callable[[], int], n: int, *, stall_s: float, check: Callable[[], None]
-                 ) -> bool:
+def wait_drained(
+    progress: Callable[[], int], n: int, *, stall_s: float, check: Callable[[], None]
+) -> bool:
     """Wait until ``progress() >= n``; give up after ``stall_s`` without progress."""
     last, last_change = -1, time.monotonic()
     while True:
@@ -206,12 +212,22 @@ def wait_drained(progress: Callable[[], int], n: int, *, stall_s: float, check: 
 # --- Kafka producing (Spillway and the bare loop) --------------------------------------
 
 
-def produce_burst(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, str]],
-                  produced_at: dict[str, float]) -> Intake:
+def produce_burst(
+    bootstrap: str,
+    topic: str,
+    records: list[tuple[bytes, bytes, str]],
+    produced_at: dict[str, float],
+) -> Intake:
     """As fast as one confluent-kafka producer can (acks=all); ack latency from the
     delivery callbacks."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
-                         "queue.buffering.max.messages": 1_000_000})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "acks": "all",
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
     latencies: list[float] = []
     errors = 0
     last_ack = [0.0]
@@ -230,8 +246,9 @@ def produce_burst(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, 
         t = time.perf_counter()
         while True:
             try:
-                producer.produce(topic, key=key, value=value,
-                                 on_delivery=functools.partial(on_delivery, t=t))
+                producer.produce(
+                    topic, key=key, value=value, on_delivery=functools.partial(on_delivery, t=t)
+                )
                 break
             except BufferError:
                 producer.poll(0.01)
@@ -239,29 +256,39 @@ def produce_burst(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, 
     producer.flush(60)
     if errors:
         raise RuntimeError(f"{errors} produce errors")
-    return intake_of("confluent-kafka producer, acks=all, linger 5 ms", len(records),
-                     last_ack[0] - start, latencies)
+    return intake_of(
+        "confluent-kafka producer, acks=all, linger 5 ms",
+        len(records),
+        last_ack[0] - start,
+        latencies,
+    )
 
 
-def kafka_sender(bootstrap: str, topic: str, serde: Serde
-                 ) -> Callable[[dict[str, Any]], None]:
+def kafka_sender(bootstrap: str, topic: str, serde: Serde) -> Callable[[dict[str, Any]], None]:
     """One event at a time (Avro), each waited for: for LateCritical."""
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
 
     def send(e: dict[str, Any]) -> None:
-        producer.produce(topic, key=e["event_id"].encode(),
-                         value=burst.encode("good", e, serde, topic, use_avro=True))
+        producer.produce(
+            topic,
+            key=e["event_id"].encode(),
+            value=burst.encode("good", e, serde, topic, use_avro=True),
+        )
         if producer.flush(10):
             raise RuntimeError("late event not acknowledged in 10 s")
 
     return send
 
 
-def encode_all(events: list[dict[str, Any]], serde: Serde, raw_topic: str
-               ) -> list[tuple[bytes, bytes, str]]:
+def encode_all(
+    events: list[dict[str, Any]], serde: Serde, raw_topic: str
+) -> list[tuple[bytes, bytes, str]]:
     return [
-        (e["event_id"].encode(),
-         burst.encode("good", e, serde, raw_topic, use_avro=i % 2 == 0), e["event_id"])
+        (
+            e["event_id"].encode(),
+            burst.encode("good", e, serde, raw_topic, use_avro=i % 2 == 0),
+            e["event_id"],
+        )
         for i, e in enumerate(events)
     ]
 
@@ -293,8 +320,14 @@ class LateCritical:
     LATE_RATE_PER_S through the system's own intake. Their time-to-send is what a
     user waiting for a reset sees during a flash sale."""
 
-    def __init__(self, events: list[dict[str, Any]], burst_n: int, sim: Simulator,
-                 send: Callable[[dict[str, Any]], None], produced_at: dict[str, float]) -> None:
+    def __init__(
+        self,
+        events: list[dict[str, Any]],
+        burst_n: int,
+        sim: Simulator,
+        send: Callable[[dict[str, Any]], None],
+        produced_at: dict[str, float],
+    ) -> None:
         self.events, self.burst_n, self.sim = events, burst_n, sim
         self.send, self.produced_at = send, produced_at
         self.error: BaseException | None = None
@@ -321,7 +354,6 @@ class LateCritical:
             raise RuntimeError(f"late critical events: {self.error!r}") from self.error
 
 
-
 @dataclass
 class Run:
     n: int
@@ -340,20 +372,34 @@ class Run:
     def late_events(self, prefix: str) -> list[dict[str, Any]]:
         sample = self.samples["password_reset"]
         rng = random.Random(11)
-        return [{"event_id": f"{prefix}{LATE}{i}", "template": "password_reset",
-                 "priority": "critical", "to": f"late{i}@example.com",
-                 "data": burst.template_data("password_reset", rng, i, self.samples)
-                 if sample else {}, "source": "flash-sale-late"}
-                for i in range(self.late)]
+        return [
+            {
+                "event_id": f"{prefix}{LATE}{i}",
+                "template": "password_reset",
+                "priority": "critical",
+                "to": f"late{i}@example.com",
+                "data": burst.template_data("password_reset", rng, i, self.samples)
+                if sample
+                else {},
+                "source": "flash-sale-late",
+            }
+            for i in range(self.late)
+        ]
 
-    def probe(self, sim: Simulator, prefix: str, send: Callable[[dict[str, Any]], None],
-              produced_at: dict[str, float]) -> LateCritical | None:
+    def probe(
+        self,
+        sim: Simulator,
+        prefix: str,
+        send: Callable[[dict[str, Any]], None],
+        produced_at: dict[str, float],
+    ) -> LateCritical | None:
         if not self.late:
             return None
         return LateCritical(self.late_events(prefix), self.n, sim, send, produced_at).start()
 
-    def finish(self, result: SystemResult, sim: Simulator, sampler: Sampler,
-               produced_at: dict[str, float]) -> SystemResult:
+    def finish(
+        self, result: SystemResult, sim: Simulator, sampler: Sampler, produced_at: dict[str, float]
+    ) -> SystemResult:
         result.resources = usage_dict(sampler.stop())
         analyse(result, produced_at, sim.entries(), sim.client.duplicates())
         return result
@@ -364,8 +410,11 @@ def run_spillway(run: Run, sim: Simulator) -> SystemResult:
     policy: dict[str, Any] = {"name": "sim", "url": sim.url}
     if run.quota:
         policy["quota_per_s"] = run.quota
-    overrides = {"SPILLWAY_TOPIC_NAMESPACE": f"{ns}.", "SPILLWAY_APP_ID_PREFIX": ns,
-                 "SPILLWAY_PROVIDERS": json.dumps([policy])}
+    overrides = {
+        "SPILLWAY_TOPIC_NAMESPACE": f"{ns}.",
+        "SPILLWAY_APP_ID_PREFIX": ns,
+        "SPILLWAY_PROVIDERS": json.dumps([policy]),
+    }
     settings = Settings(topic_namespace=f"{ns}.", app_id_prefix=ns)
     registry = SchemaRegistryClient({"url": settings.schema_registry_url})
     serde = Serde(registry, {settings.topic(t): s for t, s in TOPICS.values()})
@@ -373,8 +422,9 @@ def run_spillway(run: Run, sim: Simulator) -> SystemResult:
     raw_topic = settings.topic("email.raw-events")
     events = run.events(ns)
     records = encode_all(events, serde, raw_topic)
-    result = SystemResult("spillway", "one faust worker per stage: render, route, dispatch",
-                          run.n + run.late)
+    result = SystemResult(
+        "spillway", "one faust worker per stage: render, route, dispatch", run.n + run.late
+    )
     workers = Workers(overrides, run.log_dir / "spillway")
     observer: Observer | None = None
     try:
@@ -382,21 +432,35 @@ def run_spillway(run: Run, sim: Simulator) -> SystemResult:
             workers.add(stage)
         if not workers.wait_ready(settings.kafka_bootstrap, ns, timeout=120):
             result.notes.append("workers were not all in their groups after 120 s")
-        observer = Observer(settings.kafka_bootstrap, serde, settings.topic("email.sent"),
-                            settings.topic("email.dead")).start()
+        observer = Observer(
+            settings.kafka_bootstrap,
+            serde,
+            settings.topic("email.sent"),
+            settings.topic("email.dead"),
+        ).start()
         pids = {f"spillway-{w.stage}": w.proc.pid for w in workers.workers if w.proc}
         if (bpid := broker_pid()) is not None:
             pids["kafka-broker"] = bpid
         sampler = Sampler(pids).start()
-        profiler = (Profiler({k: v for k, v in pids.items() if k != "kafka-broker"},
-                             run.log_dir / "profile") if run.profile else None)
+        profiler = (
+            Profiler(
+                {k: v for k, v in pids.items() if k != "kafka-broker"}, run.log_dir / "profile"
+            )
+            if run.profile
+            else None
+        )
         produced_at: dict[str, float] = {}
         result.intake = produce_burst(settings.kafka_bootstrap, raw_topic, records, produced_at)
-        probe = run.probe(sim, ns, kafka_sender(settings.kafka_bootstrap, raw_topic, serde),
-                          produced_at)
+        probe = run.probe(
+            sim, ns, kafka_sender(settings.kafka_bootstrap, raw_topic, serde), produced_at
+        )
         obs = observer
-        if not wait_drained(lambda: obs.snapshot().done, run.n + run.late, stall_s=run.stall_s,
-                            check=workers.check_alive):
+        if not wait_drained(
+            lambda: obs.snapshot().done,
+            run.n + run.late,
+            stall_s=run.stall_s,
+            check=workers.check_alive,
+        ):
             result.notes.append(f"stalled: no progress for {run.stall_s:.0f} s")
         if probe:
             probe.join()
@@ -407,7 +471,8 @@ def run_spillway(run: Run, sim: Simulator) -> SystemResult:
         result.dead = len(tally.dead) + len(tally.dead_without_id)
         if tally.sent_records != len(tally.sent):
             result.notes.append(
-                f"email.sent holds {tally.sent_records} records for {len(tally.sent)} events")
+                f"email.sent holds {tally.sent_records} records for {len(tally.sent)} events"
+            )
         return run.finish(result, sim, sampler, produced_at)
     finally:
         if observer:
@@ -420,7 +485,8 @@ def count_dead(logs: list[Path], marker: str = "dead: ") -> int:
     """Events a peer gave up on, from its workers' logs (``marker`` starts or is in a line)."""
     return sum(
         sum(1 for line in log.read_text(errors="replace").splitlines() if marker in line)
-        for log in logs if log.exists()
+        for log in logs
+        if log.exists()
     )
 
 
@@ -436,8 +502,10 @@ def run_bare(run: Run, sim: Simulator) -> SystemResult:
     serde.register()
     records = encode_all(run.events(ns), serde, topic)
     result = SystemResult(
-        "bare", f"{run.workers} confluent-kafka consume loop process(es), 64 sends in flight each",
-        run.n + run.late)
+        "bare",
+        f"{run.workers} confluent-kafka consume loop process(es), 64 sends in flight each",
+        run.n + run.late,
+    )
     env = {**os.environ, "BENCH_TOPIC": topic, "BENCH_GROUP": ns, "BENCH_PROVIDER_URL": sim.url}
     logs = [run.log_dir / "bare" / f"bare-{i}.log" for i in range(run.workers)]
     procs = [spawn([sys.executable, "-m", "bench.peers.bare"], log, env) for log in logs]
@@ -450,10 +518,15 @@ def run_bare(run: Run, sim: Simulator) -> SystemResult:
         sampler = Sampler(pids).start()
         produced_at: dict[str, float] = {}
         result.intake = produce_burst(settings.kafka_bootstrap, topic, records, produced_at)
-        probe = run.probe(sim, ns, kafka_sender(settings.kafka_bootstrap, topic, serde),
-                          produced_at)
-        if not wait_drained(lambda: sim.accepted() + count_dead(logs), run.n + run.late,
-                            stall_s=run.stall_s, check=lambda: check_procs(procs, logs)):
+        probe = run.probe(
+            sim, ns, kafka_sender(settings.kafka_bootstrap, topic, serde), produced_at
+        )
+        if not wait_drained(
+            lambda: sim.accepted() + count_dead(logs),
+            run.n + run.late,
+            stall_s=run.stall_s,
+            check=lambda: check_procs(procs, logs),
+        ):
             result.notes.append(f"stalled: no progress for {run.stall_s:.0f} s")
         if probe:
             probe.join()
@@ -476,23 +549,52 @@ def run_celery(run: Run, sim: Simulator) -> SystemResult:
     result = SystemResult(
         "celery",
         f"{run.workers} worker process(es), -P threads -c 64, prefetch x16, no results, "
-        "one Redis queue", run.n + run.late)
+        "one Redis queue",
+        run.n + run.late,
+    )
     with ExitStack() as stack:
         redis_srv = Redis(run.log_dir / "celery")
         stack.callback(redis_srv.close)
         env = {**os.environ, "BENCH_REDIS_URL": redis_srv.url, "BENCH_PROVIDER_URL": sim.url}
         logs = [run.log_dir / "celery" / f"celery-{i}.log" for i in range(run.workers)]
         procs = [
-            spawn([sys.executable, "-m", "celery", "-A", "bench.peers.celery_app", "worker",
-                   "-P", "threads", "-c", "64", "--prefetch-multiplier", "16",
-                   "--without-gossip", "--without-mingle", "--without-heartbeat",
-                   "-Q", "flash", "-n", f"w{i}@%h", "-l", "info"], log, env)
+            spawn(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "bench.peers.celery_app",
+                    "worker",
+                    "-P",
+                    "threads",
+                    "-c",
+                    "64",
+                    "--prefetch-multiplier",
+                    "16",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    "-Q",
+                    "flash",
+                    "-n",
+                    f"w{i}@%h",
+                    "-l",
+                    "info",
+                ],
+                log,
+                env,
+            )
             for i, log in enumerate(logs)
         ]
         for p in procs:
             stack.callback(stop, p)
-        if not wait_until(lambda: all(" ready." in log.read_text(errors="replace")
-                                      for log in logs if log.exists()), 60):
+        if not wait_until(
+            lambda: all(
+                " ready." in log.read_text(errors="replace") for log in logs if log.exists()
+            ),
+            60,
+        ):
             result.notes.append("celery workers not ready after 60 s")
         from bench.peers import celery_app
 
@@ -511,13 +613,22 @@ def run_celery(run: Run, sim: Simulator) -> SystemResult:
             celery_app.send_email.apply_async((e,), queue=celery_app.QUEUE)
             latencies.append(time.perf_counter() - t)
         elapsed = time.perf_counter() - start
-        result.intake = intake_of("Task.apply_async (one LPUSH per event)", run.n, elapsed,
-                                  latencies)
-        probe = run.probe(sim, prefix, lambda e: celery_app.send_email.apply_async(
-            (e,), queue=celery_app.QUEUE), produced_at)
+        result.intake = intake_of(
+            "Task.apply_async (one LPUSH per event)", run.n, elapsed, latencies
+        )
+        probe = run.probe(
+            sim,
+            prefix,
+            lambda e: celery_app.send_email.apply_async((e,), queue=celery_app.QUEUE),
+            produced_at,
+        )
         marker = "raised unexpected"
-        if not wait_drained(lambda: sim.accepted() + count_dead(logs, marker), run.n + run.late,
-                            stall_s=run.stall_s, check=lambda: check_procs(procs, logs)):
+        if not wait_drained(
+            lambda: sim.accepted() + count_dead(logs, marker),
+            run.n + run.late,
+            stall_s=run.stall_s,
+            check=lambda: check_procs(procs, logs),
+        ):
             result.notes.append(f"stalled: no progress for {run.stall_s:.0f} s")
         if probe:
             probe.join()
@@ -527,8 +638,9 @@ def run_celery(run: Run, sim: Simulator) -> SystemResult:
     raise AssertionError("unreachable")
 
 
-async def pg_enqueue(dsn: str, events: list[dict[str, Any]], produced_at: dict[str, float],
-                     batch: int) -> tuple[float, list[float]]:
+async def pg_enqueue(
+    dsn: str, events: list[dict[str, Any]], produced_at: dict[str, float], batch: int
+) -> tuple[float, list[float]]:
     import psycopg
     from pgqueuer import PsycopgDriver, Queries
 
@@ -574,7 +686,9 @@ def run_pgqueue(run: Run, sim: Simulator) -> SystemResult:
     result = SystemResult(
         "pgqueue",
         f"pgqueuer, {run.workers} worker process(es), dequeue batch 32, 64 HTTP connections each, "
-        f"enqueue in batches of {PG_ENQUEUE_BATCH}", run.n + run.late)
+        f"enqueue in batches of {PG_ENQUEUE_BATCH}",
+        run.n + run.late,
+    )
     with ExitStack() as stack:
         pg = Postgres(run.log_dir / "pgqueue")
         stack.callback(pg.close)
@@ -584,8 +698,10 @@ def run_pgqueue(run: Run, sim: Simulator) -> SystemResult:
         procs = [spawn([sys.executable, "-m", "bench.peers.pgq"], log, env) for log in logs]
         for p in procs:
             stack.callback(stop, p)
-        if not wait_until(lambda: all("ready" in log.read_text(errors="replace")
-                                      for log in logs if log.exists()), 60):
+        if not wait_until(
+            lambda: all("ready" in log.read_text(errors="replace") for log in logs if log.exists()),
+            60,
+        ):
             result.notes.append("pgqueuer workers not ready after 60 s")
         prefix = f"benchpg{uuid.uuid4().hex[:6]}"
         events = run.events(prefix)
@@ -593,16 +709,23 @@ def run_pgqueue(run: Run, sim: Simulator) -> SystemResult:
         pids["postgres"] = pg.server_pid()
         sampler = Sampler(pids).start()
         produced_at: dict[str, float] = {}
-        elapsed, latencies = asyncio.run(pg_enqueue(pg.dsn, events, produced_at,
-                                                    PG_ENQUEUE_BATCH))
+        elapsed, latencies = asyncio.run(pg_enqueue(pg.dsn, events, produced_at, PG_ENQUEUE_BATCH))
         result.intake = intake_of(
-            f"Queries.enqueue, batches of {PG_ENQUEUE_BATCH} (latency per batch)", run.n,
-            elapsed, latencies)
+            f"Queries.enqueue, batches of {PG_ENQUEUE_BATCH} (latency per batch)",
+            run.n,
+            elapsed,
+            latencies,
+        )
         dsn = pg.dsn
-        probe = run.probe(sim, prefix, lambda e: asyncio.run(pg_enqueue(dsn, [e], {}, 1))
-                          and None, produced_at)
-        if not wait_drained(lambda: sim.accepted() + count_dead(logs), run.n + run.late,
-                            stall_s=run.stall_s, check=lambda: check_procs(procs, logs)):
+        probe = run.probe(
+            sim, prefix, lambda e: asyncio.run(pg_enqueue(dsn, [e], {}, 1)) and None, produced_at
+        )
+        if not wait_drained(
+            lambda: sim.accepted() + count_dead(logs),
+            run.n + run.late,
+            stall_s=run.stall_s,
+            check=lambda: check_procs(procs, logs),
+        ):
             result.notes.append(f"stalled: no progress for {run.stall_s:.0f} s")
         if probe:
             probe.join()
@@ -612,7 +735,10 @@ def run_pgqueue(run: Run, sim: Simulator) -> SystemResult:
 
 
 RUNNERS: dict[str, Callable[[Run, Simulator], SystemResult]] = {
-    "spillway": run_spillway, "bare": run_bare, "celery": run_celery, "pgqueue": run_pgqueue,
+    "spillway": run_spillway,
+    "bare": run_bare,
+    "celery": run_celery,
+    "pgqueue": run_pgqueue,
 }
 
 
@@ -622,11 +748,19 @@ RUNNERS: dict[str, Callable[[Run, Simulator], SystemResult]] = {
 def git_commit() -> str | None:
     """The checkout's commit, with ``+dirty`` when the code differs from it."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT,
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "app", "bench",
-                                "simulator", "templates"], cwd=PROJECT_ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "app", "bench", "simulator", "templates"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return head + ("+dirty" if dirty else "")
@@ -641,9 +775,14 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "cpu_model": model, "os": platform.platform(), "python": platform.python_version(),
-            "load_avg_at_start": list(os.getloadavg())}
+    return {
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu_model": model,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "load_avg_at_start": list(os.getloadavg()),
+    }
 
 
 def versions() -> dict[str, str]:
@@ -652,15 +791,27 @@ def versions() -> dict[str, str]:
     import confluent_kafka
 
     out = {"librdkafka": confluent_kafka.libversion()[0]}
-    for pkg in ("faust-streaming", "aiokafka", "confluent-kafka", "celery", "kombu", "redis",
-                "pgqueuer", "psycopg", "jinja2", "httpx"):
+    for pkg in (
+        "faust-streaming",
+        "aiokafka",
+        "confluent-kafka",
+        "celery",
+        "kombu",
+        "redis",
+        "pgqueuer",
+        "psycopg",
+        "jinja2",
+        "httpx",
+    ):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
             out[pkg] = "missing"
     out["kafka"] = "4.1.1 (scripts/stack)"
-    for name, cmd in (("redis-server", ["redis-server", "--version"]),
-                      ("postgresql", ["/usr/lib/postgresql/15/bin/postgres", "--version"])):
+    for name, cmd in (
+        ("redis-server", ["redis-server", "--version"]),
+        ("postgresql", ["/usr/lib/postgresql/15/bin/postgres", "--version"]),
+    ):
         try:
             import subprocess
 
@@ -673,10 +824,17 @@ def versions() -> dict[str, str]:
 # --- main ---------------------------------------------------------------------------------
 
 
-def run_all(preset: str, systems: list[str], quota: int | None, workers: int,
-            n: int | None = None, log: Callable[[str], None] = print,
-            stall_s: float = 60.0, profile: bool = False, late: int | None = None
-            ) -> dict[str, Any]:
+def run_all(
+    preset: str,
+    systems: list[str],
+    quota: int | None,
+    workers: int,
+    n: int | None = None,
+    log: Callable[[str], None] = print,
+    stall_s: float = 60.0,
+    profile: bool = False,
+    late: int | None = None,
+) -> dict[str, Any]:
     """Run ``systems`` one after another; the result document (see :func:`save`)."""
     n = n or PRESETS[preset]
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -687,11 +845,19 @@ def run_all(preset: str, systems: list[str], quota: int | None, workers: int,
     late = (50 if quota else 0) if late is None else late
     run = Run(n, quota, workers, log_dir, settings, samples, stall_s, profile, late)
     doc: dict[str, Any] = {
-        "benchmark": "flash-sale", "preset": preset, "events": n, "quota_per_s": quota,
-        "late_critical": late, "late_rate_per_s": LATE_RATE_PER_S,
-        "peer_workers": workers, "started_at": stamp, "commit": git_commit(),
+        "benchmark": "flash-sale",
+        "preset": preset,
+        "events": n,
+        "quota_per_s": quota,
+        "late_critical": late,
+        "late_rate_per_s": LATE_RATE_PER_S,
+        "peer_workers": workers,
+        "started_at": stamp,
+        "commit": git_commit(),
         "machine": machine(),
-        "versions": versions(), "logs": str(log_dir.relative_to(PROJECT_ROOT)), "systems": [],
+        "versions": versions(),
+        "logs": str(log_dir.relative_to(PROJECT_ROOT)),
+        "systems": [],
     }
     for system in systems:
         provider = f"quota {quota}/s" if quota else "unlimited"
@@ -710,8 +876,10 @@ def summary_line(r: SystemResult) -> str:
     tts = r.time_to_send_ms
     crit = tts.get("critical", {})
     intake = r.intake
+
     def f(v: float | int | None, spec: str = ".0f") -> str:
         return "-" if v is None else format(v, spec)
+
     return (
         f"  {r.system:<9} intake {f(intake.events_per_s if intake else None)}/s "
         f"ack p99 {f(intake.ack_p99_ms if intake else None, '.1f')} ms | "
@@ -736,21 +904,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, help="override the preset's event count")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--quota", type=int, help="provider quota, requests/s (default: none)")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="worker processes of each peer (bare, celery, pgqueue)")
-    parser.add_argument("--late", type=int,
-                        help="password resets sent at 5/s once half the burst is accepted "
-                             "(default: 50 with --quota, else 0)")
-    parser.add_argument("--profile", action="store_true",
-                        help="record Spillway's workers with py-spy during the burst "
-                             "(var/bench-<time>/profile/*.top.txt)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="worker processes of each peer (bare, celery, pgqueue)",
+    )
+    parser.add_argument(
+        "--late",
+        type=int,
+        help="password resets sent at 5/s once half the burst is accepted "
+        "(default: 50 with --quota, else 0)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record Spillway's workers with py-spy during the burst "
+        "(var/bench-<time>/profile/*.top.txt)",
+    )
     args = parser.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
-    doc = run_all(args.preset, systems, args.quota, args.workers, args.events,
-                  profile=args.profile, late=args.late)
+    doc = run_all(
+        args.preset,
+        systems,
+        args.quota,
+        args.workers,
+        args.events,
+        profile=args.profile,
+        late=args.late,
+    )
     path = save(doc)
     print(f"saved {path.relative_to(PROJECT_ROOT)}; render with: python -m bench.report")
     return 0 if all(s["correct"] for s in doc["systems"]) else 1

@@ -25,8 +25,9 @@ from simulator.client import SyncSimulatorClient
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
-def spawn(args: list[str], log: Path, env: dict[str, str] | None = None,
-          user: str | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    args: list[str], log: Path, env: dict[str, str] | None = None, user: str | None = None
+) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -56,8 +57,17 @@ class Simulator:
     def __init__(self, log_dir: Path, quota: int | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "simulator.provider", "--host", "127.0.0.1",
-                "--port", str(self.port), "--log-level", "WARNING"]
+        args = [
+            sys.executable,
+            "-m",
+            "simulator.provider",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "WARNING",
+        ]
         if quota:
             args += ["--quota", str(quota)]
         self.proc = spawn(args, log_dir / f"simulator-{self.port}.log")
@@ -80,8 +90,19 @@ class Redis:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc = spawn(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no"],
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ],
             log_dir / f"redis-{self.port}.log",
         )
         import redis
@@ -111,14 +132,39 @@ class Postgres:
         shutil.chown(self.dir, "postgres", "postgres")
         data, sock = self.dir / "data", self.dir
         run = ["runuser", "-u", "postgres", "--"]
-        subprocess.run([*run, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust",
-                        "-U", "postgres", "--no-sync"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                *run,
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+        )
         # Throughput settings for a throwaway benchmark cluster (as queue libraries'
         # docs suggest for tests): no fsync wait; the rest is stock.
         self.proc = spawn(
-            [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(self.port),
-             "-k", str(sock), "-c", "listen_addresses=", "-c", "synchronous_commit=off",
-             "-c", "max_connections=50"],
+            [
+                str(PG_BIN / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(self.port),
+                "-k",
+                str(sock),
+                "-c",
+                "listen_addresses=",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "max_connections=50",
+            ],
             log_dir / f"postgres-{self.port}.log",
             user="postgres",
         )
@@ -240,9 +286,22 @@ class Profiler:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.out_dir = out_dir
         self.procs = {
-            name: spawn([exe, "record", "--pid", str(pid), "--rate", str(rate), "--nonblocking",
-                         "--format", "raw", "--output", str(out_dir / f"{name}.folded")],
-                        out_dir / f"{name}.py-spy.log")
+            name: spawn(
+                [
+                    exe,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--rate",
+                    str(rate),
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(out_dir / f"{name}.folded"),
+                ],
+                out_dir / f"{name}.py-spy.log",
+            )
             for name, pid in pids.items()
         }
 

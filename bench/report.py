@@ -58,16 +58,21 @@ def figures(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for system, rs in per.items():
         tts = {
-            p: {q: med([r["time_to_send_ms"].get(p, {}).get(q) for r in rs])
-                for q in ("p50", "p99")}
+            p: {
+                q: med([r["time_to_send_ms"].get(p, {}).get(q) for r in rs]) for q in ("p50", "p99")
+            }
             for p in ("critical", "normal", "bulk", "critical_late")
         }
         workers = [
-            (k, v) for r in rs for k, v in r["resources"].items()
+            (k, v)
+            for r in rs
+            for k, v in r["resources"].items()
             if k not in ("kafka-broker", "redis-server", "postgres")
         ]
         infra = [
-            (k, v) for r in rs for k, v in r["resources"].items()
+            (k, v)
+            for r in rs
+            for k, v in r["resources"].items()
             if k in ("kafka-broker", "redis-server", "postgres")
         ]
         out[system] = {
@@ -82,15 +87,22 @@ def figures(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "rate": med([r["send_rate_per_s"] for r in rs]),
             "tts": tts,
             "peak_rss_worker": max((v["peak_rss_mb"] for _, v in workers), default=None),
-            "cpu_workers": med([
-                sum(v["cpu_s"] for k, v in r["resources"].items()
-                    if k not in ("kafka-broker", "redis-server", "postgres"))
-                for r in rs
-            ]),
+            "cpu_workers": med(
+                [
+                    sum(
+                        v["cpu_s"]
+                        for k, v in r["resources"].items()
+                        if k not in ("kafka-broker", "redis-server", "postgres")
+                    )
+                    for r in rs
+                ]
+            ),
             "infra": {k: v for k, v in infra},
             "resources": rs[-1]["resources"],
             "correct": all(r["correct"] and r["sent"] == r["produced"] for r in rs),
-            "sent": rs[-1]["sent"], "dead": rs[-1]["dead"], "produced": rs[-1]["produced"],
+            "sent": rs[-1]["sent"],
+            "dead": rs[-1]["dead"],
+            "produced": rs[-1]["produced"],
             "duplicates": max(r["duplicates"] for r in rs),
             "notes": sorted({n for r in rs for n in r["notes"]}),
             "series": rs[-1]["series"],
@@ -135,17 +147,22 @@ def section(runs: list[dict[str, Any]]) -> tuple[list[str], dict[str, dict[str, 
             f"{'' if x['correct'] else ' **incomplete**'} |"
         )
     if doc.get("late_critical"):
-        lines += ["", f"Late critical: {doc['late_critical']} password resets sent at "
-                  f"{doc['late_rate_per_s']:.0f}/s through each system's own intake once half "
-                  "the burst was accepted by the provider, i.e. while the burst saturates the "
-                  "quota. The critical column counts the resets inside the burst, which wait "
-                  "for everything produced before them to be read."]
+        lines += [
+            "",
+            f"Late critical: {doc['late_critical']} password resets sent at "
+            f"{doc['late_rate_per_s']:.0f}/s through each system's own intake once half "
+            "the burst was accepted by the provider, i.e. while the burst saturates the "
+            "quota. The critical column counts the resets inside the burst, which wait "
+            "for everything produced before them to be read.",
+        ]
     lines += ["", "Ratios (drain time: lower is better; Spillway's drain vs each):", ""]
     sp = f.get("spillway")
     if sp:
-        lines.append("| vs | drain (other ÷ Spillway) | sends/s (Spillway ÷ other) | "
-                     "intake (Spillway ÷ other) | critical p99 (other ÷ Spillway) | "
-                     "late critical p99 (other ÷ Spillway) |")
+        lines.append(
+            "| vs | drain (other ÷ Spillway) | sends/s (Spillway ÷ other) | "
+            "intake (Spillway ÷ other) | critical p99 (other ÷ Spillway) | "
+            "late critical p99 (other ÷ Spillway) |"
+        )
         lines.append("|---|---:|---:|---:|---:|---:|")
         for other in ("bare", *PEERS):
             if other in f:
@@ -160,8 +177,10 @@ def section(runs: list[dict[str, Any]]) -> tuple[list[str], dict[str, dict[str, 
                 )
     lines += ["", "Configurations, intake method and resources per process (newest run):", ""]
     for system, x in f.items():
-        res = ", ".join(f"{k} {v['peak_rss_mb']:.0f} MB / {v['cpu_s']:.1f} s CPU"
-                        for k, v in x["resources"].items())
+        res = ", ".join(
+            f"{k} {v['peak_rss_mb']:.0f} MB / {v['cpu_s']:.1f} s CPU"
+            for k, v in x["resources"].items()
+        )
         lines.append(f"- **{system}**: {x['config']}. Intake: {x['intake_how']}. {res}.")
         for note in x["notes"]:
             lines.append(f"  - note: {note}")
@@ -181,20 +200,39 @@ def intake_section(results_dir: Path) -> list[str]:
         "",
         f"`python -m bench.intake` (run {doc['started_at']}, {len(found)} run(s) on record): "
         "open loop, latency from each event's scheduled start to its acknowledgement. "
-        "HTTP: `POST /v1/events`, one JSON event per request, answered 202 after the "
-        f"broker's acks=all (intake worker linger {doc.get('intake_linger_ms', '?')} ms). "
-        "Kafka: one confluent-kafka producer, acks=all, linger 1 ms.",
+        "HTTP: `POST /v1/events`, one JSON event per request, then `POST /v1/events/batch` "
+        f"with {doc.get('http_batch', {}).get('batch', '?')} events per request (an event's "
+        "latency is its request's), each answered 202 after the broker's acks=all (intake "
+        f"worker linger {doc.get('intake_linger_ms', '?')} ms). Kafka: one confluent-kafka "
+        "producer, acks=all, linger 1 ms. Requests are counted in the answered column, "
+        "events in the achieved column.",
         "",
-        "| path | answered / offered | achieved ev/s | errors | p50 ms | p99 ms | max ms |",
+        "| path | answered / offered | achieved events/s | errors | p50 ms | p99 ms | max ms |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, label in (("http", "HTTP intake"), ("kafka", "Kafka producer")):
+    rows = (
+        ("http", "HTTP intake, single"),
+        ("http_batch", "HTTP intake, batch"),
+        ("kafka", "Kafka producer"),
+    )
+    for name, label in rows:
+        if name not in doc:
+            continue
         r = doc[name]
         lines.append(
-            f"| {label} | {r['answered']} / {r['offered']} | {fmt(r['achieved_per_s'])} | "
+            f"| {label} | {r['answered']} / {r['offered']} | "
+            f"{fmt(r.get('events_per_s', r['achieved_per_s']))} | "
             f"{r['errors']} | {fmt(r['p50_ms'], '.1f')} | {fmt(r['p99_ms'], '.1f')} | "
             f"{fmt(r['max_ms'], '.1f')} |"
         )
+    if len(found) > 1:
+        p99s = [json.loads(f.read_text())["kafka"]["p99_ms"] for f in found]
+        lines += [
+            "",
+            "Kafka producer ack p99 of every run on record, oldest first: "
+            + ", ".join(f"{v:.1f}" for v in p99s)
+            + f" ms (median {statistics.median(p99s):.1f} ms).",
+        ]
     lines.append("")
     return lines
 
@@ -222,8 +260,10 @@ def hot_path(dir_: Path) -> list[str]:
     ]
     for doc in runs:
         r = doc["systems"][0]
-        cpu = " / ".join(fmt(r["resources"].get(k, {}).get("cpu_s"), ".1f") for k in (
-            "spillway-render", "spillway-route", "spillway-dispatch", "kafka-broker"))
+        cpu = " / ".join(
+            fmt(r["resources"].get(k, {}).get("cpu_s"), ".1f")
+            for k in ("spillway-render", "spillway-route", "spillway-dispatch", "kafka-broker")
+        )
         faster = ratio(base["drain_s"], r["drain_s"]) if r["correct"] else "-"
         lines.append(
             f"| {doc['started_at']} | {steps.get(doc['started_at'], '')} | "
@@ -232,14 +272,19 @@ def hot_path(dir_: Path) -> list[str]:
         )
     profiled = sorted(p for p in (dir_ / "profiles").glob("*") if p.is_dir())
     for prof in profiled:
-        lines += ["", f"Hottest own-time frames, run {prof.name} "
-                  f"({steps.get(prof.name, '').split(':')[0] or 'profiled'}; py-spy, "
-                  f"`{prof.relative_to(PROJECT_ROOT)}/`):", ""]
+        lines += [
+            "",
+            f"Hottest own-time frames, run {prof.name} "
+            f"({steps.get(prof.name, '').split(':')[0] or 'profiled'}; py-spy, "
+            f"`{prof.relative_to(PROJECT_ROOT)}/`):",
+            "",
+        ]
         for top in sorted(prof.glob("*.top.txt")):
             text = top.read_text().splitlines()
-            own = text[text.index("own %  function") + 1:][:4] if "own %  function" in text else []
+            own = text[text.index("own %  function") + 1 :][:4] if "own %  function" in text else []
             frames = "; ".join(
-                f"{line.split(None, 1)[1].split(' (')[0]} {line.split()[0]}%" for line in own)
+                f"{line.split(None, 1)[1].split(' (')[0]} {line.split()[0]}%" for line in own
+            )
             lines.append(f"- {top.name.removesuffix('.top.txt')}: {frames}")
     lines.append("")
     return lines
@@ -271,8 +316,7 @@ def plot(sections: list[tuple[str, dict[str, dict[str, Any]]]], path: Path) -> N
     plt.close(fig)
 
 
-def render(groups: list[list[dict[str, Any]]], doc_path: Path = DOC,
-           plot_path: Path = PLOT) -> str:
+def render(groups: list[list[dict[str, Any]]], doc_path: Path = DOC, plot_path: Path = PLOT) -> str:
     if not groups:
         raise SystemExit("no results under bench/results/: run python -m bench.flash_sale first")
     first = groups[-1][-1]

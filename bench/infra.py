@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -20,7 +19,7 @@ import psutil
 
 from app.settings import PROJECT_ROOT
 from app.tools.workers import free_port, wait_until
-from simulator.client import SyncSimulatorClient
+from simulator.client import SyncSimulatorClient, provider_command
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -57,19 +56,7 @@ class Simulator:
     def __init__(self, log_dir: Path, quota: int | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = [
-            sys.executable,
-            "-m",
-            "simulator.provider",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "WARNING",
-        ]
-        if quota:
-            args += ["--quota", str(quota)]
+        args = provider_command(self.port, *(["--quota", str(quota)] if quota else []))
         self.proc = spawn(args, log_dir / f"simulator-{self.port}.log")
         self.client = SyncSimulatorClient(self.url, timeout=120)
         self.client.wait_ready(timeout=20)

@@ -32,7 +32,7 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-from simulator.client import SimulatorClient
+from simulator.client import SimulatorClient, provider_command
 
 Sender = Callable[[dict[str, object]], Awaitable[int]]
 
@@ -66,7 +66,7 @@ def _provider_process() -> Iterator[str]:
     port = _free_port()
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulator.provider", "--port", str(port), "--log-level", "WARNING"],
+        provider_command(port),
         cwd=root,
     )
     try:

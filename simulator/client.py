@@ -10,6 +10,7 @@ Every method returns the decoded JSON; a 4xx/5xx raises :class:`SimulatorError`.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from dataclasses import dataclass
 from types import TracebackType
@@ -18,6 +19,23 @@ from typing import Any, ClassVar, Self
 import httpx
 
 JSON = dict[str, Any]
+
+
+def provider_command(port: int, *extra: str, log_level: str = "WARNING") -> list[str]:
+    """The command line of a provider simulator on 127.0.0.1:``port`` (``extra``: more
+    ``simulator.provider`` options, e.g. ``--quota 100``)."""
+    return [
+        sys.executable,
+        "-m",
+        "simulator.provider",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        log_level,
+        *extra,
+    ]
 
 
 class SimulatorError(RuntimeError):

@@ -57,11 +57,14 @@ class Ledger:
         self, event_id: str, state: State, provider: str | None, message_id: str | None
     ) -> None:
         self.pending.pop(event_id, None)
+        self._write(event_id, Entry(state, provider, message_id, time.time()))
+
+    def _write(self, event_id: str, entry: Entry) -> None:
         self.table[event_id.encode()] = {
-            "s": state,
-            "p": provider,
-            "m": message_id,
-            "t": time.time(),
+            "s": entry.state,
+            "p": entry.provider,
+            "m": entry.message_id,
+            "t": entry.at,
         }
 
     def mark_in_flight(self, event_id: str, provider: str) -> None:
@@ -76,12 +79,7 @@ class Ledger:
         for event_id in event_ids:
             entry = self.pending.pop(event_id, None)
             if entry is not None:
-                self.table[event_id.encode()] = {
-                    "s": entry.state,
-                    "p": entry.provider,
-                    "m": entry.message_id,
-                    "t": entry.at,
-                }
+                self._write(event_id, entry)
 
     def mark_failed(self, event_id: str, provider: str | None) -> None:
         self._put(event_id, "failed", provider, None)

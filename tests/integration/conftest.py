@@ -25,7 +25,7 @@ from app.templating import TemplateStore
 from app.tools.observe import Observer
 from app.tools.workers import Workers
 from app.topology import TOPICS
-from simulator.client import SyncSimulatorClient, SyncSmtpSinkClient
+from simulator.client import SyncSimulatorClient, SyncSmtpSinkClient, provider_command
 
 STACK = [sys.executable, str(PROJECT_ROOT / "scripts" / "stack")]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
@@ -126,19 +126,8 @@ class OwnSimulator:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         log_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            sys.executable,
-            "-m",
-            "simulator.provider",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "WARNING",
-        ]
-        for key, value in config.items():
-            args += ["--set", f"{key}={json.dumps(value)}"]
+        sets = [f"{key}={json.dumps(value)}" for key, value in config.items()]
+        args = provider_command(self.port, *(arg for s in sets for arg in ("--set", s)))
         with (log_dir / f"simulator-{self.port}.log").open("ab") as log:
             self.proc = subprocess.Popen(
                 args, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT

@@ -170,7 +170,7 @@ class DispatchStage:
         seen: set[str] = set()
         while name is not None and name not in seen:
             seen.add(name)
-            wait = self.board.state(name, partition).breaker.admit(self.clock())
+            wait = self.board.state(name, partition).breaker.peek(self.clock())
             if wait <= 0:
                 return name, 0.0
             waits.append(wait)
@@ -194,6 +194,9 @@ class DispatchStage:
                 async with self._slots[name]:
                     if self.board.blocked(name, lane):
                         continue  # paused or shed while this waited for a slot: wait again
+                    if breaker.admit(self.clock()) > 0:
+                        continue  # tripped while this waited for its pace or a slot
+                    before = breaker.state  # admit may have made it half-open
                     self.ledger.mark_in_flight(req.event_id, name)
                     if self.durable is not None and self.policies[name].kind == "smtp":
                         await self.durable()

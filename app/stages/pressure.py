@@ -84,8 +84,19 @@ class Breaker:
         n = len(self.window)
         return (self.errors / n if n else 0.0), n
 
+    def peek(self, now: float) -> float:
+        """What ``admit`` would answer, without taking a probe: for choosing a provider
+        before waiting for its pace."""
+        if self.state == "open":
+            return max(0.0, self.opened_at + self.policy.breaker_cooldown_s - now)
+        if self.state == "half_open" and self.probes_sent >= self.policy.breaker_half_open_probes:
+            return 0.05
+        return 0.0
+
     def admit(self, now: float) -> float:
-        """0 if a request may go now (possibly as a probe), else seconds to wait."""
+        """0 if a request may go now (possibly as a probe), else seconds to wait. Asked
+        right before the send: a request that waited for its pace while the breaker
+        tripped must not go out."""
         if self.state == "open":
             remaining = self.opened_at + self.policy.breaker_cooldown_s - now
             if remaining > 0:

@@ -208,6 +208,26 @@ async def test_open_breaker_fails_over_without_counting_attempts(serde: Serde) -
     assert stage.board.state("a", ORIGIN.partition).breaker.state == "open"
 
 
+async def test_a_message_waiting_for_its_pace_does_not_pass_a_breaker_that_tripped(
+    serde: Serde,
+) -> None:
+    # e-2 picks "a" while its breaker is closed, then waits its turn at a's pace;
+    # meanwhile e-1's error opens the breaker, so e-2 must not be sent to "a".
+    err = TransientProviderError("500", provider="a", status=500)
+    a, b = FakeProvider(err, name="a"), FakeProvider(name="b")
+    policies = [
+        ProviderPolicy(name="a", quota_per_s=40, breaker_min_requests=1, fallback="b"),
+        ProviderPolicy(name="b"),
+    ]
+    stage = make(serde, a, b, policies=policies, clock=time.time)
+    outs = await asyncio.gather(
+        stage.handle(encode(serde, request("e-1")), ORIGIN, "normal"),
+        stage.handle(encode(serde, request("e-2")), ORIGIN, "normal"),
+    )
+    assert [(o.topic, o.value.provider) for o in outs if o is not None] == [("sent", "b")] * 2
+    assert [c.event_id for c in a.calls] == ["e-1"]
+
+
 async def test_undecodable_goes_dead(serde: Serde) -> None:
     out = await make(serde, FakeProvider()).handle(b"\x00\x00\x00\x99\x01zz", ORIGIN, "bulk")
     assert out is not None and (out.topic, out.value.reason) == ("dead", "undecodable")

@@ -61,6 +61,7 @@ def test_breaker_opens_probes_and_closes() -> None:
     b.record(False, 1.0)  # 1 of 10 = 10% > 5%
     assert b.state == "open"
     assert b.admit(2.0) > 0  # cooling down
+    assert b.peek(3.1) == 0 and b.state == "open"  # peeking takes no probe
     assert b.admit(3.1) == 0 and b.state == "half_open"  # probe 1
     assert b.admit(3.1) == 0  # probe 2
     assert b.admit(3.1) > 0  # no more probes until they answer

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = f"demo{uuid.uuid4().hex[:6]}"
     overrides = {"SPILLWAY_TOPIC_NAMESPACE": f"{ns}.", "SPILLWAY_APP_ID_PREFIX": ns}
     settings = Settings(topic_namespace=f"{ns}.", app_id_prefix=ns)
-    registry = SchemaRegistryClient({"url": settings.schema_registry_url})
+    registry = SchemaRegistryClient(settings.registry_conf())
     serde = Serde(registry, {settings.topic(t): s for t, s in TOPICS.values()})
     serde.register()
     store = TemplateStore(settings.templates_dir)

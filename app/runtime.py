@@ -25,7 +25,7 @@ def registry_client(settings: Settings) -> Any:
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
     # new_client: a "mock://" URL gives confluent-kafka's in-memory registry (unit tests).
-    return SchemaRegistryClient.new_client({"url": settings.schema_registry_url})
+    return SchemaRegistryClient.new_client(settings.registry_conf())
 
 
 def build_provider(policy: ProviderPolicy) -> Provider:

@@ -267,6 +267,17 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8081/apis/ccompat/v7",
         description="Confluent-compatible Schema Registry base URL (Apicurio: /apis/ccompat/v7).",
     )
+    schema_registry_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Timeout of one Schema Registry request; a timed-out request is retried "
+        "on a new connection (confluent-kafka's max.retries). Without one, a lost response "
+        "would hang the worker.",
+    )
+
+    def registry_conf(self) -> dict[str, Any]:
+        """confluent-kafka SchemaRegistryClient configuration."""
+        return {"url": self.schema_registry_url, "timeout": self.schema_registry_timeout_s}
 
     # --- web (Faust's web server: intake, health, metrics) ------------------
     web_host: str = Field("127.0.0.1", description="Address the worker's web server binds to.")

@@ -416,7 +416,7 @@ def run_spillway(run: Run, sim: Simulator) -> SystemResult:
         "SPILLWAY_PROVIDERS": json.dumps([policy]),
     }
     settings = Settings(topic_namespace=f"{ns}.", app_id_prefix=ns)
-    registry = SchemaRegistryClient({"url": settings.schema_registry_url})
+    registry = SchemaRegistryClient(settings.registry_conf())
     serde = Serde(registry, {settings.topic(t): s for t, s in TOPICS.values()})
     serde.register()
     raw_topic = settings.topic("email.raw-events")
@@ -497,7 +497,7 @@ def run_bare(run: Run, sim: Simulator) -> SystemResult:
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     for f in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
         f.result()
-    registry = SchemaRegistryClient({"url": settings.schema_registry_url})
+    registry = SchemaRegistryClient(settings.registry_conf())
     serde = Serde(registry, {topic: "raw_event"})
     serde.register()
     records = encode_all(run.events(ns), serde, topic)

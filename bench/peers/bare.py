@@ -29,7 +29,7 @@ async def main() -> int:
     settings = Settings()
     topic = os.environ["BENCH_TOPIC"]
     concurrency = int(os.environ.get("BENCH_CONCURRENCY", "64"))
-    registry = SchemaRegistryClient({"url": settings.schema_registry_url})
+    registry = SchemaRegistryClient(settings.registry_conf())
     serde = Serde(registry, {})
     renderer = Renderer()
     provider = http_provider(concurrency)

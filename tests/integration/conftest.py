@@ -54,7 +54,7 @@ class Env:
             "SPILLWAY_APP_ID_PREFIX": ns,
         }
         self.settings = Settings(topic_namespace=f"{ns}.", app_id_prefix=ns)
-        registry = SchemaRegistryClient({"url": self.settings.schema_registry_url})
+        registry = SchemaRegistryClient(self.settings.registry_conf())
         self.serde = Serde(registry, {self.topic(t): s for t, s in TOPICS.values()})
         self.serde.register()
         self.producer = Producer(

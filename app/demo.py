@@ -13,9 +13,9 @@ import uuid
 from collections import Counter
 
 from confluent_kafka import Producer
-from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from app.models import PRIORITIES
+from app.runtime import registry_client
 from app.serde import Serde
 from app.settings import PROJECT_ROOT, Settings
 from app.templating import TemplateStore
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = f"demo{uuid.uuid4().hex[:6]}"
     overrides = {"SPILLWAY_TOPIC_NAMESPACE": f"{ns}.", "SPILLWAY_APP_ID_PREFIX": ns}
     settings = Settings(topic_namespace=f"{ns}.", app_id_prefix=ns)
-    registry = SchemaRegistryClient(settings.registry_conf())
+    registry = registry_client(settings)
     serde = Serde(registry, {settings.topic(t): s for t, s in TOPICS.values()})
     serde.register()
     store = TemplateStore(settings.templates_dir)

@@ -25,7 +25,9 @@ def registry_client(settings: Settings) -> Any:
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
     # new_client: a "mock://" URL gives confluent-kafka's in-memory registry (unit tests).
-    return SchemaRegistryClient.new_client(settings.registry_conf())
+    return SchemaRegistryClient.new_client(
+        {"url": settings.schema_registry_url, "timeout": settings.schema_registry_timeout_s}
+    )
 
 
 def build_provider(policy: ProviderPolicy) -> Provider:

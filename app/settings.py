@@ -275,10 +275,6 @@ class Settings(BaseSettings):
         "would hang the worker.",
     )
 
-    def registry_conf(self) -> dict[str, Any]:
-        """confluent-kafka SchemaRegistryClient configuration."""
-        return {"url": self.schema_registry_url, "timeout": self.schema_registry_timeout_s}
-
     # --- web (Faust's web server: intake, health, metrics) ------------------
     web_host: str = Field("127.0.0.1", description="Address the worker's web server binds to.")
     web_port: int | None = Field(

@@ -40,9 +40,9 @@ from typing import Any
 import psutil
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from app.models import PRIORITIES
+from app.runtime import registry_client
 from app.serde import Serde
 from app.settings import PROJECT_ROOT, Settings
 from app.templating import TemplateStore
@@ -416,7 +416,7 @@ def run_spillway(run: Run, sim: Simulator) -> SystemResult:
         "SPILLWAY_PROVIDERS": json.dumps([policy]),
     }
     settings = Settings(topic_namespace=f"{ns}.", app_id_prefix=ns)
-    registry = SchemaRegistryClient(settings.registry_conf())
+    registry = registry_client(settings)
     serde = Serde(registry, {settings.topic(t): s for t, s in TOPICS.values()})
     serde.register()
     raw_topic = settings.topic("email.raw-events")
@@ -497,7 +497,7 @@ def run_bare(run: Run, sim: Simulator) -> SystemResult:
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     for f in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
         f.result()
-    registry = SchemaRegistryClient(settings.registry_conf())
+    registry = registry_client(settings)
     serde = Serde(registry, {topic: "raw_event"})
     serde.register()
     records = encode_all(run.events(ns), serde, topic)

@@ -90,21 +90,19 @@ class Breaker:
         if self.state == "open":
             return max(0.0, self.opened_at + self.policy.breaker_cooldown_s - now)
         if self.state == "half_open" and self.probes_sent >= self.policy.breaker_half_open_probes:
-            return 0.05
+            return 0.05  # wait for the probes in flight to decide
         return 0.0
 
     def admit(self, now: float) -> float:
         """0 if a request may go now (possibly as a probe), else seconds to wait. Asked
         right before the send: a request that waited for its pace while the breaker
         tripped must not go out."""
-        if self.state == "open":
-            remaining = self.opened_at + self.policy.breaker_cooldown_s - now
-            if remaining > 0:
-                return remaining
+        wait = self.peek(now)
+        if wait > 0:
+            return wait
+        if self.state == "open":  # cooled down
             self.state, self.probes_sent, self.probes_ok = "half_open", 0, 0
         if self.state == "half_open":
-            if self.probes_sent >= self.policy.breaker_half_open_probes:
-                return 0.05  # wait for the probes in flight to decide
             self.probes_sent += 1
         return 0.0
 

@@ -17,8 +17,8 @@ import signal
 import sys
 
 from confluent_kafka import Consumer
-from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from app.runtime import registry_client
 from app.serde import Serde
 from app.settings import Settings
 from app.templating import validate_address
@@ -29,7 +29,7 @@ async def main() -> int:
     settings = Settings()
     topic = os.environ["BENCH_TOPIC"]
     concurrency = int(os.environ.get("BENCH_CONCURRENCY", "64"))
-    registry = SchemaRegistryClient(settings.registry_conf())
+    registry = registry_client(settings)
     serde = Serde(registry, {})
     renderer = Renderer()
     provider = http_provider(concurrency)

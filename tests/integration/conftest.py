@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from app.runtime import registry_client
 from app.serde import Serde
 from app.settings import PROJECT_ROOT, Settings
 from app.templating import TemplateStore
@@ -54,7 +54,7 @@ class Env:
             "SPILLWAY_APP_ID_PREFIX": ns,
         }
         self.settings = Settings(topic_namespace=f"{ns}.", app_id_prefix=ns)
-        registry = SchemaRegistryClient(self.settings.registry_conf())
+        registry = registry_client(self.settings)
         self.serde = Serde(registry, {self.topic(t): s for t, s in TOPICS.values()})
         self.serde.register()
         self.producer = Producer(

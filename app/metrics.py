@@ -184,6 +184,13 @@ class Metrics:
             "Fraction of the last sampling interval the worker's event loop was not idle.",
             registry=r,
         )
+        # issue 12 point 4 / issue 13 (helper D): outputs Kafka did not acknowledge
+        self.produce_failures = Counter(
+            "spillway_produce_failures",
+            "Produce requests that failed (the input is not acked and is handled again), "
+            "by stage, logical topic and error class.",
+            ["stage", "topic", "error"], registry=r,
+        )  # fmt: skip
         self.max_attempts = 3
         self._busy: dict[str, BusyMeter] = {}
 
@@ -345,6 +352,12 @@ def duplicate_suppressed() -> None:
 def emitted(emission: Emission, worker_stage: str) -> None:
     """A stage produced ``emission`` (called by ``Runtime.emit``)."""
     METRICS.emitted(emission, worker_stage)
+
+
+@never_raises
+def produce_failed(stage: str, topic: str, error: str) -> None:
+    """A produce of ``stage`` to logical ``topic`` failed with error class ``error``."""
+    METRICS.produce_failures.labels(stage, topic, error).inc()
 
 
 @never_raises

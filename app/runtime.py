@@ -66,7 +66,11 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.topology = topology
-        self.serde = Serde(registry or registry_client(settings), topology.topic_schemas())
+        self.serde = Serde(
+            registry or registry_client(settings),
+            topology.topic_schemas(),
+            outage_max_s=getattr(settings, "registry_outage_max_s", 900.0),  # issue 13
+        )
         self.start_timeout_s = start_timeout_s
         self._started = False
         self._lock = asyncio.Lock()
@@ -96,7 +100,13 @@ class Runtime:
             self._started = True
 
     def encode(self, emission: Emission) -> bytes:
-        return self.serde.encode(self.topology.name(emission.topic), emission.value)
+        if emission.encoded is not None:  # sealed by the stage (app.stages.common.Sealer)
+            return emission.encoded
+        return self.encode_record(emission.topic, emission.value)
+
+    def encode_record(self, logical: str, record: Any) -> bytes:
+        """``record`` encoded for the topic with logical name ``logical``."""
+        return self.serde.encode(self.topology.name(logical), record)
 
     async def emit(self, emission: Emission) -> Any:
         """Produce (buffered; the ack is awaited before the source offset commits)."""

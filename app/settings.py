@@ -459,3 +459,31 @@ class Settings(BaseSettings):
     analyser_metrics_every_s: float = Field(
         10.0, gt=0, description="How often the analyser refreshes its gauges and alert signal."
     )
+
+    # --- render and route: record limits, registry outages, acked batches ----
+    registry_outage_max_s: float = Field(
+        900.0,
+        ge=0,
+        description="How long a stage waits for an unreachable Schema Registry (retrying with "
+        "backoff, 0.5 s doubling to 10 s) when it needs a writer schema it has not cached; "
+        "then the worker stops without acking (an infrastructure fault). 0: wait forever. "
+        "Only a schema id the registry does not know dead-letters an event (undecodable).",
+    )
+    max_output_bytes: int = Field(
+        990_000,
+        ge=10_000,
+        description="Largest record (value plus key) render and route produce; a larger "
+        "output is dead-lettered with reason too_large. Keep it below the producer's maximum "
+        "request size (1,000,000, Faust's default) and the topics' max.message.bytes.",
+    )
+    stage_batch_size: int = Field(
+        256,
+        ge=1,
+        description="Most records render and route handle per batch; the batch's input is "
+        "acked only after Kafka acknowledged every output (acks=all).",
+    )
+    stage_batch_within_s: float = Field(
+        0.005,
+        gt=0,
+        description="How long render and route wait to fill a batch.",
+    )

@@ -23,10 +23,12 @@ import copy
 import json
 import re
 import types
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from email import policy as email_policy
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,10 +41,12 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from app.errors import RenderError, UnknownTemplateError, ValidationError
 
 __all__ = [
+    "HeaderValues",
     "RenderedParts",
     "TemplateConfigError",
     "TemplateInfo",
     "TemplateStore",
+    "header_values",
     "validate_address",
     "validate_sender",
 ]
@@ -60,8 +64,9 @@ _PART_FILE = re.compile(
 _PARTS = {("subject", "txt"): "subject", ("body", "html"): "html", ("body", "txt"): "text"}
 _KINDS = ("subject", "html", "text")
 _VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-# C0 controls and DEL left over after whitespace collapsing: never valid in a header.
-_HEADER_JUNK = dict.fromkeys([*range(0x20), 0x7F])
+# C0 controls, DEL and C1 controls left over after whitespace collapsing: never valid
+# in a header (the email package refuses U+0085 and friends as line breaks).
+_HEADER_JUNK = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)])
 
 
 class TemplateConfigError(Exception):
@@ -601,3 +606,96 @@ def validate_sender(sender: str) -> str:
         escaped = name.replace("\\", "\\\\").replace('"', '\\"')
         name = f'"{escaped}"'
     return f"{name} <{address}>"
+
+
+# --------------------------------------------------------------------------- headers
+#
+# Values that end up in a provider's headers are checked and encoded here, at render
+# time (issue 13): a value that cannot be sent dead-letters its email with reason
+# ``invalid_header`` instead of failing at the provider, where it would count against
+# the provider's breaker.
+
+#: What an event id may hold: RFC 5322 atext plus ".", ":" and "@", at most 255
+#: characters. It travels as the HTTP Idempotency-Key, in the SMTP Message-ID
+#: (``<event_id@spillway>``) and as X-Spillway-Event-Id.
+_EVENT_ID = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.:@-]{1,255}")
+#: Unicode categories refused in a display name: controls, surrogates, line and
+#: paragraph separators (U+2028 makes the email package refuse the From header).
+_BAD_NAME_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+_SMTP = email_policy.SMTP
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderValues:
+    """Header values as they go to a provider: ASCII addresses (IDNA domains)."""
+
+    to: str
+    sender: str
+    subject: str
+
+
+def _header_error(what: str, value: str, why: str) -> ValidationError:
+    shown = _shorten(repr(value.encode("utf-8", "backslashreplace").decode()), 100)
+    return ValidationError(
+        f"{what} {shown} cannot be sent as a header: {why}", reason="invalid_header"
+    )
+
+
+def check_event_id(event_id: str) -> str:
+    if not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id):
+        raise _header_error(
+            "event id",
+            str(event_id),
+            "use 1-255 characters of A-Z a-z 0-9 and !#$%&'*+/=?^_`{|}~.:@-",
+        )
+    return event_id
+
+
+def _ascii_address(address: str, what: str) -> str:
+    if address.isascii():
+        return address
+    try:
+        ascii_form = validate_email(address, check_deliverability=False).ascii_email
+    except EmailNotValidError as exc:
+        raise _header_error(what, address, str(exc)) from None
+    if not ascii_form:
+        raise _header_error(what, address, "a non-ASCII local part needs SMTPUTF8")
+    return str(ascii_form)
+
+
+def _fold(name: str, value: str) -> None:
+    # The SMTP adapter's encoding (RFC 2047 words, folded lines): whatever it refuses
+    # is refused here.
+    try:
+        _SMTP.header_factory(name, value).fold(policy=_SMTP)
+    except Exception as exc:
+        raise _header_error(name, value, f"{type(exc).__name__}: {exc}") from None
+
+
+def header_values(*, event_id: str, to: str, sender: str, subject: str) -> HeaderValues:
+    """Check and encode what goes into headers; ``ValidationError`` with reason
+    ``invalid_header`` names the bad value. ``to`` and ``sender`` must already be
+    validated (``validate_address``/``validate_sender``), ``subject`` cleaned."""
+    check_event_id(event_id)
+    to_ascii = _ascii_address(to, "recipient")
+    match = _DISPLAY_FORM.fullmatch(sender)
+    if match is None:
+        sender_out = _ascii_address(sender, "sender")
+    else:
+        name = match["name"]
+        if not (name.isascii() and name.isprintable()):
+            bad = next(
+                (ch for ch in name if unicodedata.category(ch) in _BAD_NAME_CATEGORIES), None
+            )
+            if bad is not None:
+                raise _header_error("sender name", name, f"it holds U+{ord(bad):04X}")
+        sender_out = f"{name} <{_ascii_address(match['addr'], 'sender')}>"
+        if not name.isascii():
+            _fold("From", sender_out)
+    if not (subject.isascii() and subject.isprintable()):
+        if any(unicodedata.category(ch) in _BAD_NAME_CATEGORIES for ch in subject):
+            raise _header_error("subject", subject, "it holds a control or separator character")
+        _fold("Subject", subject)
+    if len(subject) > MAX_SUBJECT_CHARS:
+        raise _header_error("subject", subject, f"longer than {MAX_SUBJECT_CHARS} characters")
+    return HeaderValues(to=to_ascii, sender=sender_out, subject=subject)

@@ -8,13 +8,16 @@ from typing import Any
 
 import pytest
 
+from app.agents import delivery
 from app.factory import create_app
 from app.settings import Settings
 from app.stages.common import Emission
 from app.templating import TemplateStore
 
 
-def make_app(stage: str, registry: Any) -> tuple[Any, list[Emission]]:
+def make_app(
+    stage: str, registry: Any, monkeypatch: pytest.MonkeyPatch | None = None
+) -> tuple[Any, list[Emission]]:
     app = create_app(
         Settings(stage=stage, store="memory://"),  # type: ignore[arg-type]
         registry=registry,
@@ -29,11 +32,20 @@ def make_app(stage: str, registry: Any) -> tuple[Any, list[Emission]]:
         captured.append(emission)
 
     runtime.emit = emit
+    if monkeypatch is not None:  # render and route produce through delivery.deliver
+
+        async def deliver(rt: Any, emissions: list[Emission], *, stage: str) -> None:
+            for emission in emissions:
+                await emit(emission)
+
+        monkeypatch.setattr(delivery, "deliver", deliver)
     return app, captured
 
 
-async def test_render_agent_renders_and_dead_letters(registry: Any) -> None:
-    app, out = make_app("render", registry)
+async def test_render_agent_renders_and_dead_letters(
+    registry: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, out = make_app("render", registry, monkeypatch)
     sample = TemplateStore(Settings().templates_dir).sample_data("newsletter")
     good = {
         "event_id": "n1",
@@ -49,8 +61,8 @@ async def test_render_agent_renders_and_dead_letters(registry: Any) -> None:
     assert out[1].value.reason == "undecodable" and out[1].value.event_id == "n2"
 
 
-async def test_route_agent_picks_lane(registry: Any) -> None:
-    app, out = make_app("route", registry)
+async def test_route_agent_picks_lane(registry: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    app, out = make_app("route", registry, monkeypatch)
     serde = app.spillway.serde  # type: ignore[attr-defined]
     from app.models import RenderedEmail
 

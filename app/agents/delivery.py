@@ -1,0 +1,82 @@
+"""Produce a batch of stage outputs and wait until Kafka acknowledged every one.
+
+Render and route hand their input back to Faust (which acks it, so its offset may
+be committed) only after ``deliver`` returned: every output of the batch was
+acknowledged by the broker (the producer runs with acks=all). A failed produce is
+counted (``spillway_produce_failures_total``), logged with its topic and reason, and
+tried again; when it still fails, ``ProduceFailedError`` stops the worker through
+the guard without acking, and the batch is handled again after a restart.
+
+aiokafka retries a produce inside its request timeout itself, so a failure that
+reaches us means the broker stayed unreachable (or refused the record): an
+infrastructure fault. Record-caused failures (encoding, size) never get here: the
+stages seal their outputs first (``app.stages.common.Sealer``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from app import metrics
+from app.stages.common import Emission
+
+log = logging.getLogger(__name__)
+
+
+class ProduceFailedError(Exception):
+    """Kafka did not acknowledge an output after every try: an infrastructure fault."""
+
+
+async def deliver(
+    runtime: Any,
+    emissions: Sequence[Emission],
+    *,
+    stage: str,
+    attempts: int = 3,
+    pause_s: float = 1.0,
+) -> None:
+    """Produce ``emissions`` and return once all are acknowledged; else raise."""
+    pending = list(emissions)
+    for attempt in range(1, attempts + 1):
+        sent: list[tuple[Emission, Any]] = []
+        failed: list[tuple[Emission, BaseException]] = []
+        for emission in pending:
+            topic = runtime.topology.topics[emission.topic]
+            try:
+                future = await topic.send(key=emission.key, value=runtime.encode(emission))
+            except Exception as refused:  # refused before it was queued (size, timeout)
+                failed.append((emission, refused))
+            else:
+                sent.append((emission, future))
+        results = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+        for (emission, _), result in zip(sent, results, strict=True):
+            if isinstance(result, BaseException):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                failed.append((emission, result))
+            else:
+                metrics.emitted(emission, runtime.settings.stage)
+        if not failed:
+            return
+        for emission, error in failed:
+            metrics.produce_failed(stage, emission.topic, type(error).__name__)
+            log.warning(
+                "%s: produce to %s failed (try %d of %d): %s: %s",
+                stage,
+                runtime.topology.name(emission.topic),
+                attempt,
+                attempts,
+                type(error).__name__,
+                error,
+            )
+        pending = [emission for emission, _ in failed]
+        if attempt < attempts:
+            await asyncio.sleep(pause_s * 2 ** (attempt - 1))
+    first, cause = failed[0]
+    raise ProduceFailedError(
+        f"{len(pending)} output(s) not acknowledged by Kafka after {attempts} tries; first: "
+        f"{runtime.topology.name(first.topic)}: {type(cause).__name__}: {cause}"
+    ) from cause

@@ -57,7 +57,10 @@ def create_app(settings: Settings | None = None, *, registry: Any = None) -> fau
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         key_serializer="raw",
         value_serializer="raw",
-        web_host=settings.web_host,
+        # web_host only names the server in URLs; web_bind is the address it listens on
+        # (Faust's default is 0.0.0.0: every interface). Private unless configured.
+        web_host=f"[{settings.web_host}]" if ":" in settings.web_host else settings.web_host,
+        web_bind=settings.web_host,
         web_port=settings.web_port or WEB_PORTS[settings.stage],
         web_enabled=True,
         datadir=str(settings.data_dir / "{conf.id}"),

@@ -68,13 +68,35 @@ def env_of(service: dict[str, Any]) -> dict[str, str | None]:
     return {k: None if v is None else str(v) for k, v in env.items()}
 
 
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def published(spec: Any) -> tuple[str, str, str]:
+    """(host ip, host port or range, container port) of one ``ports`` entry, short or
+    long syntax; a missing host ip is "" (Compose then binds every interface)."""
+    if isinstance(spec, dict):  # long syntax: target, published, host_ip, protocol
+        return str(spec.get("host_ip") or ""), str(spec.get("published") or ""), str(
+            spec["target"]
+        )
+    text = str(spec).split("/", 1)[0]  # drop /tcp, /udp
+    ip = ""
+    if text.startswith("["):  # [::1]:8080:80
+        ip, _, text = text[1:].partition("]:")
+    parts = text.split(":")
+    if len(parts) == 3:
+        ip, parts = parts[0], parts[1:]
+    if len(parts) == 1:  # "8080": a random host port, every interface
+        return ip, "", parts[0]
+    return ip, parts[0], parts[1]
+
+
 def host_ports(service: dict[str, Any]) -> dict[int, str]:
-    """Container port -> published host port (or range) for the short syntax."""
+    """Container port -> published host port (or range)."""
     out: dict[int, str] = {}
     for spec in service.get("ports", []):
-        parts = str(spec).split(":")
-        assert len(parts) == 2, f"publish as HOST:CONTAINER, not {spec!r}"
-        out[int(parts[1])] = parts[0]
+        _, host, container = published(spec)
+        assert host, f"publish as [IP:]HOST:CONTAINER, not {spec!r}"
+        out[int(container)] = host
     return out
 
 
@@ -147,6 +169,40 @@ def test_intake_is_published_from_its_default_port(services: dict[str, dict[str,
     [host] = host_ports(intake).values()
     assert int(host.split("-")[0]) == WEB_PORTS["intake"]
     assert env_of(intake)["SPILLWAY_INTAKE_API_KEYS"] is None, "keys come from the shell"
+
+
+# --- private by default (issue 15) ---------------------------------------------------------
+
+
+def test_published_ports_bind_loopback_only(raw: dict[str, Any]) -> None:
+    """Kafka, registry, Kafka UI, Prometheus, Grafana, Mailpit and the intake have no
+    authentication of their own here: nothing may be published on every interface."""
+    exposed = [
+        f"{name}: {spec!r}"
+        for name, service in raw["services"].items()
+        for spec in service.get("ports", [])
+        if published(spec)[0] not in LOOPBACK
+    ]
+    assert not exposed, "published on all interfaces (bind 127.0.0.1:...): " + ", ".join(exposed)
+    assert any(s.get("ports") for s in raw["services"].values()), "no port was checked"
+
+
+@pytest.mark.parametrize(
+    ("spec", "ip"),
+    [
+        ("9092:9092", ""),
+        ("9092", ""),
+        ("0.0.0.0:9092:9092", "0.0.0.0"),
+        ("127.0.0.1:8080-8084:8080", "127.0.0.1"),
+        ("[::1]:8080:80/tcp", "::1"),
+        ("[::]:8080:80", "::"),
+        ({"target": 80, "published": "8080"}, ""),
+        ({"target": 80, "published": "8080", "host_ip": "127.0.0.1"}, "127.0.0.1"),
+    ],
+)
+def test_port_parser_sees_the_host_ip(spec: Any, ip: str) -> None:
+    assert published(spec)[0] == ip
+    assert (ip in LOOPBACK) == (ip in ("127.0.0.1", "::1"))
 
 
 # --- the addresses line up ---------------------------------------------------------------

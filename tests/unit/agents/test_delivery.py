@@ -1,0 +1,140 @@
+"""Render and route hand their input back only after Kafka acknowledged every output
+(issue 12 point 4): ``deliver`` awaits each produce future, retries failures, counts
+and logs them, and raises when they persist."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from app import metrics
+from app.agents import delivery, guard
+from app.agents.delivery import ProduceFailedError, deliver
+from app.serde import RegistryUnavailableError
+from app.stages.common import Emission
+
+
+class FakeTopic:
+    """Faust topic stand-in: ``send`` returns a future that the test resolves."""
+
+    def __init__(self, outcomes: list[Any]) -> None:
+        self.outcomes = outcomes  # per send: None (acked) or an exception
+        self.sent: list[tuple[bytes | None, bytes]] = []
+
+    async def send(self, *, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+        self.sent.append((key, value))
+        outcome = self.outcomes.pop(0) if self.outcomes else None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if outcome is None:
+            loop.call_later(0.01, future.set_result, "metadata")
+        else:
+            loop.call_later(0.01, future.set_exception, outcome)
+        return future
+
+
+class FakeTopology:
+    def __init__(self, topics: dict[str, FakeTopic]) -> None:
+        self.topics = topics
+
+    def name(self, logical: str) -> str:
+        return f"email.{logical}"
+
+
+class FakeRuntime:
+    def __init__(self, topics: dict[str, FakeTopic]) -> None:
+        self.topology = FakeTopology(topics)
+        self.settings = type("S", (), {"stage": "render"})()
+
+    def encode(self, emission: Emission) -> bytes:
+        assert emission.encoded is not None
+        return emission.encoded
+
+
+def emissions(n: int) -> list[Emission]:
+    return [Emission("rendered", f"k{i}".encode(), None, f"v{i}".encode()) for i in range(n)]
+
+
+def failures(stage: str, topic: str, error: str) -> float:
+    value = metrics.METRICS.registry.get_sample_value(
+        "spillway_produce_failures_total", {"stage": stage, "topic": topic, "error": error}
+    )
+    return value or 0.0
+
+
+async def test_returns_only_after_every_output_is_acknowledged() -> None:
+    topic = FakeTopic([])
+    await deliver(FakeRuntime({"rendered": topic}), emissions(5), stage="render")
+    assert [v for _, v in topic.sent] == [b"v0", b"v1", b"v2", b"v3", b"v4"]
+
+
+async def test_a_failed_produce_is_retried_counted_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    before = failures("render", "rendered", "KafkaTimeoutError")
+    error = type("KafkaTimeoutError", (Exception,), {})("no ack")
+    topic = FakeTopic([None, error, None])  # the 2nd of 3 fails once
+    with caplog.at_level(logging.WARNING):
+        await deliver(FakeRuntime({"rendered": topic}), emissions(3), stage="render", pause_s=0)
+    assert [v for _, v in topic.sent] == [b"v0", b"v1", b"v2", b"v1"]  # only v1 again
+    assert failures("render", "rendered", "KafkaTimeoutError") == before + 1
+    assert "produce to email.rendered failed (try 1 of 3): KafkaTimeoutError: no ack" in caplog.text
+
+
+async def test_a_persistent_failure_raises_so_the_input_is_not_acked() -> None:
+    topic = FakeTopic([ConnectionError("broker gone")] * 3)
+    with pytest.raises(ProduceFailedError, match=r"email\.rendered: ConnectionError"):
+        await deliver(FakeRuntime({"rendered": topic}), emissions(1), stage="render", pause_s=0)
+    assert len(topic.sent) == 3
+
+
+async def test_a_send_refused_before_queueing_is_a_failure_too() -> None:
+    class Refusing(FakeTopic):
+        async def send(self, *, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+            self.sent.append((key, value))
+            raise ValueError("MessageSizeTooLargeError")
+
+    topic = Refusing([])
+    with pytest.raises(ProduceFailedError):
+        await deliver(FakeRuntime({"rendered": topic}), emissions(1), stage="render", pause_s=0)
+
+
+@pytest.mark.parametrize(
+    ("error", "traceback"),
+    [
+        (RegistryUnavailableError("schema registry unreachable for 900 s"), False),
+        (ProduceFailedError("1 output(s) not acknowledged"), False),
+        (RuntimeError("a bug"), True),
+    ],
+)
+def test_guard_logs_one_line_for_a_known_infrastructure_fault(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    error: Exception,
+    traceback: bool,
+) -> None:
+    monkeypatch.setattr(guard.os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+    monkeypatch.setattr(guard.logging, "shutdown", lambda: None)
+    with (
+        caplog.at_level(logging.CRITICAL),
+        pytest.raises(SystemExit),
+        guard.crash_on_error("render"),
+    ):
+        raise error
+    (record,) = caplog.records
+    assert str(error) in record.getMessage() and "\n" not in record.getMessage()
+    assert (record.exc_info is not None) == traceback
+
+
+def test_agents_use_delivery() -> None:
+    import inspect
+
+    from app.agents import render, route
+
+    for module in (render, route):
+        source = inspect.getsource(module)
+        assert "delivery.deliver(" in source and "runtime.emit(" not in source
+    assert delivery.deliver is deliver

@@ -13,7 +13,7 @@ from typing import Any
 import faust
 
 from app import consumer as gapless
-from app import intake, metrics
+from app import intake, metrics, startup_checks
 from app.agents import deadletters, dispatch, render, route
 from app.runtime import Runtime
 from app.settings import Settings
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, *, registry: Any = None) -> fau
     )
     gapless.install(app)  # never commit past an undelivered message (app/consumer.py)
     topology = declare(app, settings)
+    startup_checks.install(app, settings, topology)  # existing topics match the topology
     runtime = Runtime(settings, topology, registry=registry)
     app.spillway = runtime  # type: ignore[attr-defined]
     metrics.attach(app, runtime)  # /metrics, /status, lag sampling (app/metrics.py)

@@ -25,9 +25,8 @@ def registry_client(settings: Settings) -> Any:
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
     # new_client: a "mock://" URL gives confluent-kafka's in-memory registry (unit tests).
-    return SchemaRegistryClient.new_client(
-        {"url": settings.schema_registry_url, "timeout": settings.schema_registry_timeout_s}
-    )
+    # url, timeout and credentials (issue 15: one registry config for workers and CLIs)
+    return SchemaRegistryClient.new_client(settings.registry_client_config())
 
 
 def build_provider(policy: ProviderPolicy) -> Provider:

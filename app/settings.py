@@ -487,3 +487,61 @@ class Settings(BaseSettings):
         gt=0,
         description="How long render and route wait to fill a batch.",
     )
+
+    # --- issue 15 (helper B): retention, PII, registry credentials, startup checks ----
+    retention_events_hours: float = Field(
+        72.0,
+        gt=0,
+        le=87_600,
+        allow_inf_nan=False,
+        description="retention.ms of the in-flight topics (email.raw-events, email.rendered, "
+        "the dispatch lanes and retry topics), in hours. They hold recipients and template "
+        "data: keep it as short as an outage you want to survive (3 days by default).",
+    )
+    retention_sent_hours: float = Field(
+        168.0,
+        gt=0,
+        le=87_600,
+        allow_inf_nan=False,
+        description="retention.ms of email.sent (send results), in hours.",
+    )
+    retention_dead_days: float = Field(
+        14.0,
+        gt=0,
+        le=3650,
+        allow_inf_nan=False,
+        description="retention.ms of email.dead, in days: how long a dead letter (which "
+        "quotes the event, recipients included) can be inspected and replayed.",
+    )
+    redact_pii: bool = Field(
+        False,
+        description="Redact recipients and template data: dead letters keep their metadata "
+        "(reason, stage, template, source, ids) but not the event itself (payload emptied, "
+        "addresses in messages masked), and log lines mask addresses. Replay of render and "
+        "route dead letters is then impossible (nothing to replay).",
+    )
+    startup_checks: bool = Field(
+        True,
+        description="At start, compare existing topics with the topology (partition count, "
+        "cleanup policy) and stop with one message listing every mismatch.",
+    )
+    schema_registry_basic_auth: SecretStr | None = Field(
+        None,
+        description="Schema Registry credentials as 'user:password' (HTTP basic auth); used "
+        "by the workers and every CLI command alike.",
+    )
+    schema_registry_ssl_cafile: Path | None = Field(
+        None, description="CA bundle (PEM) for an https:// Schema Registry; none: system store."
+    )
+
+    def registry_client_config(self) -> dict[str, Any]:
+        """confluent-kafka SchemaRegistryClient settings: URL, timeout, credentials."""
+        conf: dict[str, Any] = {
+            "url": self.schema_registry_url,
+            "timeout": self.schema_registry_timeout_s,
+        }
+        if self.schema_registry_basic_auth is not None:
+            conf["basic.auth.user.info"] = self.schema_registry_basic_auth.get_secret_value()
+        if self.schema_registry_ssl_cafile is not None:
+            conf["ssl.ca.location"] = str(self.schema_registry_ssl_cafile)
+        return conf

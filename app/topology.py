@@ -44,6 +44,71 @@ TOPICS: dict[str, tuple[str, str]] = {
     DEAD: ("email.dead", "dead_letter"),
 }
 
+#: Faust tables (app/tables/*) -> the stage whose app owns them. Each has a compacted
+#: changelog topic named ``<app id>-<table>-changelog`` (app id: ``<prefix>-<stage>``).
+TABLES: dict[str, str] = {
+    "sent-ledger": "dispatch",
+    "dispatch-pressure": "dispatch",
+    "dead-letter-counts": "analyser",
+}
+
+#: logical topic -> which retention setting applies (see :func:`policy_of`)
+RETENTION_CLASS: dict[str, str] = {
+    RAW: "events",
+    RENDERED: "events",
+    **{lane: "events" for lane in LANES.values()},
+    **{name: "events" for name in RETRIES.values()},
+    SENT: "sent",
+    DEAD: "dead",
+}
+
+
+@dataclass(frozen=True)
+class TopicPolicy:
+    """How Kafka keeps a topic: ``cleanup.policy`` and ``retention.ms`` (None: compacted,
+    kept until a newer value of the key replaces it)."""
+
+    cleanup: str  # "delete" or "compact"
+    retention_ms: int | None
+
+    def config(self) -> dict[str, str]:
+        """Topic configs set when the topic is created."""
+        conf = {"cleanup.policy": self.cleanup}
+        if self.retention_ms is not None:
+            conf["retention.ms"] = str(self.retention_ms)
+        return conf
+
+
+COMPACTED = TopicPolicy("compact", None)
+
+
+def policy_of(logical: str, settings: Settings) -> TopicPolicy:
+    """Retention and cleanup policy of a pipeline topic (lanes and raw events: hours to
+    days; dead letters: ``retention_dead_days``, 14 by default)."""
+    kind = RETENTION_CLASS[logical]
+    if kind == "events":
+        return TopicPolicy("delete", int(settings.retention_events_hours * 3_600_000))
+    if kind == "sent":
+        return TopicPolicy("delete", int(settings.retention_sent_hours * 3_600_000))
+    return TopicPolicy("delete", int(settings.retention_dead_days * 86_400_000))
+
+
+def changelog_topics(settings: Settings, stage: str = "all") -> dict[str, str]:
+    """Changelog topic name -> table, for the tables the apps of ``stage`` own (the
+    apps of a dev-mode ``all`` worker: one app id, every table)."""
+    out: dict[str, str] = {}
+    for table, owner in TABLES.items():
+        if stage == "all" or stage == owner:
+            out[f"{settings.app_id(stage if stage == 'all' else owner)}-{table}-changelog"] = table
+    return out
+
+
+def subject_of(topic: str) -> str:
+    """Schema Registry subject of a topic's values: TopicNameStrategy, ``<topic>-value``
+    (the only strategy Spillway uses; app/serde.py registers under it)."""
+    return f"{topic}-value"
+
+
 #: stage -> (topics it consumes, topics it produces)
 STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "intake": ((), (RAW,)),
@@ -80,6 +145,19 @@ class Topology:
         """Kafka topic name -> schema file stem, for registration."""
         return {self.name(logical): schema for logical, (_, schema) in TOPICS.items()}
 
+    def policy(self, logical: str) -> TopicPolicy:
+        return policy_of(logical, self.settings)
+
+    def expected_topics(self, stage: str | None = None) -> dict[str, tuple[int, TopicPolicy]]:
+        """Topic name -> (partitions, policy) that a worker of ``stage`` relies on: its
+        pipeline topics and its tables' changelogs (compacted)."""
+        stage = stage or self.settings.stage
+        parts = self.settings.topic_partitions
+        out = {self.name(lg): (parts, self.policy(lg)) for lg in self.used_by(stage)}
+        for changelog in changelog_topics(self.settings, stage):
+            out[changelog] = (parts, COMPACTED)
+        return out
+
     def used_by(self, stage: str) -> list[str]:
         names: list[str] = []
         for s in stages_of(stage):
@@ -99,6 +177,7 @@ def declare(app: Any, settings: Settings) -> Topology:
             key_serializer="raw",
             value_serializer="raw",
             internal=True,  # Faust creates it with our partition count if missing
+            config=policy_of(logical, settings).config(),  # retention, cleanup policy
         )
         for logical, (name, _) in TOPICS.items()
     }

@@ -28,7 +28,8 @@ def attach(app: Any, runtime: Runtime) -> Any:
     templates = TemplateStore(settings.templates_dir)
 
     async def render(stream: Any) -> None:
-        await runtime.start()
+        with crash_on_error("render"):  # registry unreachable at start: one clear exit
+            await runtime.start()
         stage = RenderStage(
             runtime.serde,
             templates,

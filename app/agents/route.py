@@ -24,7 +24,8 @@ def attach(app: Any, runtime: Runtime) -> Any:
     settings = runtime.settings
 
     async def route(stream: Any) -> None:
-        await runtime.start()
+        with crash_on_error("route"):  # registry unreachable at start: one clear exit
+            await runtime.start()
         stage = RouteStage(
             runtime.serde, sealer=Sealer(runtime.encode_record, settings.max_output_bytes)
         )

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import fastavro
 
+from app.cli import kafka_config
 from app.errors import DecodeError
 from app.serde import Serde, from_avro, parse
 from app.settings import Settings
@@ -190,12 +191,14 @@ def read_dead_letters(
 
     topic = topic_name(settings, DEAD)
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"spillway-dead-cli-{uuid.uuid4().hex[:8]}",  # assign() only: no commits
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
+        kafka_config(  # bootstrap plus the workers' SASL/TLS settings
+            settings,
+            **{
+                "group.id": f"spillway-dead-cli-{uuid.uuid4().hex[:8]}",  # assign() only
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            },
+        )
     )
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
@@ -250,15 +253,17 @@ class KafkaSink:
         from confluent_kafka.admin import AdminClient
 
         self.settings = settings
-        self._admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+        self._admin = AdminClient(kafka_config(settings))  # SASL/TLS as the workers
         self._producer = Producer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "acks": "all",
-                "enable.idempotence": True,
-                "partitioner": "murmur2_random",  # Java's (and aiokafka's) key partitioner
-                "linger.ms": 5,
-            }
+            kafka_config(
+                settings,
+                **{
+                    "acks": "all",
+                    "enable.idempotence": True,
+                    "partitioner": "murmur2_random",  # Java's (and aiokafka's) key partitioner
+                    "linger.ms": 5,
+                },
+            )
         )
         self._known: set[str] = set()
         self._errors: list[str] = []

@@ -207,9 +207,17 @@ def route(payload: bytes | None) -> Emission:
 
 
 @PROPS
-@given(st.one_of(st.none(), st.binary(max_size=300)))
-def test_render_any_bytes(payload: bytes | None) -> None:
-    check_emission(render(payload), {"rendered"}, payload)
+@given(
+    st.one_of(st.none(), st.binary(max_size=300), json_payloads()),
+    st.lists(st.tuples(st.sampled_from(["spillway-replay", "x"]), st.binary(max_size=30))),
+    st.none() | st.binary(max_size=2000),
+)
+def test_render_any_bytes_headers_and_key(
+    payload: bytes | None, headers: list[tuple[str, bytes]], key: bytes | None
+) -> None:
+    origin = Origin("email.raw-events", 3, 2**40, None, key, tuple(headers))
+    out = asyncio.run(RENDER.handle(payload, origin))
+    check_emission(out, {"rendered"}, payload)
 
 
 @PROPS

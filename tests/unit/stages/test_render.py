@@ -247,3 +247,12 @@ async def test_deep_json_nesting_is_dead(stage: RenderStage, serde: Serde) -> No
 async def test_unknown_schema_id_is_undecodable(stage: RenderStage, serde: Serde) -> None:
     payload = b"\x00\x00\x0f\x12\x06\x02x"
     sealed_dead(await stage.handle(payload, ORIGIN), "undecodable", serde)
+
+
+@pytest.mark.parametrize("header", [b"99999999999999", b"-5", b"x", b"9" * 5000])
+async def test_untrusted_replay_header_never_breaks_a_dead_letter(
+    stage: RenderStage, serde: Serde, header: bytes
+) -> None:
+    origin = Origin("email.raw-events", 0, 1, None, b"k", (("spillway-replay", header),))
+    dl = sealed_dead(await stage.handle(b"\x7fjunk", origin), "undecodable", serde)
+    assert 1 <= dl.replayed <= 1_000_000

@@ -388,8 +388,16 @@ class Serde:
 
 
 def _is_not_found(exc: BaseException) -> bool:
-    """A registry answer that the id does not exist (not an outage)."""
-    return getattr(exc, "http_status_code", None) == 404
+    """The registry's answer that the id does not exist (404 with a 404xx error code:
+    40403 from Apicurio and Confluent, 40400 from confluent-kafka's mock). A 404
+    without one is a wrong URL (another server, a wrong path): a fault to wait out,
+    not a reason to dead-letter events."""
+    code = getattr(exc, "error_code", None)
+    return (
+        getattr(exc, "http_status_code", None) == 404
+        and isinstance(code, int)
+        and code // 100 == 404
+    )
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

@@ -247,3 +247,22 @@ def test_json_with_a_lone_surrogate_is_refused() -> None:
 def test_json_nesting_beyond_the_parser_is_undecodable() -> None:
     with pytest.raises(DecodeError):
         raw_event_from_json(b'{"data": ' + b"[" * 200_000 + b"]" * 200_000 + b"}")
+
+
+async def test_a_404_from_a_wrong_url_is_waited_for_not_undecodable(registry: Any) -> None:
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    class WrongUrl(FlakyRegistry):
+        def get_schema(self, schema_id: int, *a: Any, **k: Any) -> Any:
+            self.calls += 1
+            raise SchemaRegistryError(404, None, "RESTEASY003210: Could not find resource")
+
+    wrong = WrongUrl(registry, down=0)
+    serde = Serde(
+        wrong, {"email.raw-events": "raw_event"}, outage_max_s=0.05, backoff_s=(0.01, 0.01)
+    )
+    serde.register()
+    _, payload = older_raw_event(registry)
+    with pytest.raises(RegistryUnavailableError):
+        await serde.decode_raw(payload)
+    assert wrong.calls >= 2

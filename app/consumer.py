@@ -1,4 +1,5 @@
-"""A Faust consumer that delivers every offset of a stream partition, in order.
+"""A Faust consumer that delivers every offset of a stream partition, in order, and
+commits only a contiguous prefix of what was done.
 
 faust-streaming 0.15 keeps a *read offset* per partition: a record at or below it
 is dropped as already read, and a jump above it is taken for a gap (compacted or
@@ -10,21 +11,36 @@ or a jump is acked and committed unprocessed (we lost 15 messages per partition
 that way; faust-streaming issues #216, #606).
 
 Our stream topics are neither compacted nor transactional, so ``GaplessConsumer``
-takes that bookkeeping over for them: it tracks the next offset it expects per
-partition (reset by every seek), rewinds the partition when a record skips ahead,
-and lets Faust deliver everything else (a record seen twice is a duplicate, which
-at-least-once processing and the sent-ledger already absorb). Changelog topics,
-read without acks during recovery, keep Faust's own handling.
+takes that bookkeeping over for them (``GapTracker``, pure and property-tested):
+
+- it tracks the next offset it expects per partition (set by every seek, forgotten
+  on every assignment change), and rewinds the partition when a record skips ahead
+  over offsets that still exist (at or above the partition's log start). Offsets
+  below the log start are gone (retention) and only those are passed over. There
+  is no "rewound once, then give up" state: that flag, never reset, once made a
+  worker pass over 99 offsets still in the topic after a rebalance;
+- it commits only the contiguous run of acked offsets that starts *at* the
+  committed position (``next_commit``). Faust's own rule starts the run at the
+  lowest acked offset, and skips its head check when the committed offset is 0
+  or unknown or exactly one below it: with per-message acks out of order (a slow
+  request finishing after its neighbours) that commits past a message not done.
+
+A record seen twice is a duplicate, which at-least-once processing and the
+sent-ledger absorb. Changelog topics, read without acks during recovery, keep
+Faust's own handling.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
+
+from app import faust_adapter
 
 log = logging.getLogger(__name__)
 
@@ -37,53 +53,146 @@ def skipped_from(expected: int | None, offset: int) -> int | None:
     return expected
 
 
-class GaplessConsumer(faust_aiokafka.Consumer):
-    _expected: dict[TP, int]
-    _rewound_to: dict[TP, int]
+def next_commit(base: int | None, acked: Iterable[int]) -> int | None:
+    """The offset to commit: the end of the run of consecutive acked offsets that
+    starts at ``base`` (the committed position: the next offset not yet done), or
+    None when ``base`` is unknown or not acked itself."""
+    if base is None:
+        return None
+    done = set(acked)
+    n = base
+    while n in done:
+        n += 1
+    return n if n > base else None
 
-    def _tracking(self) -> dict[TP, int]:
-        if not hasattr(self, "_expected"):
-            self._expected, self._rewound_to = {}, {}
-        return self._expected
+
+@dataclass
+class GapTracker:
+    """Per partition: the next offset due from the fetcher, and the committed base.
+
+    ``expected`` is set by seeks, ``base`` by seeks and by commits; both are dropped
+    when the partition's ownership changes (``reset``)."""
+
+    expected: dict[Any, int] = field(default_factory=dict)
+    base: dict[Any, int] = field(default_factory=dict)
+
+    def reset(self, tps: Iterable[Any] | None = None) -> None:
+        if tps is None:
+            self.expected.clear()
+            self.base.clear()
+            return
+        for tp in tps:
+            self.expected.pop(tp, None)
+            self.base.pop(tp, None)
+
+    def seeked(self, tp: Any, offset: int | None) -> None:
+        if offset is not None and offset >= 0:
+            self.expected[tp] = offset
+            self.base.setdefault(tp, offset)
+        else:
+            self.expected.pop(tp, None)
+
+    def committed(self, tp: Any, offset: int) -> None:
+        self.base[tp] = max(self.base.get(tp, offset), offset)
+
+    def check(self, tp: Any, offset: int, log_start: int | None = None) -> int | None:
+        """A record at ``offset`` arrived. None: deliver it. Else the offset to
+        rewind to (offsets in between exist and were never delivered).
+        ``log_start``: the partition's earliest offset, when known."""
+        first = skipped_from(self.expected.get(tp), offset)
+        if first is not None and log_start is not None and log_start > first:
+            # below log_start: gone (retention); the commit base moves past them
+            self.base[tp] = max(self.base.get(tp, log_start), log_start)
+            first = log_start if log_start < offset else None
+        if first is not None:
+            return first
+        self.expected[tp] = max(self.expected.get(tp, 0), offset + 1)
+        self.base.setdefault(tp, offset)  # nothing committed: the first offset delivered
+        return None
+
+    def skip_detected(self, tp: Any, offset: int) -> bool:
+        return skipped_from(self.expected.get(tp), offset) is not None
+
+
+class GaplessConsumer(faust_aiokafka.Consumer):
+    _gaps: GapTracker
+    #: called with the revoked partitions before Faust forgets their acks
+    #: (``app.dispatcher``: the bounded drain), then the done prefix is committed
+    before_revoke: Callable[[set[TP]], Awaitable[None]] | None = None
+
+    def tracker(self) -> GapTracker:
+        if not hasattr(self, "_gaps"):
+            self._gaps = GapTracker()
+        return self._gaps
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         offsets = await super().seek_to_committed()
-        expected = self._tracking()
+        tracker = self.tracker()
         for tp, offset in offsets.items():
-            if offset is not None and offset >= 0:
-                expected[tp] = offset
-            else:
-                expected.pop(tp, None)
+            tracker.seeked(tp, offset)
         return offsets
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
-        self._tracking()[partition] = offset
+        self.tracker().seeked(partition, offset)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        hook = self.before_revoke
+        if hook is not None and revoked:
+            try:
+                await hook(set(revoked))
+                # Faust forgets the revoked partitions' acks next: commit their done
+                # prefix now, while they are still ours.
+                await self.commit(set(revoked))
+            except Exception as exc:  # never fail a rebalance: the new owner redoes it
+                log.warning("commit before revocation failed: %r", exc)
+        self.tracker().reset(revoked)
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        self.tracker().reset()  # every assignment: Faust seeks to committed afterwards
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        if not self.app.topics.acks_enabled_for(tp.topic):
+            return super()._new_offset(tp)
+        acked, index = faust_adapter.acked_offsets(self, tp)
+        committed = faust_adapter.committed_offsets(self).get(tp)
+        tracker = self.tracker()
+        known = [b for b in (committed, tracker.base.get(tp)) if b is not None]
+        base = max(known) if known else None
+        new = next_commit(base, acked)
+        if new is None:
+            return None
+        done = [o for o in acked if o < new]
+        acked[:] = [o for o in acked if o >= new]
+        index.difference_update(done)
+        tracker.committed(tp, new)
+        return new
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109 (Faust's signature)
         acks_enabled: Callable[[str], bool] = self.app.topics.acks_enabled_for
-        expected = self._tracking()
+        tracker = self.tracker()
         rewound: set[TP] = set()
         async for tp, message in super().getmany(timeout):
             if tp in rewound:
                 continue  # fetched again after the rewind
             if acks_enabled(message.topic):  # stream topics, not changelogs
-                first = skipped_from(expected.get(tp), message.offset)
-                if first is not None and self._rewound_to.get(tp) != first:
+                log_start = None
+                if tracker.skip_detected(tp, message.offset):
+                    log_start = (await self.earliest_offsets(tp)).get(tp)
+                first = tracker.check(tp, message.offset, log_start)
+                if first is not None:
                     log.warning(
                         "%s: offsets %d..%d skipped on the way to the stream; rewinding",
                         tp,
                         first,
                         message.offset - 1,
                     )
-                    self._rewound_to[tp] = first
                     rewound.add(tp)
                     await self.seek(tp, first)
                     continue
-                if first is not None:  # rewound there once: gone (retention), go on
-                    log.warning("%s: offsets %d..%d are gone", tp, first, message.offset - 1)
-                expected[tp] = max(expected.get(tp, 0), message.offset + 1)
-                self._read_offset[tp] = None  # Faust neither drops it nor acks a gap
+                faust_adapter.forget_read_offset(self, tp)  # no drop, no gap ack
             yield tp, message
 
 

@@ -7,13 +7,14 @@ its own consumer group, so lag shows per stage and each stage scales on its own.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import faust
 
 from app import consumer as gapless
-from app import intake, metrics, startup_checks
+from app import faust_adapter, intake, metrics, startup_checks
 from app.agents import deadletters, dispatch, render, route
 from app.runtime import Runtime
 from app.settings import Settings
@@ -64,8 +65,20 @@ def create_app(settings: Settings | None = None, *, registry: Any = None) -> fau
         web_port=settings.web_port or WEB_PORTS[settings.stage],
         web_enabled=True,
         datadir=str(settings.data_dir / "{conf.id}"),
+        # Faust's wait_empty has no bound and waits for every message taken from a
+        # stream, including those parked at a lane gate: revocation and shutdown are
+        # bounded by app.dispatcher and faust_adapter.ShutdownGuard instead (issue 12).
+        stream_wait_empty=False,
     )
     gapless.install(app)  # never commit past an undelivered message (app/consumer.py)
+    guard = faust_adapter.ShutdownGuard(app, settings.shutdown_bound_s)
+    app.spillway_shutdown = guard  # type: ignore[attr-defined]
+
+    @app.task
+    async def install_shutdown_guard() -> None:
+        """After the worker installed mode's handlers (which ignore a second SIGTERM)."""
+        if faust_adapter.worker_of(app) is not None:
+            guard.install(asyncio.get_running_loop())
     topology = declare(app, settings)
     startup_checks.install(app, settings, topology)  # existing topics match the topology
     runtime = Runtime(settings, topology, registry=registry)

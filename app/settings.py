@@ -545,3 +545,79 @@ class Settings(BaseSettings):
         if self.schema_registry_ssl_cafile is not None:
             conf["ssl.ca.location"] = str(self.schema_registry_ssl_cafile)
         return conf
+
+    # --- issue 12 (helper E): dispatch revocation, shutdown, sent-ledger horizon ----
+    dispatch_revoke_bound_s: float = Field(
+        5.0,
+        gt=0,
+        description="On a rebalance, how long requests already on the wire may finish "
+        "before the rest of the revoked partitions' work is abandoned uncommitted (capped "
+        "at a third of the session timeout).",
+    )
+    dispatch_lane_in_flight: int = Field(
+        256,
+        ge=1,
+        description="Most messages one dispatch lane handles at once (each waits for its "
+        "turn, pace and reply on its own: a slow request holds one of these slots).",
+    )
+    shutdown_bound_s: float = Field(
+        30.0,
+        gt=0,
+        description="SIGTERM: the worker stops within this bound; work not done by then "
+        "is left uncommitted. A second SIGTERM stops it at once.",
+    )
+    dedupe_horizon_s: float = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="How long the sent-ledger remembers an event id (then it expires).",
+    )
+    provider_idempotency_ttl_s: float = Field(
+        24 * 3600.0,
+        ge=0,
+        description="Longest idempotency-key lifetime among the HTTP providers (Resend: "
+        "24 h); the ledger horizon is never shorter.",
+    )
+
+    def ledger_horizon_s(self) -> float:
+        """The sent-ledger's dedupe horizon: never shorter than a provider's key lifetime."""
+        keyed = any(p.kind == "http" for p in self.provider_policies())
+        return max(self.dedupe_horizon_s, self.provider_idempotency_ttl_s if keyed else 0.0)
+
+    def revoke_bound(self) -> float:
+        return min(self.dispatch_revoke_bound_s, self.session_timeout_s / 3)
+
+    # --- issue 15 (helper A): intake bodies and per-integration scopes (app/intake*.py) ----
+    intake_integrations: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Scope of each intake integration, as JSON {\"shop-backend\": "
+        '{"templates": ["order_confirmation"], "from_addresses": ["shop.example"], '
+        '"max_priority": "normal", "rate_per_s": 50}}; every key optional (see '
+        "app/scopes.py and docs/intake.md). An integration with a secret in "
+        "intake_api_keys and no entry here is unrestricted; an entry without a secret "
+        "stops the intake at start.",
+    )
+    intake_body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="How long intake waits for a request body to arrive in full (slow "
+        "clients get 408).",
+    )
+    intake_max_json_depth: int = Field(
+        65,
+        ge=1,
+        le=500,
+        description="Deepest nesting of one event (1: a flat object); deeper gets 400. The "
+        "default is what render accepts (the event plus 64 levels of template data).",
+    )
+    intake_max_json_values: int = Field(
+        10_000,
+        ge=1,
+        description="Most keys plus array items in one event; more gets 400.",
+    )
+
+    def intake_scopes(self) -> dict[str, Any]:
+        """intake_integrations parsed: integration -> app.scopes.Scope (ValueError if bad)."""
+        from app.scopes import parse_scopes
+
+        return parse_scopes(self.intake_integrations)

@@ -13,12 +13,15 @@ backlog (``LaneGate``), measured from the consumer every ``BACKLOG_EVERY_S``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Any
 
-from app import metrics
+from app import faust_adapter, metrics
+from app.agents import delivery
 from app.agents.guard import crash_on_error
+from app.dispatcher import Dispatcher, Work
 from app.models import PRIORITIES, DispatchRequest
 from app.runtime import Runtime, build_provider
 from app.stages.common import Emission, Origin
@@ -34,6 +37,22 @@ BACKLOG_EVERY_S = 0.1
 log = logging.getLogger(__name__)
 
 
+class FaustMembership:
+    """Owned: in the consumer's assignment, in the generation of the message."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def owns(self, tp: Any, generation: int | None) -> bool:
+        try:
+            assigned = self.app.consumer.assignment()
+        except Exception:
+            return False
+        if tp not in assigned:
+            return False
+        return generation is None or generation == faust_adapter.generation(self.app)
+
+
 def attach(app: Any, runtime: Runtime) -> list[Any]:
     settings = runtime.settings
     topology = runtime.topology
@@ -41,7 +60,7 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
     primary = settings.provider_policies()[0].name
     ledger_tbl = ledger_table.declare_table(app, settings.topic_partitions)
     pressure_tbl = pressure_table.declare_table(app, settings.topic_partitions)
-    ledger = Ledger(ledger_tbl)
+    ledger = Ledger(ledger_tbl, horizon_s=settings.ledger_horizon_s())
     board = PressureBoard(policies, settings.topic_partitions, pressure_tbl, pressure_table.key_for)
     ready = asyncio.Event()
 
@@ -57,7 +76,7 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
 
     gate = LaneGate(start_unknown=True)
     next_offset: dict[Any, int] = {}  # TP -> next offset to handle, as seen by this worker
-    holder: dict[str, DispatchStage] = {}
+    holder: dict[str, Any] = {}
 
     def stage() -> DispatchStage:
         if "stage" not in holder:
@@ -85,38 +104,59 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                 metrics.quota(name, policy.quota_per_s or 0.0)
         return holder["stage"]
 
+    membership = FaustMembership(app)
+
+    async def handle(payload: bytes, origin: Origin, lane: str) -> Emission | None:
+        with metrics.busy("dispatch"):
+            return await stage().handle(payload, origin, lane)
+
+    async def deliver_one(emission: Emission) -> None:
+        await delivery.deliver(runtime, [emission], stage="dispatch")
+
+    def fatal(exc: BaseException) -> None:
+        with crash_on_error("dispatch"):
+            raise exc
+
+    dispatcher = Dispatcher(
+        handle=handle,
+        deliver=deliver_one,
+        membership=membership,
+        lanes=PRIORITIES,
+        lane_in_flight=settings.dispatch_lane_in_flight,
+        revoke_bound_s=settings.revoke_bound(),
+        stall_s=max(2.0, settings.session_timeout_s / 3),
+        session_timeout_s=settings.session_timeout_s,
+        confirm=ledger.confirm,
+        sent_topic=SENT,
+        enter=gate.enter,
+        leave=gate.leave,
+        on_fatal=fatal,
+    )
+    ledger.guard = dispatcher.fence
+    app.spillway_dispatcher = dispatcher
+    shutdown = getattr(app, "spillway_shutdown", None)
+    if shutdown is not None:
+        shutdown.drains.append(dispatcher.stop)
+
     def lane_agent(lane: str) -> Any:
         async def dispatch(stream: Any) -> None:
             await runtime.start()
             await tables_ready()
-            st = stage()
-
-            async def one(event: Any, sent: list[str]) -> None:
+            stage()
+            async for event in stream.events():
                 message = event.message
-                emission = await st.handle(event.value, Origin.of(message), lane)
-                if emission is not None:
-                    await runtime.emit(emission)
-                    if emission.topic == SENT:
-                        sent.append(emission.value.event_id)
                 tp = message.tp
                 next_offset[tp] = max(next_offset.get(tp, 0), message.offset + 1)
-
-            async for events in stream.take_events(
-                settings.dispatch_batch_size, within=settings.dispatch_batch_within_s
-            ):
-                gate.enter(lane)
-                try:
-                    with crash_on_error(f"dispatch-{lane}"), metrics.busy("dispatch"):
-                        sent: list[str] = []
-                        await asyncio.gather(*(one(e, sent) for e in events))
-                        # The batch's results and in-flight marks acked before the next
-                        # batch: after a crash only the batch in progress is redone
-                        # (resent with the same keys). Then its sent marks, which the
-                        # offset commit flushes before it commits.
-                        await app.producer.flush()
-                        ledger.confirm(sent)
-                finally:
-                    gate.leave(lane)
+                faust_adapter.hold(event)  # acked by the dispatcher once done, or never
+                work = Work(
+                    tp=tp,
+                    offset=message.offset,
+                    generation=faust_adapter.message_generation(message),
+                    value=event.value,
+                    origin=Origin.of(message),
+                    release=functools.partial(faust_adapter.release, event),
+                )
+                await dispatcher.admit(lane, work)
 
         return app.agent(topology.topics[LANES[lane]], name=f"dispatch-{lane}", concurrency=1)(
             dispatch
@@ -124,8 +164,9 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
 
     def retry_agent(name: str) -> Any:
         async def retry(stream: Any) -> None:
-            """Hold each message until its not_before, then put it back on its lane.
-            Only this retry partition waits; the lanes keep flowing."""
+            """Hold each message until its not_before, then put it back on its lane
+            (acked only once Kafka acknowledged it there). Only this retry partition
+            waits; the lanes keep flowing."""
             await runtime.start()
             async for event in stream.events():
                 with crash_on_error(f"dispatch-{name}"):
@@ -135,7 +176,8 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                     delay = ((req.not_before or 0) / 1000.0) - time.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    await runtime.emit(Emission(LANES[req.priority], event.message.key, req))
+                    out = Emission(LANES[req.priority], event.message.key, req)
+                    await delivery.deliver(runtime, [out], stage="dispatch")
 
         return app.agent(
             topology.topics[name], name=f"dispatch-{name.split('.')[-1]}", concurrency=1
@@ -153,12 +195,9 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             log.debug("lane backlog not measured: %r", exc)
 
     def lane_buffers() -> dict[str, list[Any]]:
-        """Each lane's buffers: the queues the consumer delivers its messages into
-        (one per subscribed stream; Faust keeps them in the conductor's index)."""
-        index = getattr(app.topics, "_topic_name_index", {})
+        """Each lane's buffers: the queues the consumer delivers its messages into."""
         return {
-            lane: [c.queue for c in index.get(topology.name(LANES[lane]), ())]
-            for lane in PRIORITIES
+            lane: faust_adapter.lane_queues(app, topology.name(LANES[lane])) for lane in PRIORITIES
         }
 
     async def measure_backlog() -> None:
@@ -168,7 +207,7 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
         assigned = consumer.assignment()
         lane_topic = topology.name(LANES[PRIORITIES[0]])
         board.own({tp.partition for tp in assigned if tp.topic == lane_topic})
-        committed = getattr(consumer, "_committed_offset", {})
+        committed = faust_adapter.committed_offsets(consumer)
         buffers = lane_buffers()
         stalled = any(q.full() for qs in buffers.values() for q in qs)
         for lane in PRIORITIES[:-1]:  # the lowest lane waits on no one
@@ -181,8 +220,10 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                     if tp not in earliest:
                         earliest.update(await consumer.earliest_offsets(tp))
                     start = earliest.get(tp, 0)
+                if end is None:  # not fetched yet (a partition just taken over): ask
+                    end = (await consumer.highwaters(tp)).get(tp)
                 if end is None:
-                    end = start + 1  # not fetched yet: assume work until we know
+                    end = start + 1  # assume work until we know
                 backlog += max(0, end - start)
             buffered = sum(q.qsize() for q in buffers[lane]) if buffers[lane] else backlog
             gate.set_backlog(lane, waiting_work(backlog, buffered, stalled))
@@ -197,11 +238,37 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             metrics.bucket_level(name, share.non_critical.tokens(now))
             metrics.breaker_state(name, share.breaker.state)
 
+    @app.timer(0.5, name="dispatch-stall-watch")
+    async def stall_watch() -> None:
+        dispatcher.heartbeat()
+
+    async def before_revoke(revoked: set[Any]) -> None:
+        """Called by the consumer before Faust forgets the revoked partitions' acks:
+        the bounded drain, then the consumer commits their done prefix."""
+        await dispatcher.revoke(revoked)
+        await app.producer.flush()
+        for tp in revoked:
+            next_offset.pop(tp, None)
+            earliest.pop(tp, None)
+
+    consumer_hooks = getattr(app.transport, "Consumer", None)
+    if consumer_hooks is not None and hasattr(consumer_hooks, "before_revoke"):
+        consumer_hooks.before_revoke = staticmethod(before_revoke)
+
     @app.on_partitions_revoked.connect
     async def on_revoked(app_: Any, revoked: set[Any], **kwargs: Any) -> None:
         if ready.is_set():
             board.flush(settings.state_flush_s)
         lane_topic = topology.name(LANES[PRIORITIES[0]])
         board.own(board.owned - {tp.partition for tp in revoked if tp.topic == lane_topic})
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app_: Any, assigned: set[Any], **kwargs: Any) -> None:
+        dispatcher.assigned(assigned)
+        for tp in set(next_offset) - set(assigned):
+            next_offset.pop(tp, None)
+        earliest.clear()
+        lane_topic = topology.name(LANES[PRIORITIES[0]])
+        board.own({tp.partition for tp in assigned if tp.topic == lane_topic})
 
     return agents

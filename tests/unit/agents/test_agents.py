@@ -97,18 +97,31 @@ async def test_dispatch_agent_sends_through_the_provider(
     from app.agents import dispatch as dispatch_module
     from tests.unit.stages.test_dispatch import FakeProvider, request
 
+    class Owner:
+        def __init__(self, app: Any) -> None:
+            pass
+
+        def owns(self, tp: Any, generation: int | None) -> bool:
+            return True
+
     provider = FakeProvider(name="sim-http")
     table: dict[bytes, Any] = {}  # the ledger table, without a changelog producer
     monkeypatch.setattr(dispatch_module, "build_provider", lambda policy: provider)
+    monkeypatch.setattr(dispatch_module, "FaustMembership", Owner)
     monkeypatch.setattr(dispatch_module.ledger_table, "declare_table", lambda app, n: table)
     monkeypatch.setattr(dispatch_module.pressure_table, "declare_table", lambda app, n: {})
-    app, out = make_app("dispatch", registry)
+    app, out = make_app("dispatch", registry, monkeypatch)
+    dispatcher = app.spillway_dispatcher  # type: ignore[attr-defined]
     serde = app.spillway.serde  # type: ignore[attr-defined]
     payload = serde.encode("email.dispatch.critical", request("c1", "critical"))
     async with app.agents["dispatch-critical"].test_context() as agent:
         await agent.put(payload, key=b"c1")
         await agent.put(payload, key=b"c1")  # the same event again: suppressed
-        await asyncio.sleep(0.3)  # the lane batches within dispatch_batch_within_s
+        for _ in range(200):  # a condition with a deadline, not a clock
+            if dispatcher.stats.done == 2:
+                break
+            await asyncio.sleep(0.01)
+    assert dispatcher.stats.done == 2
     assert [e.topic for e in out] == ["sent"]
     assert [c.event_id for c in provider.calls] == ["c1"]
     assert table[b"c1"]["s"] == "sent"

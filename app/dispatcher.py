@@ -1,0 +1,262 @@
+"""The Dispatcher: lane admission, claim -> send -> confirm, revocation and fencing.
+
+The dispatch agents only hand it messages (``admit``); everything that decides
+whether, when and how a message is sent lives here and in its collaborators, all
+passed in: ``handle`` (``DispatchStage.handle``: ledger check, provider choice,
+lane gate, rate meter, breaker, provider call, outcome), ``deliver`` (produce and
+wait for Kafka's ack), the ledger, and ``membership`` (does this member still own a
+partition in the generation a message was fetched in).
+
+Per message, not per batch: each admitted message is its own task and takes one
+of its lane's in-flight slots (``lane_in_flight``), so a slow request costs one
+slot while the lane's other messages keep flowing. A message is acked (Faust may
+then commit its offset; ``app.consumer`` commits only a contiguous prefix) only
+once its output was acknowledged by Kafka; a ``sent`` ledger mark is written only
+after its ``email.sent`` record was acknowledged.
+
+Revocation (``revoke``): at once, nothing more of those partitions is admitted,
+and every task of theirs that has no request on the wire is cancelled, wherever it
+waits (lane slot, lane gate, rate meter, breaker); requests on the wire get up to
+``revoke_bound_s`` to finish, then are abandoned. Abandoned messages are never
+acked, so their offsets are not committed and the new owner handles them again
+(with the ledger's ``in_flight`` mark: the same idempotency key). Faust's own
+unbounded ``wait_empty`` is switched off (``stream_wait_empty=False``).
+
+Fencing (``fence``, run by the ledger right before the ``in_flight`` mark, that is
+right before the provider request): the partition must still be owned, in the
+generation the message was fetched in, and the event loop must not have stalled
+for long (a SIGSTOP or GC pause past the session timeout means another member may
+own the partition now): after a stall the member sends nothing until a rebalance
+confirms its assignment or a session timeout passes with none (an evicted member
+learns it from its next heartbeat, within one heartbeat interval, and is revoked).
+Work fenced for a stall is parked and resumed if the assignment survived; work of a
+partition lost is dropped. What remains: a request already on the wire when the
+partition moves. The ledger's ``in_flight`` mark, written before that request, makes
+the new owner resend with the same idempotency key (HTTP providers dedupe it) or
+dead-letter it for reconciliation (SMTP). See docs/dispatch.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from app.stages.common import Emission, Origin
+
+log = logging.getLogger(__name__)
+
+
+class Fenced(asyncio.CancelledError):
+    """Raised at the fence: this member may not send for this message. A
+    CancelledError, so no per-message handler turns it into a retry or a dead letter."""
+
+
+class Membership(Protocol):
+    def owns(self, tp: Any, generation: int | None) -> bool: ...
+
+
+@dataclass(eq=False)
+class Work:
+    """One message taken from a lane stream."""
+
+    tp: Any
+    offset: int
+    generation: int | None
+    value: bytes
+    origin: Origin
+    release: Callable[[], Any]  # ack it (its offset may be committed)
+    lane: str = ""
+    event_id: str | None = None
+
+
+@dataclass
+class DispatcherStats:
+    admitted: int = 0
+    done: int = 0
+    abandoned: int = 0
+    dropped: int = 0
+    fenced: int = 0
+
+
+_CURRENT: contextvars.ContextVar[Work | None] = contextvars.ContextVar(
+    "dispatch_work", default=None
+)
+
+
+@dataclass
+class Dispatcher:
+    handle: Callable[[bytes, Origin, str], Awaitable[Emission | None]]
+    deliver: Callable[[Emission], Awaitable[None]]
+    membership: Membership
+    lanes: tuple[str, ...]
+    lane_in_flight: int = 256
+    revoke_bound_s: float = 5.0
+    stall_s: float = 3.0  # a loop stall longer than this fences sending
+    session_timeout_s: float = 10.0
+    confirm: Callable[[Iterable[str]], None] = lambda ids: None  # ledger.confirm
+    sent_topic: str = "sent"
+    enter: Callable[[str], None] = lambda lane: None  # LaneGate.enter/leave
+    leave: Callable[[str], None] = lambda lane: None
+    on_fatal: Callable[[BaseException], None] | None = None
+    clock: Callable[[], float] = time.monotonic
+    stats: DispatcherStats = field(default_factory=DispatcherStats)
+
+    def __post_init__(self) -> None:
+        self.active: dict[str, int] = dict.fromkeys(self.lanes, 0)
+        self.tasks: dict[Any, dict[int, asyncio.Task[None]]] = {}
+        self.works: dict[asyncio.Task[None], Work] = {}
+        self.on_wire: set[Work] = set()
+        self.closed: set[Any] = set()  # partitions revoked: admit nothing of them
+        self.stopping = False
+        self.suspect_since: float | None = None
+        self.parked: list[Work] = []
+        self._changed = asyncio.Event()
+        self._last_beat: float | None = None
+
+    # -- admission -------------------------------------------------------------------
+    def admissible(self, work: Work) -> bool:
+        return (
+            not self.stopping
+            and work.tp not in self.closed
+            and self.membership.owns(work.tp, work.generation)
+        )
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def admit(self, lane: str, work: Work) -> bool:
+        """Start handling ``work`` once its lane has a free slot. False: dropped
+        (partition revoked or fenced, or stopping), never acked."""
+        work.lane = lane
+        while self.active[lane] >= self.lane_in_flight:
+            if not self.admissible(work):
+                break
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), 0.5)
+        if not self.admissible(work):
+            self.stats.dropped += 1
+            return False
+        self._start(work)
+        return True
+
+    def _start(self, work: Work) -> None:
+        self.stats.admitted += 1
+        self.active[work.lane] += 1
+        self.enter(work.lane)
+        task = asyncio.get_running_loop().create_task(self._run(work))
+        self.tasks.setdefault(work.tp, {})[work.offset] = task
+        self.works[task] = work
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        work = self.works.pop(task)
+        self.on_wire.discard(work)
+        by_offset = self.tasks.get(work.tp)
+        if by_offset is not None and by_offset.get(work.offset) is task:
+            del by_offset[work.offset]
+            if not by_offset:
+                del self.tasks[work.tp]
+        self.active[work.lane] -= 1
+        self.leave(work.lane)
+        self._notify()
+
+    async def _run(self, work: Work) -> None:
+        _CURRENT.set(work)
+        try:
+            emission = await self.handle(work.value, work.origin, work.lane)
+            self.on_wire.discard(work)  # the provider answered
+            if emission is not None:
+                await self.deliver(emission)  # returns once Kafka acknowledged it
+                if emission.topic == self.sent_topic:
+                    self.confirm([emission.value.event_id])
+            work.release()
+            self.stats.done += 1
+        except Fenced:
+            self.stats.fenced += 1
+            if self.suspect_since is not None and work.tp not in self.closed:
+                self.parked.append(work)  # resumed if the assignment survives the stall
+            else:
+                self.stats.abandoned += 1
+        except asyncio.CancelledError:
+            self.stats.abandoned += 1  # revoked or stopping: not acked, redone elsewhere
+        except Exception as exc:  # an infrastructure fault (the stage catches the rest)
+            log.critical("dispatch: %s at %s:%d not done: %r", work.lane, work.tp, work.offset, exc)
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
+
+    # -- the fence -----------------------------------------------------------------
+    def fence(self) -> None:
+        """Right before a provider request (the ledger's in_flight mark): raise
+        ``Fenced`` unless this member may send the current message now."""
+        work = _CURRENT.get()
+        if work is None:
+            return  # not dispatched through us (unit tests of the stage)
+        if self.suspect_since is not None or not self.admissible(work):
+            raise Fenced(f"{work.tp}:{work.offset}: not owned by this member now")
+        self.on_wire.add(work)
+
+    def heartbeat(self, now: float | None = None) -> None:
+        """Called by a timer: a gap since the last call longer than ``stall_s`` means
+        this process was stopped or starved; fence until ownership is known again."""
+        now = self.clock() if now is None else now
+        last, self._last_beat = self._last_beat, now
+        if last is not None and now - last > self.stall_s and self.suspect_since is None:
+            log.warning("event loop stalled %.1f s: sends fenced", now - last)
+            self.suspect_since = now
+        elif self.suspect_since is not None and now - self.suspect_since > self.session_timeout_s:
+            self._clear_suspicion()  # no revocation came: still the owner
+
+    def _clear_suspicion(self) -> None:
+        self.suspect_since = None
+        parked, self.parked = self.parked, []
+        for work in parked:
+            if self.admissible(work):
+                self._start(work)
+            else:
+                self.stats.abandoned += 1
+
+    # -- the group -----------------------------------------------------------------
+    def assigned(self, tps: Iterable[Any]) -> None:
+        tps = set(tps)
+        self.closed -= tps
+        # a rebalance answered: parked work is fetched again in the new generation
+        self.parked = []
+        self.suspect_since = None
+
+    async def revoke(self, tps: Iterable[Any], bound_s: float | None = None) -> None:
+        """Stop admitting ``tps`` at once; give their requests on the wire up to the
+        bound, abandon the rest. Returns within the bound (plus a moment)."""
+        tps = set(tps)
+        self.closed |= tps
+        self.parked = [w for w in self.parked if w.tp not in tps]
+        self._notify()  # admission waits re-check
+        bound = self.revoke_bound_s if bound_s is None else bound_s
+        await self._drain(lambda w: w.tp in tps, bound)
+
+    async def stop(self, bound_s: float) -> None:
+        """Shutdown: admit nothing more; finish what is on the wire within the bound."""
+        self.stopping = True
+        self.parked.clear()
+        self._notify()
+        await self._drain(lambda w: True, bound_s)
+
+    async def _drain(self, which: Callable[[Work], bool], bound_s: float) -> None:
+        tasks = [t for t, w in self.works.items() if which(w)]
+        waiting = [t for t in tasks if self.works[t] not in self.on_wire]
+        for task in waiting:
+            task.cancel()
+        wire = [t for t in tasks if t not in waiting]
+        if wire:
+            _done, pending = await asyncio.wait(wire, timeout=max(0.0, bound_s))
+            for task in pending:
+                task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)  # let the cancelled ones unwind

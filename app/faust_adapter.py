@@ -1,0 +1,146 @@
+"""Every use of a faust-streaming (0.15.3) or mode private, in one place.
+
+Spillway needs a few things Faust has no public API for. Each is a small function
+here, and each is pinned by ``tests/unit/test_faust_adapter.py``, which fails
+loudly (naming the attribute) when an upgrade changes it. Nothing else in ``app``
+may touch a Faust private.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def acked_offsets(consumer: Any, tp: Any) -> tuple[list[int], set[int]]:
+    """The consumer's acked-but-uncommitted offsets of ``tp``: the list Faust commits
+    from and its index (both mutated in place by a commit)."""
+    return consumer._acked[tp], consumer._acked_index[tp]
+
+
+def committed_offsets(consumer: Any) -> Mapping[Any, int | None]:
+    """The committed position per partition, as Faust last saw or set it."""
+    return getattr(consumer, "_committed_offset", {})
+
+
+def forget_read_offset(consumer: Any, tp: Any) -> None:
+    """Faust neither drops a record at or below its read offset nor acks a jump as a
+    gap once the read offset is None (``app.consumer``)."""
+    consumer._read_offset[tp] = None
+
+
+def lane_queues(app: Any, topic_name: str) -> list[Any]:
+    """The queues the conductor delivers a topic's messages into (one per stream)."""
+    index = getattr(app.topics, "_topic_name_index", {})
+    return [channel.queue for channel in index.get(topic_name, ())]
+
+
+def generation(app: Any) -> int:
+    """The consumer group generation this member was last assigned in."""
+    return int(getattr(app, "consumer_generation_id", 0) or 0)
+
+
+def message_generation(message: Any) -> int | None:
+    """The generation a message was fetched in (Faust stamps it at fetch)."""
+    return getattr(message, "generation_id", None)
+
+
+def hold(event: Any) -> None:
+    """Keep a taken message unacked after the stream moves on (its refcount): it is
+    acked by ``release`` once done, or never (abandoned: its offset is not committed)."""
+    event.message.incref()
+
+
+def release(event: Any) -> None:
+    """Ack a held message (the last reference: its offset may be committed)."""
+    event.ack()
+
+
+def worker_of(app: Any) -> Any:
+    """The mode/Faust Worker running ``app`` (its beacon's root), or None."""
+    try:
+        root = app.beacon.root.data
+    except AttributeError:
+        return None
+    return root if hasattr(root, "_on_sigterm") else None
+
+
+def stop_worker(worker: Any) -> None:
+    """What mode does on SIGTERM: schedule the worker's stop."""
+    worker._on_sigterm()
+
+
+#: exit status of a worker forced out (second SIGTERM or the shutdown bound)
+EXIT_FORCED = 75
+
+
+class ShutdownGuard:
+    """SIGTERM with a bound (issue 12 point 6).
+
+    mode's Worker ignores every SIGTERM after the first, and its stop can wait for
+    ever. This handler replaces it once the worker is up: the first SIGTERM runs the
+    drains (the dispatcher: admit nothing, let requests on the wire finish) within the
+    bound, then asks the worker to stop as mode would (Faust commits what is acked);
+    a second SIGTERM, or the bound passing, ends the process at once, committing
+    nothing more (unfinished work was never acked, so it is handled again).
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        bound_s: float,
+        drains: list[Any] | None = None,
+        *,
+        exit: Any = None,
+    ) -> None:
+        import os
+
+        self.app = app
+        self.bound_s = bound_s
+        self.drains = drains if drains is not None else []
+        self.exit = exit or os._exit
+        self.signals = 0
+        self.timer: Any = None
+
+    def install(self, loop: Any) -> None:
+        import signal
+
+        loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
+
+    def on_sigterm(self) -> None:
+        import asyncio
+        import logging
+        import threading
+
+        log = logging.getLogger(__name__)
+        self.signals += 1
+        if self.signals > 1:
+            log.warning("second SIGTERM: stopping now, committing nothing more")
+            self.force()
+            return
+        log.info("SIGTERM: draining, then stopping (forced after %.0f s)", self.bound_s)
+        self.timer = threading.Timer(self.bound_s, self.force)
+        self.timer.daemon = True
+        self.timer.start()
+        asyncio.get_running_loop().create_task(self.graceful())
+
+    def force(self) -> None:
+        import logging
+
+        logging.getLogger(__name__).warning("forced stop (exit %d)", EXIT_FORCED)
+        logging.shutdown()
+        self.exit(EXIT_FORCED)
+
+    async def graceful(self) -> None:
+        import asyncio
+        import contextlib
+
+        budget = self.bound_s * 0.5  # the rest is Faust's stop: commit, tables, producer
+        for drain in self.drains:
+            with contextlib.suppress(Exception, TimeoutError):
+                await asyncio.wait_for(drain(budget), budget + 1.0)
+        worker = worker_of(self.app)
+        if worker is not None:
+            stop_worker(worker)
+        else:
+            await self.app.stop()

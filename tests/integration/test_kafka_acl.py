@@ -54,6 +54,11 @@ def broker() -> Iterator[ScramBroker]:
                 allow("shop-intake", RAW, AclOperation.DESCRIBE)]  # fmt: skip
         for f in admin.create_acls(acls).values():
             f.result(30)
+        # The authorizer sees them once the metadata log has them: wait, with a deadline.
+        deadline = time.monotonic() + 20
+        while len(all_acls(admin)) < len(acls):
+            assert time.monotonic() < deadline, "the ACLs never showed up"
+            time.sleep(0.2)
         yield b
 
 
@@ -71,11 +76,15 @@ def produce(conf: dict[str, Any], topic: str) -> KafkaError | None:
     return reports[0]
 
 
-def test_acls_are_in_place(broker: ScramBroker) -> None:
-    admin = AdminClient(broker.client_config("admin"))
+def all_acls(admin: AdminClient) -> list[AclBinding]:
     every = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,  # type: ignore[arg-type]
                              AclOperation.ANY, AclPermissionType.ANY)  # fmt: skip
-    found = admin.describe_acls(every).result(30)
+    found: list[AclBinding] = admin.describe_acls(every).result(30)
+    return found
+
+
+def test_acls_are_in_place(broker: ScramBroker) -> None:
+    found = all_acls(AdminClient(broker.client_config("admin")))
     assert {(a.name, a.principal, a.operation) for a in found} == {
         (RAW, "User:shop-intake", AclOperation.WRITE),
         (RAW, "User:shop-intake", AclOperation.DESCRIBE),

@@ -53,6 +53,10 @@ __all__ = [
 
 #: RFC 5322 caps a header line at 998 characters.
 MAX_SUBJECT_CHARS = 998
+#: RFC 5321: a path (hence an address) holds at most 254 characters.
+MAX_ADDRESS_CHARS = 254
+#: A sender ("Name <address>"): one header line.
+MAX_SENDER_CHARS = 998
 MANIFEST = "template.json"
 
 # Part file names: subject.txt.j2, body.html.j2, body.txt.j2, each optionally
@@ -565,6 +569,11 @@ def validate_address(address: str) -> str:
     candidate = address.strip()
     if not candidate:
         raise ValidationError("email address is empty")
+    if len(candidate) > MAX_ADDRESS_CHARS:  # checked first: the validator is slow on megabytes
+        raise ValidationError(
+            f"invalid email address {_shorten(repr(candidate[:120]), 100)}: longer than "
+            f"{MAX_ADDRESS_CHARS} characters"
+        )
     try:
         checked = validate_email(candidate, check_deliverability=False)
     except EmailNotValidError as exc:
@@ -589,6 +598,11 @@ def validate_sender(sender: str) -> str:
     if not isinstance(sender, str):
         raise ValidationError(f"sender must be a string, not {type(sender).__name__}")
     text = sender.strip()
+    if len(text) > MAX_SENDER_CHARS:  # first: the display-form regex is quadratic on blanks
+        raise ValidationError(
+            f"invalid sender {_shorten(repr(text[:120]), 100)}: longer than {MAX_SENDER_CHARS} "
+            "characters"
+        )
     match = _DISPLAY_FORM.fullmatch(text)
     if match is None:
         return validate_address(text)

@@ -256,3 +256,24 @@ async def test_untrusted_replay_header_never_breaks_a_dead_letter(
     origin = Origin("email.raw-events", 0, 1, None, b"k", (("spillway-replay", header),))
     dl = sealed_dead(await stage.handle(b"\x7fjunk", origin), "undecodable", serde)
     assert 1 <= dl.replayed <= 1_000_000
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        # the display-form regex took 2.5 s on 20,000 blanks and grows with the square:
+        # 900 kB of them would hold the stage for over an hour (pytest-timeout fails it)
+        {"from_address": "a" + " " * 900_000 + "x"},
+        {"from_address": "N" * 900_000 + " <a@b.example>"},
+        {"to": "a" * 900_000 + "@example.com"},
+    ],
+)
+async def test_huge_addresses_are_refused_before_any_parsing(
+    stage: RenderStage, serde: Serde, over: dict[str, object]
+) -> None:
+    dl = sealed_dead(
+        await stage.handle(json.dumps(reset_event(**over)).encode(), ORIGIN),
+        "invalid_field",
+        serde,
+    )
+    assert "longer than" in dl.message

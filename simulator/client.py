@@ -5,6 +5,14 @@ Async: :class:`SimulatorClient` (HTTP provider) and :class:`SmtpSinkClient`, on
 :class:`SyncSimulatorClient` and :class:`SyncSmtpSinkClient` on ``httpx.Client``.
 
 Every method returns the decoded JSON; a 4xx/5xx raises :class:`SimulatorError`.
+
+The provider's request log (``requests()``: every request to the send path, whatever
+its outcome) is what duplicate checks read; the pure helpers below work on its
+records: :func:`requests_per_key`, :func:`deliveries_per_key`,
+:func:`requests_after_acceptance`, :func:`max_per_second` (from the simulator's own
+arrival timestamps, not the test's clock). :data:`NO_IDEMPOTENCY_KEY` is a bearer key
+that makes the shared simulator behave like a provider without idempotency keys
+(SMTP, SES, SendGrid v3) for that account only.
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -36,6 +46,73 @@ def provider_command(port: int, *extra: str, log_level: str = "WARNING") -> list
         log_level,
         *extra,
     ]
+
+
+#: A bearer key the provider simulator treats as an account without idempotency keys
+#: (config ``no_idempotency_key_prefixes``, default ["noidem"]); append a test's
+#: namespace to keep it readable in logs.
+NO_IDEMPOTENCY_KEY = "noidem-key"
+
+
+def requests_per_key(records: Iterable[JSON]) -> Counter[str]:
+    """How many requests reached the provider per key (any outcome)."""
+    return Counter(r["key"] for r in records if r.get("key") is not None)
+
+
+def deliveries_per_key(records: Iterable[JSON]) -> Counter[str]:
+    """How many delivered emails each key got (outcome ``accepted``; an idempotent
+    replay is not a delivery)."""
+    return Counter(
+        r["key"] for r in records if r.get("key") is not None and r["outcome"] == "accepted"
+    )
+
+
+def requests_after_acceptance(records: Iterable[JSON]) -> dict[str, list[JSON]]:
+    """Per key, the requests that arrived (later in arrival order, at or after the
+    time) the key's first delivery was decided; keys with none are left out.
+
+    This is what "no email sent twice" means against a provider without keys: any
+    such request would be a second email (or, with keys, a wasted request).
+    """
+    ordered = sorted(records, key=lambda r: r["seq"])
+    first: dict[str, JSON] = {}
+    for r in ordered:
+        key = r.get("key")
+        if key is not None and r["outcome"] == "accepted":
+            known = first.get(key)
+            if known is None or r["decided_at"] < known["decided_at"]:
+                first[key] = r
+    after: dict[str, list[JSON]] = {}
+    for r in ordered:
+        key = r.get("key")
+        accepted = first.get(key) if key is not None else None
+        if accepted is None or r["seq"] <= accepted["seq"]:
+            continue  # ``seq`` is arrival order: these arrived no later than it did
+        if r["received_at"] >= accepted["decided_at"]:
+            after.setdefault(key, []).append(r)  # type: ignore[arg-type]
+    return after
+
+
+def max_per_second(records: Iterable[JSON], window_s: float = 1.0) -> int:
+    """The most requests that arrived within any ``window_s`` (sliding, by the
+    simulator's arrival timestamps)."""
+    times = sorted(r["received_at"] for r in records)
+    best = lo = 0
+    for hi, t in enumerate(times):
+        while t - times[lo] >= window_s:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def _requests_params(
+    since: float | None, key: str | None, prefix: str | None, summary: bool
+) -> dict[str, str]:
+    params = {"since": since, "key": key, "prefix": prefix}
+    out = {k: str(v) for k, v in params.items() if v is not None}
+    if summary:
+        out["fields"] = "summary"
+    return out
 
 
 class SimulatorError(RuntimeError):
@@ -207,6 +284,30 @@ class SimulatorClient(_AsyncBase):
     async def end_outages(self) -> None:
         await self._call("DELETE", "/_sim/outage")
 
+    async def requests(
+        self, *, since: float | None = None, key: str | None = None, prefix: str | None = None
+    ) -> list[JSON]:
+        """The request log (every request to the send path), in arrival order."""
+        params = _requests_params(since, key, prefix, False)
+        result: JSON = await self._call("GET", "/_sim/requests", params=params)
+        return list(result["entries"])
+
+    async def requests_summary(
+        self, *, since: float | None = None, key: str | None = None, prefix: str | None = None
+    ) -> JSON:
+        """``{"total", "dropped", "matched", "delivered", "replays", "by_outcome"}``."""
+        params = _requests_params(since, key, prefix, True)
+        result: JSON = await self._call("GET", "/_sim/requests", params=params)
+        return result
+
+    async def supports_request_log(self) -> bool:
+        """False for a simulator started before the request log existed."""
+        try:
+            await self._call("GET", "/_sim/requests", params={"limit": "0"})
+        except SimulatorError:
+            return False
+        return True
+
 
 class SmtpSinkClient(_AsyncBase):
     """HTTP API of the SMTP sink (``simulator.smtp_sink``)."""
@@ -317,6 +418,27 @@ class SyncSimulatorClient(_SyncBase):
 
     def end_outages(self) -> None:
         self._call("DELETE", "/_sim/outage")
+
+    def requests(
+        self, *, since: float | None = None, key: str | None = None, prefix: str | None = None
+    ) -> list[JSON]:
+        params = _requests_params(since, key, prefix, False)
+        result: JSON = self._call("GET", "/_sim/requests", params=params)
+        return list(result["entries"])
+
+    def requests_summary(
+        self, *, since: float | None = None, key: str | None = None, prefix: str | None = None
+    ) -> JSON:
+        params = _requests_params(since, key, prefix, True)
+        result: JSON = self._call("GET", "/_sim/requests", params=params)
+        return result
+
+    def supports_request_log(self) -> bool:
+        try:
+            self._call("GET", "/_sim/requests", params={"limit": "0"})
+        except SimulatorError:
+            return False
+        return True
 
 
 class SyncSmtpSinkClient(_SyncBase):

@@ -279,17 +279,19 @@ E = TypeVar("E", bound=LedgerItem)
 
 @dataclass(frozen=True, slots=True)
 class LedgerQuery:
-    """``since`` (received_at >), ``key`` (exact), ``limit``, ``offset``, ``fields=summary``."""
+    """``since`` (received_at >), ``key`` (exact), ``prefix`` (of the key), ``limit``,
+    ``offset``, ``fields=summary``."""
 
     since: float | None = None
     key: str | None = None
     limit: int | None = None
     offset: int = 0
     summary: bool = False
+    prefix: str | None = None
 
     @classmethod
     def parse(cls, query: Mapping[str, str]) -> LedgerQuery:
-        unknown = sorted(set(query) - {"since", "key", "limit", "offset", "fields"})
+        unknown = sorted(set(query) - {"since", "key", "prefix", "limit", "offset", "fields"})
         if unknown:
             raise QueryError(f"unknown query parameters: {', '.join(unknown)}")
         fields = query.get("fields", "full")
@@ -307,17 +309,20 @@ class LedgerQuery:
             limit=_query_int(query, "limit"),
             offset=_query_int(query, "offset") or 0,
             summary=fields == "summary",
+            prefix=query.get("prefix") or None,
         )
 
     def select(self, entries: Sequence[E]) -> list[E]:
         """Entries matching ``since``/``key``, in acceptance order (not paged)."""
-        if self.since is None and self.key is None:
+        if self.since is None and self.key is None and self.prefix is None:
             return list(entries)
-        since, key = self.since, self.key
+        since, key, prefix = self.since, self.key, self.prefix
         return [
             e
             for e in entries
-            if (since is None or e.received_at > since) and (key is None or e.key == key)
+            if (since is None or e.received_at > since)
+            and (key is None or e.key == key)
+            and (prefix is None or (e.key is not None and e.key.startswith(prefix)))
         ]
 
     def page(self, matched: list[E]) -> list[E]:

@@ -35,6 +35,17 @@ default ["invalid.example"]), ``reject_regex`` (str or null)
 ``seed`` (int or null)
     Seeds the RNG for error, outage and latency draws (reseeded on reset).
 ``max_body_bytes`` (int, default 30 MiB): larger bodies get 413.
+``idempotency`` (bool, default true)
+    False: the provider has no idempotency keys (like SMTP, SES or SendGrid v3): every
+    accepted request is a delivered email with its own ledger entry, a second request
+    for a key is delivered again (flagged ``replay``), nothing answers
+    ``Idempotent-Replayed``.
+``no_idempotency_key_prefixes`` (list, default ["noidem"])
+    Requests whose bearer API key starts with one of these get the no-idempotency
+    behaviour whatever ``idempotency`` says. This selects the mode per account (per
+    test) on one shared simulator, without changing its config.
+``request_log_max`` (int, default 2,000,000)
+    Most request records kept; above it the oldest tenth is dropped (counted).
 
 Request handling order for ``POST /v3/mail/send`` (arrival time = ``received_at``):
 auth (401/403) -> rate limit (429, answered at once) -> size (413) -> JSON and
@@ -43,6 +54,14 @@ latency sleep -> injected error response, or acceptance. Acceptance dedupes on t
 ``Idempotency-Key`` header, else ``custom_args.event_id``: a known key answers 202
 with the first ``X-Message-Id`` and ``Idempotent-Replayed: true`` and adds no entry.
 Only 202s create ledger entries; rate-limit, validation, injected errors don't.
+Without idempotency (see ``idempotency``) every 202 creates an entry.
+
+Every request to the send path, whatever its outcome, also goes to the request log
+(``GET /_sim/requests``): key (the ``Idempotency-Key`` header, else
+``custom_args.event_id`` of a valid body; requests refused before the body is read,
+401/403/429/413, only know the header), arrival and decision times, status, outcome,
+the mode it was handled in, and ``replay``: the key already had a delivered email
+when the request was decided.
 
 Control API (JSON; errors are ``{"error": "..."}`` with a 4xx):
 
@@ -54,7 +73,9 @@ Control API (JSON; errors are ``{"error": "..."}`` with a 4xx):
 - ``GET /_sim/stats[?series=0][&seconds=N]``: totals and a per-second series
   keyed by arrival second
 - ``GET /_sim/ledger[?since=T][&key=K][&limit=N][&offset=N][&fields=summary]``
-- ``GET /_sim/ledger/duplicates``: entries with ``requests > 1``
+- ``GET /_sim/ledger/duplicates``: entries with ``requests > 1`` or ``replay``
+- ``GET /_sim/requests[?since=T][&key=K][&prefix=P][&limit=N][&offset=N][&fields=summary]``
+  the request log in arrival order (``since``, ``key``, ``prefix`` as for the ledger)
 
 Shapes::
 
@@ -66,6 +87,13 @@ Shapes::
              "requests"}]}      (fields=summary: {"total", "matched", "duplicates",
              "requests"})
     duplicates: {"count", "duplicate_requests", "entries": [...]}
+    requests: {"total", "dropped", "matched", "offset", "count", "entries": [{"seq", "key",
+             "received_at", "decided_at", "status", "outcome", "replay", "idempotent",
+             "message_id"}]}   (fields=summary: {"total", "dropped", "matched",
+             "delivered", "replays", "by_outcome"})
+    outcome: in_flight (not answered yet) | accepted (a delivered email) |
+             replayed (202, deduplicated) | unauthorized | forbidden | rate_limited |
+             too_large | invalid | rejected | failed (injected error or outage)
 """
 
 from __future__ import annotations
@@ -209,6 +237,12 @@ def _fail_rules(key: str, value: Any) -> tuple[FailRule, ...]:
     return tuple(rules)
 
 
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: must be true or false, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderConfig(ConfigBase):
     api_keys: tuple[str, ...] = ()
@@ -227,6 +261,9 @@ class ProviderConfig(ConfigBase):
     fail_rules: tuple[FailRule, ...] = ()
     seed: int | None = None
     max_body_bytes: int = 30 * 1024 * 1024
+    idempotency: bool = True
+    no_idempotency_key_prefixes: tuple[str, ...] = ("noidem",)
+    request_log_max: int = 2_000_000
 
 
 # One converter per field; set after the class body: a ClassVar annotation inside a
@@ -248,6 +285,9 @@ ProviderConfig.CONVERTERS = {
     "fail_rules": _fail_rules,
     "seed": opt_int,
     "max_body_bytes": pos_int,
+    "idempotency": _bool,
+    "no_idempotency_key_prefixes": str_tuple,
+    "request_log_max": pos_int,
 }
 
 
@@ -264,6 +304,7 @@ class LedgerEntry:
         "key",
         "message_id",
         "received_at",
+        "replay",
         "requests",
         "subject",
         "to",
@@ -289,6 +330,7 @@ class LedgerEntry:
         self.received_at = received_at
         self.accepted_at = accepted_at
         self.requests = 1
+        self.replay = False  # no-idempotency mode: this key had been delivered before
 
     def to_json(self) -> JSON:
         return {
@@ -301,6 +343,47 @@ class LedgerEntry:
             "received_at": self.received_at,
             "accepted_at": self.accepted_at,
             "requests": self.requests,
+            "replay": self.replay,
+        }
+
+
+class RequestRecord:
+    """One request to the send path, whatever its outcome (the request log)."""
+
+    __slots__ = (
+        "decided_at",
+        "idempotent",
+        "key",
+        "message_id",
+        "outcome",
+        "received_at",
+        "replay",
+        "seq",
+        "status",
+    )
+
+    def __init__(self, seq: int, received_at: float) -> None:
+        self.seq = seq
+        self.received_at = received_at
+        self.key: str | None = None
+        self.decided_at = received_at
+        self.status = 0
+        self.outcome = "in_flight"
+        self.replay = False
+        self.idempotent = True
+        self.message_id: str | None = None
+
+    def to_json(self) -> JSON:
+        return {
+            "seq": self.seq,
+            "key": self.key,
+            "received_at": self.received_at,
+            "decided_at": self.decided_at,
+            "status": self.status,
+            "outcome": self.outcome,
+            "replay": self.replay,
+            "idempotent": self.idempotent,
+            "message_id": self.message_id,
         }
 
 
@@ -451,6 +534,9 @@ class ProviderState:
         self.stats = StatsBook(clock)
         self.ledger: list[LedgerEntry] = []
         self.by_key: dict[str, LedgerEntry] = {}
+        self.requests: list[RequestRecord] = []
+        self.requests_seq = 0
+        self.requests_dropped = 0
         self.in_flight = 0
         self.config = config
         self.rng = random.Random(config.seed)
@@ -460,6 +546,7 @@ class ProviderState:
     def _derive(self) -> None:
         cfg = self.config
         self.api_keys = frozenset(cfg.api_keys)
+        self.no_idem_prefixes = tuple(p for p in cfg.no_idempotency_key_prefixes if p)
         self.rejects = RejectRule(
             cfg.reject_local_prefixes, cfg.reject_domains, cfg.reject_regex
         ).compile()
@@ -486,6 +573,8 @@ class ProviderState:
     def reset(self) -> None:
         self.ledger = []
         self.by_key = {}
+        self.requests = []
+        self.requests_dropped = 0
         self.stats.reset()
         self._reset_counters()
         self.config = dataclasses.replace(self.config, outages=())
@@ -572,14 +661,37 @@ class ProviderState:
 
     # --- acceptance ---
 
-    def accept(self, key: str | None, mail: Mail, received_at: float) -> tuple[LedgerEntry, bool]:
-        """Record an accepted request; returns (entry, replayed)."""
-        if key is not None:
-            entry = self.by_key.get(key)
-            if entry is not None:
-                entry.requests += 1
-                self.stats.duplicates += 1
-                return entry, True
+    def log_request(self, received_at: float) -> RequestRecord:
+        """A new request-log record (arrival order); the oldest tenth goes when full."""
+        self.requests_seq += 1
+        record = RequestRecord(self.requests_seq, received_at)
+        if len(self.requests) >= self.config.request_log_max:
+            drop = max(1, len(self.requests) // 10)
+            del self.requests[:drop]
+            self.requests_dropped += drop
+        self.requests.append(record)
+        return record
+
+    def idempotent_for(self, api_key: str) -> bool:
+        """Whether requests with this bearer key are deduplicated by idempotency key."""
+        if not self.config.idempotency:
+            return False
+        return not (self.no_idem_prefixes and api_key.startswith(self.no_idem_prefixes))
+
+    def accept(
+        self, key: str | None, mail: Mail, received_at: float, idempotent: bool = True
+    ) -> tuple[LedgerEntry, bool]:
+        """Record an accepted request; returns (entry, replay).
+
+        Idempotent: a known key is a replay that delivers nothing (the first entry).
+        Not idempotent: every call is a delivery with its own entry; ``replay`` says
+        that the key had been delivered before.
+        """
+        known = self.by_key.get(key) if key is not None else None
+        if known is not None and idempotent:
+            known.requests += 1
+            self.stats.duplicates += 1
+            return known, True
         entry = LedgerEntry(
             key,
             secrets.token_urlsafe(16),
@@ -591,6 +703,10 @@ class ProviderState:
             self.clock(),
         )
         self.ledger.append(entry)
+        if known is not None:
+            entry.replay = True
+            self.stats.duplicates += 1
+            return entry, True
         if key is not None:
             self.by_key[key] = entry
         return entry, False
@@ -634,54 +750,64 @@ async def mail_send(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     now = state.clock()
     bucket = state.stats.arrive(now)
+    record = state.log_request(now)
+    record.key = request.headers.get("Idempotency-Key") or None
     state.in_flight += 1
     try:
-        response, accepted = await _mail_send(state, request, now)
+        response, outcome = await _mail_send(state, request, now, record)
     finally:
         state.in_flight -= 1
-    state.stats.finish(bucket, response.status, accepted=accepted)
+    record.status = response.status
+    record.outcome = outcome
+    record.decided_at = state.clock()
+    if outcome != "accepted" and outcome != "replayed" and record.key is not None:
+        record.replay = record.key in state.by_key
+    state.stats.finish(bucket, response.status, accepted=outcome == "accepted")
     return response
 
 
 async def _mail_send(
-    state: ProviderState, request: web.Request, now: float
-) -> tuple[web.Response, bool]:
+    state: ProviderState, request: web.Request, now: float, record: RequestRecord
+) -> tuple[web.Response, str]:
+    """The response and the request's outcome (see the module docstring)."""
     cfg = state.config
     scheme, _, api_key = request.headers.get("Authorization", "").partition(" ")
     api_key = api_key.strip()
     if scheme.lower() != "bearer" or not api_key:
-        return _sendgrid(401, _UNAUTHORIZED, state.rate_limit(now, False)[1]), False
+        return _sendgrid(401, _UNAUTHORIZED, state.rate_limit(now, False)[1]), "unauthorized"
     if state.api_keys and api_key not in state.api_keys:
-        return _sendgrid(403, _FORBIDDEN, state.rate_limit(now, False)[1]), False
+        return _sendgrid(403, _FORBIDDEN, state.rate_limit(now, False)[1]), "forbidden"
+    idempotent = record.idempotent = state.idempotent_for(api_key)
 
     retry_at, headers = state.rate_limit(now, True)
     if retry_at is not None:
         assert headers is not None
         headers["Retry-After"] = str(max(1, math.ceil(retry_at - now)))
-        return _sendgrid(429, _TOO_MANY, headers), False
+        return _sendgrid(429, _TOO_MANY, headers), "rate_limited"
 
     length = request.content_length
     if length is not None and length > cfg.max_body_bytes:
-        return _sendgrid(413, _TOO_LARGE, headers), False
+        return _sendgrid(413, _TOO_LARGE, headers), "too_large"
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return _sendgrid(413, _TOO_LARGE, headers), False
+        return _sendgrid(413, _TOO_LARGE, headers), "too_large"
     if len(raw) > cfg.max_body_bytes:
-        return _sendgrid(413, _TOO_LARGE, headers), False
+        return _sendgrid(413, _TOO_LARGE, headers), "too_large"
     try:
         body = json.loads(raw)
     except ValueError:
-        return _sendgrid(400, _BAD_JSON, headers), False
+        return _sendgrid(400, _BAD_JSON, headers), "invalid"
 
     mail, errors = validate_mail(body)
     if mail is None:
         payload = {"errors": [{**e, "help": None} for e in errors]}
-        return _sendgrid(400, dumps(payload), headers), False
+        return _sendgrid(400, dumps(payload), headers), "invalid"
+    key = record.key = record.key or mail.custom_args.get("event_id") or None
     for path, address in mail.recipients:
         if state.rejects(address):
             message = f"The recipient address {address} was rejected (permanent failure)."
-            return _sendgrid(400, dumps(sendgrid_errors(message, path)), headers), False
+            return _sendgrid(400, dumps(sendgrid_errors(message, path)), headers), "rejected"
 
     # Draw outcome and delay at arrival, so a seeded RNG gives a reproducible sequence.
     failure = state.draw_failure(now)
@@ -691,15 +817,17 @@ async def _mail_send(
     if delay > 0:
         await asyncio.sleep(delay)
     if failure is not None:
-        return _injected_error(failure, headers), False
+        return _injected_error(failure, headers), "failed"
 
-    key = request.headers.get("Idempotency-Key") or mail.custom_args.get("event_id") or None
-    entry, replayed = state.accept(key, mail, now)
+    entry, replay = state.accept(key, mail, now, idempotent)
+    record.replay = replay
+    record.message_id = entry.message_id
     out = dict(headers) if headers else {}
     out["X-Message-Id"] = entry.message_id
-    if replayed:
+    if replay and idempotent:
         out["Idempotent-Replayed"] = "true"
-    return web.Response(status=202, headers=out), not replayed
+        return web.Response(status=202, headers=out), "replayed"
+    return web.Response(status=202, headers=out), "accepted"
 
 
 # --- control API ------------------------------------------------------------------------
@@ -785,7 +913,7 @@ async def get_ledger(request: web.Request) -> web.StreamResponse:
 
 async def get_duplicates(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
-    dups = [e.to_json() for e in state.ledger if e.requests > 1]
+    dups = [e.to_json() for e in state.ledger if e.requests > 1 or e.replay]
     return json_response(
         {
             "count": len(dups),
@@ -793,6 +921,31 @@ async def get_duplicates(request: web.Request) -> web.Response:
             "entries": dups,
         }
     )
+
+
+async def get_requests(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    try:
+        query = LedgerQuery.parse(request.query)
+    except QueryError as exc:
+        return error_response(str(exc))
+    matched = query.select(state.requests)
+    out: JSON = {
+        "total": len(state.requests),
+        "dropped": state.requests_dropped,
+        "matched": len(matched),
+    }
+    if query.summary:
+        by_outcome: dict[str, int] = {}
+        for r in matched:
+            by_outcome[r.outcome] = by_outcome.get(r.outcome, 0) + 1
+        out["delivered"] = by_outcome.get("accepted", 0)
+        out["replays"] = sum(1 for r in matched if r.replay)
+        out["by_outcome"] = dict(sorted(by_outcome.items()))
+        return json_response(out)
+    page = query.page(matched)
+    out.update(offset=query.offset, count=len(page))
+    return await ledger_response(request, out, page)
 
 
 def create_app(
@@ -815,6 +968,7 @@ def create_app(
     app.router.add_get("/_sim/stats", get_stats)
     app.router.add_get("/_sim/ledger", get_ledger)
     app.router.add_get("/_sim/ledger/duplicates", get_duplicates)
+    app.router.add_get("/_sim/requests", get_requests)
     return app
 
 

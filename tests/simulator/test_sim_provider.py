@@ -88,6 +88,7 @@ async def test_accepts_and_records(sim: Sim) -> None:
         "received_at": T0,
         "accepted_at": T0,
         "requests": 1,
+        "replay": False,
     }
     _, stats = await control(sim, "GET", "/_sim/stats")
     assert stats["requests"] == 1 and stats["accepted"] == 1

@@ -18,6 +18,7 @@ from app import faust_adapter, intake, metrics, startup_checks
 from app.agents import deadletters, dispatch, render, route
 from app.runtime import Runtime
 from app.settings import Settings
+from app.stages.deadletters import install_log_redaction
 from app.topology import declare, stages_of
 
 WEB_PORTS = {
@@ -34,6 +35,8 @@ def create_app(settings: Settings | None = None, *, registry: Any = None) -> fau
     """Build the app for ``settings.stage``; ``registry`` overrides the registry client."""
     settings = settings or Settings()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request
+    if settings.redact_pii:
+        install_log_redaction()  # mask addresses and quoted values in every log line
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = faust.App(
         settings.app_id(),

@@ -16,7 +16,8 @@ from app.providers.base import Provider
 from app.serde import Serde
 from app.settings import ProviderPolicy, Settings
 from app.stages.common import Emission
-from app.topology import Topology
+from app.stages.deadletters import redact_dead_letter
+from app.topology import DEAD, Topology
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,8 @@ class Runtime:
 
     def encode_record(self, logical: str, record: Any) -> bytes:
         """``record`` encoded for the topic with logical name ``logical``."""
+        if logical == DEAD and getattr(self.settings, "redact_pii", False):  # issue 15
+            record = redact_dead_letter(record)
         return self.serde.encode(self.topology.name(logical), record)
 
     async def emit(self, emission: Emission) -> Any:

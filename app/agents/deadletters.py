@@ -36,6 +36,7 @@ from app.stages.common import now_ms
 from app.stages.deadletters import (
     DIMENSIONS,
     AlertRule,
+    LabelBounds,
     WindowSummary,
     parse_duration,
     summarize_counts,
@@ -158,7 +159,10 @@ def attach(app: Any, runtime: Runtime) -> Any:
     settings = runtime.settings
     table = declare_table(app, settings.topic_partitions)
     counts = DeadLetterCounts(
-        table, bucket_s=settings.analyser_bucket_s, retention_s=settings.analyser_retention_s
+        table,
+        bucket_s=settings.analyser_bucket_s,
+        retention_s=settings.analyser_retention_s,
+        bounds=LabelBounds.from_settings(settings),  # keys and labels from a bounded set
     )
     if hasattr(table, "on_recover"):  # a Faust table (unit tests pass a dict)
 

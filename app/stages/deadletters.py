@@ -365,6 +365,8 @@ def plan_replay(
     that was sent already: replaying twice sends nothing new.
     """
     dl = stored.letter
+    if not dl.payload:
+        return Skipped(stored, "no payload (redacted, or the event was empty): nothing to replay")
     key = dl.event_id.encode() if dl.event_id else stored.key
     headers = (
         (REPLAY_HEADER, str(dl.replayed + 1).encode()),
@@ -387,3 +389,166 @@ def plan_replay(
         )
         return ReplayItem(stored, lane, req.event_id.encode(), encode(lane, fresh), headers)
     return Skipped(stored, f"stage {dl.stage!r} has no replay target")
+
+
+# --- bounded labels (issue 15) ---------------------------------------------------------------
+
+#: What a dimension value outside its known set is counted as.
+OTHER = "other"
+#: Reason codes the pipeline writes (app/errors.py, the stages, the providers). A unit
+#: test scans app/ for reason literals and fails when one is missing here.
+KNOWN_REASONS = frozenset({
+    "bad_event", "empty_value", "error", "intake_refused", "internal_error", "invalid_field",
+    "invalid_header", "needs_reconciliation", "provider_auth", "provider_error",
+    "provider_rejected", "provider_throttled", "provider_timeout", "provider_unavailable",
+    "render_error", "schema_violation", "too_large", "undecodable", "unencodable",
+    "unknown_template",
+})  # fmt: skip
+KNOWN_STAGES = frozenset({"intake", "render", "route", "dispatch", "analyser"})
+
+
+class LabelBounds:
+    """The values the analyser's table keys and metric labels may take, per dimension.
+
+    Anything a producer can choose (source, template, provider, even reason and stage:
+    whoever may write to email.dead writes them) is mapped into a set fixed by the
+    configuration: known reasons and stages, the configured integrations and providers,
+    the templates (and their versions) in the templates folder. Everything else counts
+    as ``other`` (a known template with an unknown version as ``<name>@other``), so the
+    table and ``spillway_dead_letters_window_by`` have at most
+    ``sum(len(set) + 2)`` values per bucket and window, whatever arrives.
+    """
+
+    def __init__(
+        self,
+        *,
+        sources: frozenset[str],
+        providers: frozenset[str],
+        templates: Callable[[], Mapping[str, frozenset[str]]] | Mapping[str, frozenset[str]],
+        reasons: frozenset[str] = KNOWN_REASONS,
+        stages: frozenset[str] = KNOWN_STAGES,
+        refresh_s: float = 30.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        import time
+
+        self.sources, self.providers = sources, providers
+        self.reasons, self.stages = reasons, stages
+        self._load = templates if callable(templates) else (lambda: templates)
+        self._clock = clock or time.monotonic
+        self.refresh_s = refresh_s
+        self.templates: Mapping[str, frozenset[str]] = self._load()
+        self._loaded_at = self._clock()
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> LabelBounds:
+        from app.templating import TemplateStore
+
+        def templates() -> dict[str, frozenset[str]]:
+            try:
+                store = TemplateStore(settings.templates_dir)
+                return {n: frozenset(store.versions(n)) for n in store.names()}
+            except Exception:  # a broken templates folder must not stop the counting
+                return {}
+
+        keys = getattr(settings, "intake_api_keys", None) or {}
+        return cls(
+            sources=frozenset({"cli", *map(str, keys)}),
+            providers=frozenset(p.name for p in settings.provider_policies()),
+            templates=templates,
+        )
+
+    def _template(self, dl: DeadLetter) -> str:
+        if not dl.template:
+            return NONE
+        versions = self.templates.get(dl.template)
+        if versions is None and self._clock() - self._loaded_at >= self.refresh_s:
+            self.templates, self._loaded_at = self._load(), self._clock()  # new template?
+            versions = self.templates.get(dl.template)
+        if versions is None:
+            return OTHER
+        if not dl.template_version:
+            return dl.template
+        return template_label(dl) if dl.template_version in versions else f"{dl.template}@{OTHER}"
+
+    def values(self, dl: DeadLetter) -> dict[str, str]:
+        def known(value: str | None, allowed: frozenset[str]) -> str:
+            if not value:
+                return NONE
+            return value if value in allowed else OTHER
+
+        return {
+            "reason": known(dl.reason, self.reasons),
+            "template": self._template(dl),
+            "source": known(dl.source, self.sources),
+            "provider": known(dl.provider, self.providers),
+            "stage": known(dl.stage, self.stages),
+        }
+
+
+# --- PII redaction (issue 15: setting redact_pii) -------------------------------------------
+
+# A local part may hold quotes and most punctuation (RFC 5322): take all but spaces
+# and separators; the domain stops at quotes too.
+_EMAIL = re.compile(r"[^\s@<>,;:()\[\]\"]+@[^\s@<>\"'`,;:()\[\]{}]+")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|`[^`]*`")
+REDACTED_EMAIL = "<email>"
+REDACTED_MARK = "[redacted]"
+
+
+def redact_text(text: str) -> str:
+    """``text`` with email addresses and quoted values (which may be template data)
+    masked: ``<email>`` and ``'…'``."""
+    return _QUOTED.sub("'…'", _EMAIL.sub(REDACTED_EMAIL, text))
+
+
+def redact_dead_letter(dl: DeadLetter) -> DeadLetter:
+    """The dead letter without the event: payload emptied, messages masked; metadata
+    (reason, stage, template, source, provider, ids, offsets) kept for counting and
+    for finding the original upstream. Idempotent."""
+    from app.models import Attempt
+    from app.stages.common import MAX_MESSAGE_CHARS, text
+
+    def clean(value: str) -> str:  # masked, encodable (lone surrogates escaped), bounded
+        return text(redact_text(value), MAX_MESSAGE_CHARS)
+
+    history = [
+        Attempt(**{**a.asdict(), "message": clean(a.message)}) if isinstance(a, Attempt)
+        else a
+        for a in dl.history
+    ]  # fmt: skip
+    message = clean(dl.message)
+    if not message.startswith(REDACTED_MARK):
+        message = f"{REDACTED_MARK} {message}"
+    return type(dl)(**{
+        **dl.asdict(), "payload": b"", "payload_format": "unknown", "message": message,
+        "history": history,
+    })  # fmt: skip
+
+
+class RedactingRecordFactory:
+    """A ``logging`` record factory that masks email addresses and quoted values in
+    every log message (installed by :func:`install_log_redaction`)."""
+
+    def __init__(self, inner: Callable[..., Any]) -> None:
+        self.inner = inner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        record = self.inner(*args, **kwargs)
+        try:
+            message = redact_text(record.getMessage())
+        except Exception:  # a bad format string: logging's error report would print the args
+            message = f"{redact_text(str(record.msg))} [arguments dropped: they do not fit]"
+        record.msg, record.args = message, None
+        return record
+
+
+def install_log_redaction() -> bool:
+    """Mask addresses in every log record of this process; True if newly installed."""
+    import logging
+
+    current = logging.getLogRecordFactory()
+    if isinstance(current, RedactingRecordFactory):
+        return False
+    logging.setLogRecordFactory(RedactingRecordFactory(current))
+    return True

@@ -18,7 +18,13 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from app.models import DeadLetter
-from app.stages.deadletters import bucket_of, count_key, dimension_values, parse_count_key
+from app.stages.deadletters import (
+    LabelBounds,
+    bucket_of,
+    count_key,
+    dimension_values,
+    parse_count_key,
+)
 from app.tables import declare_bytes_table
 
 TABLE_NAME = "dead-letter-counts"
@@ -33,9 +39,17 @@ class DeadLetterCounts:
     """
 
     def __init__(
-        self, table: MutableMapping[bytes, Any], *, bucket_s: int, retention_s: int
+        self,
+        table: MutableMapping[bytes, Any],
+        *,
+        bucket_s: int,
+        retention_s: int,
+        bounds: LabelBounds | None = None,
     ) -> None:
         self.table = table
+        #: Maps producer-chosen values into a configured set (None: counted as they are;
+        #: the analyser always passes bounds, so its keys and labels stay bounded).
+        self.bounds = bounds
         self.bucket_s = bucket_s
         self.retention_s = retention_s
         # partition -> bucket -> keys, to expire old buckets without scanning the table
@@ -58,7 +72,8 @@ class DeadLetterCounts:
     def add(self, dl: DeadLetter, partition: int) -> None:
         bucket = bucket_of(dl.dead_at, self.bucket_s)
         buckets = self._buckets(partition)
-        for dimension, value in dimension_values(dl).items():
+        values = self.bounds.values(dl) if self.bounds else dimension_values(dl)
+        for dimension, value in values.items():
             key = count_key(partition, bucket, dimension, value)
             self.table[key] = int(self.table.get(key) or 0) + 1
             buckets[bucket].add(key)

@@ -4,8 +4,9 @@ delivered, and no worker stops.
 
 The corpus holds every record that used to halt a stage: a tombstone (crash-looped
 the render worker), ``created_at`` of 10**20, a lone surrogate, a rendered email
-larger than a Kafka record, header values a provider refuses, and an Avro record
-nesting 10,000 arrays (a segmentation fault in fastavro's C reader).
+larger than a Kafka record, header values a provider refuses, an Avro record nesting
+10,000 arrays (a segmentation fault in fastavro's C reader) and a 900 kB sender of
+blanks (hours in a quadratic regex).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def poison_corpus(env: Env) -> list[tuple[str, bytes, bytes | None, str]]:
         (js(event(15, event_id="e\r\nBcc: x@example.com")), "invalid_header", {
             "id": "e\r\nBcc: x@example.com"
         }),
+        (js(event(16, from_address="a" + " " * 900_000 + "x")), "invalid_field", None),
     ]
     corpus = []
     for i, (value, reason, extra) in enumerate(cases):

@@ -158,6 +158,8 @@ class Dispatcher:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         work = self.works.pop(task)
+        if task.cancelled():  # also when cancelled before it ever ran
+            self.stats.abandoned += 1
         self.on_wire.discard(work)
         by_offset = self.tasks.get(work.tp)
         if by_offset is not None and by_offset.get(work.offset) is task:
@@ -186,7 +188,7 @@ class Dispatcher:
             else:
                 self.stats.abandoned += 1
         except asyncio.CancelledError:
-            self.stats.abandoned += 1  # revoked or stopping: not acked, redone elsewhere
+            raise  # revoked or stopping: not acked, redone elsewhere (``_finished``)
         except Exception as exc:  # an infrastructure fault (the stage catches the rest)
             log.critical("dispatch: %s at %s:%d not done: %r", work.lane, work.tp, work.offset, exc)
             if self.on_fatal is not None:

@@ -99,6 +99,7 @@ class ShutdownGuard:
         self.bound_s = bound_s
         self.drains = drains if drains is not None else []
         self.exit = exit or os._exit
+        self._hard = exit is None
         self.signals = 0
         self.timer: Any = None
 
@@ -128,7 +129,8 @@ class ShutdownGuard:
         import logging
 
         logging.getLogger(__name__).warning("forced stop (exit %d)", EXIT_FORCED)
-        logging.shutdown()
+        if self._hard:
+            logging.shutdown()
         self.exit(EXIT_FORCED)
 
     async def graceful(self) -> None:

@@ -1,10 +1,23 @@
-"""GaplessConsumer: a jump in a stream partition's offsets is rewound, not acked."""
+"""GaplessConsumer: a jump over offsets that still exist is rewound, never acked; the
+committed offset never passes a message that is not done."""
 
 from __future__ import annotations
 
-from app.consumer import GaplessConsumer, GaplessTransport, skipped_from
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.consumer import GaplessConsumer, GaplessTransport, GapTracker, next_commit, skipped_from
 from app.factory import create_app
 from app.settings import Settings
+
+T0 = TP("email.dispatch.bulk", 0)
 
 
 def test_skipped_from_finds_the_first_skipped_offset() -> None:
@@ -18,3 +31,186 @@ def test_the_app_uses_the_gapless_consumer() -> None:
     app = create_app(Settings(stage="dispatch", store="memory://"))  # type: ignore[arg-type]
     assert isinstance(app.transport, GaplessTransport)
     assert app.transport.Consumer is GaplessConsumer
+    assert app.conf.stream_wait_empty is False  # revocation is bounded by the dispatcher
+
+
+def test_next_commit_is_the_run_from_the_committed_position() -> None:
+    assert next_commit(None, [1, 2]) is None  # base unknown: commit nothing
+    assert next_commit(10, []) is None
+    assert next_commit(10, [11, 12]) is None  # 10 not done (Faust would commit 13)
+    assert next_commit(10, [10, 11, 13]) == 12
+    assert next_commit(0, [0, 1, 2]) == 3  # committed 0 is not "unknown"
+
+
+def test_tracker_rewinds_over_offsets_that_still_exist_every_time() -> None:
+    t = GapTracker()
+    t.seeked(T0, 100)
+    assert t.check(T0, 130, log_start=0) == 100  # rewind
+    t.seeked(T0, 100)
+    # the stale fetch from before the seek arrives again: rewind again, never "gone"
+    assert t.check(T0, 130, log_start=0) == 100
+    assert t.check(T0, 100, log_start=None) is None
+    assert t.expected[T0] == 101
+
+
+def test_tracker_passes_over_only_what_retention_deleted() -> None:
+    t = GapTracker()
+    t.seeked(T0, 100)
+    assert t.check(T0, 130, log_start=120) == 120  # 100..119 gone, 120..129 exist
+    t.seeked(T0, 120)
+    assert t.check(T0, 130, log_start=130) is None  # all of 120..129 gone now
+    assert t.base[T0] >= 130 - 10  # the commit base moved past what is gone
+
+
+def test_tracker_state_is_forgotten_on_reassignment() -> None:
+    """The observed bug: rewind state kept across a rebalance made a later skip from
+    the same offset count as 'gone' (99 emails never sent)."""
+    t = GapTracker()
+    t.seeked(T0, 100)
+    assert t.check(T0, 150, log_start=0) == 100
+    t.reset()
+    assert t.expected == {} and t.base == {}
+    t.seeked(T0, 100)
+    assert t.check(T0, 150, log_start=0) == 100
+
+
+class FakeTopics:
+    def acks_enabled_for(self, topic: str) -> bool:
+        return True
+
+
+def make_consumer(log_start: int = 0) -> tuple[GaplessConsumer, list[tuple[TP, int]]]:
+    """A GaplessConsumer without a broker: Faust's state, seeks recorded."""
+    consumer = GaplessConsumer.__new__(GaplessConsumer)
+    seeks: list[tuple[TP, int]] = []
+    consumer.__dict__.update(
+        app=SimpleNamespace(topics=FakeTopics()),
+        _read_offset={},
+        _acked={T0: []},
+        _acked_index={T0: set()},
+        _committed_offset={T0: None},
+    )
+
+    async def seek(tp: TP, offset: int) -> None:
+        seeks.append((tp, offset))
+        consumer.tracker().seeked(tp, offset)
+
+    async def earliest_offsets(*tps: TP) -> dict[TP, int]:
+        return dict.fromkeys(tps, log_start)
+
+    consumer.__dict__["seek"] = seek
+    consumer.__dict__["earliest_offsets"] = earliest_offsets
+    return consumer, seeks
+
+
+async def test_getmany_rewinds_a_skip_instead_of_delivering_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Disabling the rewind in GaplessConsumer.getmany fails this test."""
+    batches = [[5, 6, 7], [3, 4, 5, 6, 7]]  # 3 and 4 fetched before the seek, lost
+
+    async def fake_getmany(self: Any, timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109
+        for offset in batches.pop(0):
+            yield T0, SimpleNamespace(topic=T0.topic, offset=offset)
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "getmany", fake_getmany)
+    consumer, seeks = make_consumer()
+    consumer.tracker().seeked(T0, 3)
+    first = [m.offset async for _, m in consumer.getmany(1.0)]
+    assert first == [] and seeks == [(T0, 3)]
+    second = [m.offset async for _, m in consumer.getmany(1.0)]
+    assert second == [3, 4, 5, 6, 7]
+    assert consumer._read_offset[T0] is None  # Faust neither drops nor gap-acks
+
+
+def test_new_offset_never_passes_an_unacked_message() -> None:
+    consumer, _ = make_consumer()
+    consumer._committed_offset[T0] = 10
+    consumer._acked[T0] = [11, 12, 13]
+    consumer._acked_index[T0] = {11, 12, 13}
+    assert consumer._new_offset(T0) is None  # 10 is not done
+    consumer._acked[T0].append(10)
+    consumer._acked_index[T0].add(10)
+    assert consumer._new_offset(T0) == 14
+    assert consumer._acked[T0] == [] and consumer._acked_index[T0] == set()
+
+
+# -- the property: random fetch interleavings, rebalances, rewinds, done/not done ------
+
+
+@st.composite
+def scenarios(draw: Any) -> list[tuple[str, int]]:
+    steps = st.one_of(
+        st.tuples(st.just("fetch"), st.integers(1, 6)),  # deliver the next n records
+        st.tuples(st.just("stale"), st.integers(1, 8)),  # a fetch from ahead of the seek
+        st.tuples(st.just("done"), st.integers(0, 40)),  # finish the i-th delivered
+        st.tuples(st.just("commit"), st.just(0)),
+        st.tuples(st.just("rebalance"), st.just(0)),
+        st.tuples(st.just("retention"), st.integers(0, 5)),  # log start moves up
+    )
+    return draw(st.lists(steps, max_size=60))
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios(), st.integers(0, 3))
+def test_committed_offset_never_passes_a_message_not_done(
+    steps: list[tuple[str, int]], log_start: int
+) -> None:
+    log_end = 60
+    tracker = GapTracker()
+    committed: int | None = None
+    position = log_start  # the fetcher's position
+    done: set[int] = set()
+    delivered: list[int] = []
+    acked: list[int] = []
+
+    def seek(offset: int) -> None:
+        nonlocal position
+        position = offset
+        tracker.seeked(T0, offset)
+
+    def rebalance() -> None:
+        tracker.reset()
+        acked.clear()  # Faust forgets the acks of revoked partitions
+        delivered.clear()
+        seek(committed if committed is not None else log_start)
+
+    def arrive(offset: int) -> None:
+        nonlocal position
+        if offset < log_start or offset >= log_end:
+            return
+        start = log_start if tracker.skip_detected(T0, offset) else None
+        rewind = tracker.check(T0, offset, start)
+        if rewind is not None:
+            seek(rewind)
+            return
+        delivered.append(offset)
+        position = offset + 1
+
+    rebalance()
+    for kind, n in steps:
+        if kind == "fetch":
+            for _ in range(n):
+                arrive(max(position, log_start))
+        elif kind == "stale":
+            arrive(position + n)
+        elif kind == "done" and delivered:
+            offset = delivered[n % len(delivered)]
+            done.add(offset)
+            if committed is None or offset >= committed:
+                acked.append(offset)
+        elif kind == "commit":
+            base_known = [b for b in (committed, tracker.base.get(T0)) if b is not None]
+            new = next_commit(max(base_known) if base_known else None, acked)
+            if new is not None:
+                committed = new
+                tracker.committed(T0, new)
+                acked[:] = [o for o in acked if o >= new]
+        elif kind == "rebalance":
+            rebalance()
+        elif kind == "retention":
+            log_start = min(log_end, log_start + n)
+        if committed is not None:
+            # every offset below the commit that still exists was done
+            missing = [o for o in range(log_start, committed) if o not in done]
+            assert not missing, (committed, missing)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from app.tables.ledger import Ledger
@@ -32,3 +33,45 @@ def test_a_later_state_replaces_a_held_sent_mark() -> None:
     entry = ledger.get("e2")
     assert entry is not None and entry.state == "failed"
     assert table[b"e2"]["s"] == "failed"
+
+
+def test_entries_past_the_horizon_are_expired_in_bounded_sweeps() -> None:
+    now = [1_000_000.0]
+    table: dict[bytes, Any] = {}
+    ledger = Ledger(table, horizon_s=100.0, clock=lambda: now[0])
+    for i in range(10):
+        ledger.mark_in_flight(f"old-{i}", "sim")
+    now[0] += 150.0
+    ledger.mark_in_flight("new", "sim")
+    table[b"nan"] = {"s": "sent", "t": float("nan")}  # garbage times count as expired
+    table[b"bad"] = {"s": "sent", "t": "yesterday"}
+    assert ledger.expire(budget=5) == 5  # bounded: resumes where it stopped
+    assert ledger.expire(budget=100) == 7
+    assert set(table) == {b"new"}
+    assert ledger.expire() == 0
+    now[0] += 99.0
+    assert ledger.expire() == 0 and b"new" in table  # inside the horizon: kept
+    now[0] += 2.0
+    assert ledger.expire() == 1 and table == {}
+
+
+def test_the_fence_runs_before_the_in_flight_mark() -> None:
+    table: dict[bytes, Any] = {}
+
+    def fenced() -> None:
+        raise RuntimeError("not owned")
+
+    ledger = Ledger(table, guard=fenced)
+    with contextlib.suppress(RuntimeError):
+        ledger.mark_in_flight("e1", "sim")
+    assert table == {}  # nothing written, nothing sent
+
+
+def test_the_horizon_is_never_shorter_than_a_provider_key_lifetime() -> None:
+    from app.settings import Settings
+
+    assert Settings().ledger_horizon_s() == 7 * 24 * 3600.0
+    s = Settings(dedupe_horizon_s=3600.0, provider_idempotency_ttl_s=86_400.0)  # type: ignore[call-arg]
+    assert s.ledger_horizon_s() == 86_400.0
+    smtp = Settings(provider="smtp", dedupe_horizon_s=3600.0)  # type: ignore[call-arg]
+    assert smtp.ledger_horizon_s() == 3600.0  # no keys: the configured horizon

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 from aiokafka.partitioner import DefaultPartitioner
 
 from app.factory import create_app
@@ -31,8 +34,28 @@ def test_ledger_and_pressure_hash_keys_without_the_producer() -> None:
         assert board.partition_for_key(pressure.key_for("sim", p, n)) == p
 
 
-def test_dead_letter_counts_follow_the_event_partition() -> None:
+async def test_dead_letter_counts_follow_the_event_partition() -> None:
+    """A count written while handling an event of partition p goes to changelog
+    partition p (its key starts with p, so a restart restores it with that partition)."""
     app = create_app(Settings(stage="route", store="memory://"))  # type: ignore[arg-type]
     table = deadletters.declare_table(app, 6)
     assert not isinstance(table, KeyHashedTable)
     assert app.tables[deadletters.TABLE_NAME] is table
+    written: list[tuple[int | None, bytes]] = []
+
+    def send_changelog(partition: int | None, key: bytes, value: Any, *a: Any, **k: Any) -> Any:
+        written.append((partition, key))
+        return SimpleNamespace(message=SimpleNamespace(partition=partition))
+
+    table.send_changelog = send_changelog  # type: ignore[method-assign]
+    topic = app.topic("t-counts", value_serializer="raw", key_serializer="raw")
+
+    @app.agent(topic)
+    async def count(stream: Any) -> None:
+        async for _event in stream.events():
+            table[b"4|0|reason|x"] = 1
+
+    async with count.test_context() as agent:
+        await agent.put(b"v", key=b"k", partition=4)
+        await agent.put(b"v", key=b"k", partition=2)
+    assert written == [(4, b"4|0|reason|x"), (2, b"4|0|reason|x")]

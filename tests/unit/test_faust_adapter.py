@@ -1,0 +1,153 @@
+"""Pins every Faust private Spillway uses (app/faust_adapter.py): each test fails,
+naming the attribute, when a faust-streaming upgrade changes it."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any
+
+import faust
+import pytest
+from faust.transport import consumer as faust_consumer
+from faust.types import TP
+
+from app import faust_adapter
+from app.consumer import GaplessConsumer
+from app.factory import create_app
+from app.settings import Settings
+
+T0 = TP("t", 0)
+
+
+def test_faust_version_is_the_one_these_pins_were_written_for() -> None:
+    assert faust.__version__ == "0.15.3", "re-check every pin below, then update this"
+
+
+def test_consumer_keeps_acks_read_and_committed_offsets_where_we_read_them() -> None:
+    init = inspect.getsource(faust_consumer.Consumer.__init__)
+    for name in ("_acked", "_acked_index", "_read_offset", "_committed_offset"):
+        assert f"self.{name} =" in init, f"Consumer.{name} moved"
+    new_offset = inspect.getsource(faust_consumer.Consumer._new_offset)
+    assert "self._acked[tp]" in new_offset and "_acked_index" in new_offset
+    # the overridden hooks keep their signatures
+    for hook in ("_new_offset", "on_partitions_revoked", "on_partitions_assigned", "getmany"):
+        assert hasattr(faust_consumer.Consumer, hook), hook
+    assert list(inspect.signature(faust_consumer.Consumer._new_offset).parameters) == [
+        "self",
+        "tp",
+    ]
+
+
+def test_revocation_forgets_acks_before_the_app_hears_of_it() -> None:
+    """Why GaplessConsumer.before_revoke commits first: Faust pops the revoked
+    partitions' acks, then calls the app's handler."""
+    src = inspect.getsource(faust_consumer.Consumer.on_partitions_revoked)
+    assert src.index("self._acked.pop") < src.index("self._on_partitions_revoked")
+
+
+def test_wait_empty_is_switched_off_by_stream_wait_empty() -> None:
+    src = inspect.getsource(faust_consumer.Consumer.on_stop)
+    assert "stream_wait_empty" in src and "wait_empty()" in src
+    app = create_app(Settings(stage="dispatch", store="memory://"))  # type: ignore[arg-type]
+    assert app.conf.stream_wait_empty is False
+
+
+def test_adapter_reads_and_writes_the_consumer_state() -> None:
+    consumer: Any = GaplessConsumer.__new__(GaplessConsumer)
+    consumer.__dict__.update(
+        _acked={T0: [3]}, _acked_index={T0: {3}}, _read_offset={T0: 9}, _committed_offset={T0: 2}
+    )
+    acked, index = faust_adapter.acked_offsets(consumer, T0)
+    assert acked == [3] and index == {3}
+    assert faust_adapter.committed_offsets(consumer)[T0] == 2
+    faust_adapter.forget_read_offset(consumer, T0)
+    assert consumer._read_offset[T0] is None
+
+
+def test_conductor_index_and_generation() -> None:
+    app = create_app(Settings(stage="dispatch", store="memory://"))  # type: ignore[arg-type]
+    assert hasattr(app.topics, "_topic_name_index"), "Conductor._topic_name_index moved"
+    assert faust_adapter.lane_queues(app, "no-such-topic") == []
+    assert hasattr(app, "consumer_generation_id")
+    assert faust_adapter.generation(app) == 0
+    msg = faust.types.Message("t", 0, 1, 0.0, 0, None, b"k", b"v", None, generation_id=7)
+    assert faust_adapter.message_generation(msg) == 7
+
+
+def test_hold_and_release_use_the_message_refcount() -> None:
+    msg = faust.types.Message("t", 0, 1, 0.0, 0, None, b"k", b"v", None)
+    msg.refcount = 1  # the stream's reference
+
+    class Event:
+        message = msg
+
+        def ack(self) -> bool:
+            return bool(msg.ack(None))  # type: ignore[arg-type]
+
+    faust_adapter.hold(Event())
+    assert msg.refcount == 2
+    assert Event().ack() is False  # the stream moved on: still held
+    assert not msg.acked
+    faust_adapter.release(Event())
+    assert msg.acked
+
+
+def test_worker_stop_hook_exists() -> None:
+    from mode.worker import Worker
+
+    assert hasattr(Worker, "_on_sigterm"), "mode Worker._on_sigterm moved"
+    src = inspect.getsource(Worker._schedule_shutdown)
+    assert "_signal_stop_time" in src  # why a second SIGTERM is ignored by mode
+
+
+async def test_shutdown_guard_drains_then_stops_and_a_second_sigterm_forces() -> None:
+    exits: list[int] = []
+    drained: list[float] = []
+    stopped: list[bool] = []
+
+    async def drain(budget: float) -> None:
+        drained.append(budget)
+
+    class App:
+        async def stop(self) -> None:
+            stopped.append(True)
+
+    guard = faust_adapter.ShutdownGuard(App(), 30.0, [drain], exit=exits.append)
+    guard.on_sigterm()
+    for _ in range(100):
+        if stopped:
+            break
+        await asyncio.sleep(0.01)
+    assert drained == [15.0] and stopped == [True] and exits == []
+    guard.on_sigterm()
+    assert exits == [faust_adapter.EXIT_FORCED]
+    guard.timer.cancel()
+
+
+async def test_shutdown_guard_forces_out_at_the_bound() -> None:
+    exits: list[int] = []
+
+    async def stuck(budget: float) -> None:
+        await asyncio.sleep(3600)
+
+    class App:
+        async def stop(self) -> None:
+            await asyncio.sleep(3600)
+
+    guard = faust_adapter.ShutdownGuard(App(), 0.05, [stuck], exit=exits.append)
+    guard.on_sigterm()
+    for _ in range(300):
+        if exits:
+            break
+        await asyncio.sleep(0.01)
+    assert exits == [faust_adapter.EXIT_FORCED]
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            task.cancel()
+
+
+@pytest.mark.parametrize("name", ["_on_sigterm"])
+def test_worker_of_finds_nothing_without_a_worker(name: str) -> None:
+    app = create_app(Settings(stage="dispatch", store="memory://"))  # type: ignore[arg-type]
+    assert faust_adapter.worker_of(app) is None

@@ -437,6 +437,27 @@ def raw_event_from_json(data: bytes) -> RawEvent:
         raise DecodeError("JSON value is not an object")
     if not _plainly_safe(data):
         check_json_value(obj)
+    problems = event_problems(obj)
+    if problems:
+        raise SchemaError("; ".join(problems))
+    return RawEvent(
+        event_id=obj["event_id"],
+        template=obj["template"],
+        to=obj["to"],
+        priority=obj.get("priority", "normal"),
+        data=obj.get("data") or {},
+        data_json=obj.get("data_json"),
+        source=obj.get("source") or "unknown",
+        template_version=obj.get("template_version"),
+        locale=obj.get("locale"),
+        from_address=obj.get("from_address"),
+        created_at=obj.get("created_at"),
+    )
+
+
+def event_problems(obj: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the fields of a JSON raw event (empty: nothing). The one
+    field check for JSON events: intake can refuse what render would dead-letter."""
     problems: list[str] = []
     for name in ("event_id", "template", "to"):
         value = obj.get(name)
@@ -444,11 +465,11 @@ def raw_event_from_json(data: bytes) -> RawEvent:
             problems.append(f"'{name}' must be a non-empty string")
     priority = obj.get("priority", "normal")
     if priority not in PRIORITIES:
-        problems.append(f"'priority' must be one of {', '.join(PRIORITIES)}, not {priority!r}")
-    data_field = obj.get("data", {})
-    if data_field is None:
-        data_field = {}
-    if not isinstance(data_field, dict):
+        shown = repr(priority)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        problems.append(f"'priority' must be one of {', '.join(PRIORITIES)}, not {shown}")
+    data_field = obj.get("data")
+    if data_field is not None and not isinstance(data_field, dict):
         problems.append("'data' must be an object")
     for name in _JSON_STR_FIELDS:
         if obj.get(name) is not None and not isinstance(obj[name], str):
@@ -458,21 +479,7 @@ def raw_event_from_json(data: bytes) -> RawEvent:
         problems.append("'created_at' must be epoch milliseconds (an integer)")
     elif created_at is not None and not LONG_MIN <= created_at <= LONG_MAX:
         problems.append("'created_at' is out of range (epoch milliseconds in a signed 64-bit long)")
-    if problems:
-        raise SchemaError("; ".join(problems))
-    return RawEvent(
-        event_id=obj["event_id"],
-        template=obj["template"],
-        to=obj["to"],
-        priority=priority,
-        data=data_field,
-        data_json=obj.get("data_json"),
-        source=obj.get("source") or "unknown",
-        template_version=obj.get("template_version"),
-        locale=obj.get("locale"),
-        from_address=obj.get("from_address"),
-        created_at=created_at,
-    )
+    return problems
 
 
 def _plainly_safe(data: bytes) -> bool:

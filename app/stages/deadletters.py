@@ -452,8 +452,9 @@ class LabelBounds:
                 return {}
 
         keys = getattr(settings, "intake_api_keys", None) or {}
+        scopes = getattr(settings, "intake_integrations", None) or {}  # helper A's scopes
         return cls(
-            sources=frozenset({"cli", *map(str, keys)}),
+            sources=frozenset({"cli", *map(str, keys), *map(str, scopes)}),
             providers=frozenset(p.name for p in settings.provider_policies()),
             templates=templates,
         )

@@ -109,6 +109,8 @@ def test_bounds_from_settings_use_the_configuration(tmp_path: Path) -> None:
     b = LabelBounds.from_settings(s)
     assert b.providers == {"primary", "backup"}
     assert "cli" in b.sources
+    with_keys = Settings(intake_api_keys={"shop-backend": "k" * 32})  # type: ignore[dict-item]
+    assert LabelBounds.from_settings(with_keys).sources == {"cli", "shop-backend"}
     assert b.templates.get("password_reset")
     broken = LabelBounds.from_settings(Settings(templates_dir=tmp_path / "missing"))
     assert broken.values(letter())["template"] == OTHER

@@ -116,9 +116,6 @@ class GapTracker:
 
 class GaplessConsumer(faust_aiokafka.Consumer):
     _gaps: GapTracker
-    #: called with the revoked partitions before Faust forgets their acks
-    #: (``app.dispatcher``: the bounded drain), then the done prefix is committed
-    before_revoke: Callable[[set[TP]], Awaitable[None]] | None = None
 
     def tracker(self) -> GapTracker:
         if not hasattr(self, "_gaps"):
@@ -137,7 +134,12 @@ class GaplessConsumer(faust_aiokafka.Consumer):
         self.tracker().seeked(partition, offset)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        hook = self.before_revoke
+        # ``app.spillway_before_revoke`` (the dispatch stage's bounded drain) runs
+        # before Faust forgets the revoked partitions' acks; then their done prefix
+        # is committed.
+        hook: Callable[[set[TP]], Awaitable[None]] | None = getattr(
+            self.app, "spillway_before_revoke", None
+        )
         if hook is not None and revoked:
             try:
                 await hook(set(revoked))

@@ -34,6 +34,8 @@ from app.tables.ledger import Ledger
 from app.topology import LANES, RETRIES, SENT
 
 BACKLOG_EVERY_S = 0.1
+LEDGER_SWEEP_EVERY_S = 10.0
+LEDGER_SWEEP_BUDGET = 5_000  # keys looked at per sweep: a few ms
 log = logging.getLogger(__name__)
 
 
@@ -251,9 +253,14 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             next_offset.pop(tp, None)
             earliest.pop(tp, None)
 
-    consumer_hooks = getattr(app.transport, "Consumer", None)
-    if consumer_hooks is not None and hasattr(consumer_hooks, "before_revoke"):
-        consumer_hooks.before_revoke = staticmethod(before_revoke)
+    app.spillway_before_revoke = before_revoke  # run by app.consumer.GaplessConsumer
+
+    @app.timer(LEDGER_SWEEP_EVERY_S, name="dispatch-ledger-expiry")
+    async def expire_ledger() -> None:
+        if ready.is_set():
+            n = ledger.expire(LEDGER_SWEEP_BUDGET)
+            if n:
+                log.info("sent-ledger: %d entries past the dedupe horizon expired", n)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app_: Any, revoked: set[Any], **kwargs: Any) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,40 @@ log = logging.getLogger(__name__)
 
 class ProduceFailedError(Exception):
     """Kafka did not acknowledge an output after every try: an infrastructure fault."""
+
+
+#: On a stop (the agent cancelled) while outputs await their acks, how long to let
+#: them finish before giving up.
+STOP_WAIT_S = 10.0
+
+
+async def _acknowledged(futures: list[Any], stage: str) -> list[Any]:
+    """The produce results (or exceptions), in order.
+
+    Cancelled meanwhile (the worker stops): Faust acks the batch as its stream closes,
+    so its outputs get up to ``STOP_WAIT_S`` to be acknowledged first; if any is not,
+    the worker exits at once (status 70) so that nothing is committed past them.
+    """
+    gathered = asyncio.ensure_future(asyncio.gather(*futures, return_exceptions=True))
+    try:
+        return await asyncio.shield(gathered)
+    except asyncio.CancelledError:
+        try:
+            results = await asyncio.wait_for(asyncio.shield(gathered), STOP_WAIT_S)
+            acked = not any(isinstance(r, BaseException) for r in results)
+        except BaseException:
+            acked = False
+        if not acked:
+            from app.agents.guard import EXIT_CODE
+
+            log.critical(
+                "%s: stopping with outputs Kafka has not acknowledged; exiting without "
+                "acking their input (it is handled again after a restart)",
+                stage,
+            )
+            logging.shutdown()
+            os._exit(EXIT_CODE)
+        raise
 
 
 async def deliver(
@@ -51,7 +86,7 @@ async def deliver(
                 failed.append((emission, refused))
             else:
                 sent.append((emission, future))
-        results = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+        results = await _acknowledged([f for _, f in sent], stage)
         for (emission, _), result in zip(sent, results, strict=True):
             if isinstance(result, BaseException):
                 if isinstance(result, asyncio.CancelledError):

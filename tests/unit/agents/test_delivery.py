@@ -138,3 +138,55 @@ def test_agents_use_delivery() -> None:
         source = inspect.getsource(module)
         assert "delivery.deliver(" in source and "runtime.emit(" not in source
     assert delivery.deliver is deliver
+
+
+class SlowTopic(FakeTopic):
+    """Acks (or fails) only after ``delay`` seconds."""
+
+    def __init__(self, delay: float, error: BaseException | None = None) -> None:
+        super().__init__([])
+        self.delay, self.error = delay, error
+
+    async def send(self, *, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+        self.sent.append((key, value))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if self.error is None:
+            loop.call_later(self.delay, future.set_result, "metadata")
+        else:
+            loop.call_later(self.delay, future.set_exception, self.error)
+        return future
+
+
+async def test_a_stop_waits_for_outstanding_acks_before_the_batch_is_acked() -> None:
+    topic = SlowTopic(0.2)
+    task = asyncio.create_task(deliver(FakeRuntime({"rendered": topic}), emissions(3), stage="r"))
+    await asyncio.sleep(0.05)
+    task.cancel()  # Faust stopping the agent: the stream acks the batch as it closes
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert asyncio.get_running_loop().time() - started >= 0.1  # it waited for the acks
+
+
+async def test_a_stop_with_failed_outputs_exits_without_acking(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Exited(Exception):
+        pass
+
+    exits: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise Exited(code)  # not SystemExit: asyncio would re-raise that out of the loop
+
+    monkeypatch.setattr(delivery.os, "_exit", fake_exit)
+    monkeypatch.setattr(delivery.logging, "shutdown", lambda: None)
+    topic = SlowTopic(0.1, ConnectionError("broker gone"))
+    task = asyncio.create_task(deliver(FakeRuntime({"rendered": topic}), emissions(1), stage="r"))
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(Exited):
+        await task
+    assert exits == [guard.EXIT_CODE]

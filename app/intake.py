@@ -1,14 +1,20 @@
 """HTTP intake: append events to ``email.raw-events`` and answer with their offsets.
 
-Intake does no rendering and no validation beyond "is this a JSON object": the
-bytes go to Kafka as they are (a batch's objects are re-serialized one by one).
-It never answers 2xx before the broker has acknowledged the write (acks=all),
-and answers 503 with Retry-After when the broker cannot acknowledge in time.
-
-    POST /v1/events         one JSON object, or Avro in Confluent framing
+    POST /v1/events         one JSON event, or Avro in Confluent framing
                             (Content-Type: application/vnd.confluent.avro;
                             key from the X-Event-Id header)     -> 202
-    POST /v1/events/batch   a JSON array of objects, or {"events": [...]} -> 202
+    POST /v1/events/batch   a JSON array of events, or {"events": [...]} -> 202
+    GET  /openapi.json      the API contract (app/intake_openapi.py)
+
+A request goes through, in order: credentials (401), the body read in full through
+aiohttp's stream (413 over ``intake_max_body_bytes``, chunked or not; 408 if it does
+not arrive in ``intake_body_timeout_s``; 400 if it ends early), parsing with bounded
+depth and value counts and the raw-event shape check (400, app/intake_body.py), the
+integration's scope (403 naming the rule, app/scopes.py), the Kafka record size (413),
+the integration's rate (429), then the append. Intake never answers 2xx before the
+broker has acknowledged every record (acks=all) and answers 503 with Retry-After when
+it cannot in time. Every error body is JSON ``{"error": <what was wrong>, "reason":
+<code>}``. Intake does not render, resolve templates or decode Avro.
 
 A retried request may append the same event twice: the sent-ledger makes that
 harmless (one email per event id).
@@ -30,9 +36,11 @@ is set (overriding what the producer wrote); an Avro body is appended unchanged
 integration is recorded in the ``spillway-integration`` header of the Kafka record.
 Every record appended by an authenticated request carries that header.
 
-Each integration has a token bucket of ``intake_rate_burst`` events refilled at
-``intake_rate_per_s`` (per intake worker); a request that finds too few tokens gets
-429 with Retry-After. A batch costs one token per event.
+Each integration may have a scope (``SPILLWAY_INTAKE_INTEGRATIONS``: templates, from
+addresses or domains, highest priority, own rate; see app/scopes.py). Each integration
+has a token bucket of ``intake_rate_burst`` events refilled at its rate (per intake
+worker); a request that finds too few tokens gets 429 with Retry-After. A batch costs
+one token per event.
 """
 
 from __future__ import annotations
@@ -45,15 +53,24 @@ import logging
 import math
 import secrets as _secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from aiohttp import web
+from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from pydantic import SecretStr
 
+from app import scopes
 from app.errors import IntakeError
+from app.intake_body import Refused, parse_batch, parse_object, read_body
+from app.intake_openapi import document, reason_of
 from app.runtime import Runtime
+from app.scopes import OPEN, Scope
 from app.topology import RAW
+
+__all__ = ["parse_batch", "parse_object", "read_body"]  # re-exported for callers
 
 log = logging.getLogger(__name__)
 
@@ -61,50 +78,6 @@ AVRO_TYPES = ("application/vnd.confluent.avro", "application/octet-stream")
 #: Kafka record header naming the authenticated integration.
 INTEGRATION_HEADER = "spillway-integration"
 MIN_SECRET_CHARS = 16
-
-
-async def read_body(request: Any, limit: int) -> bytes:
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise IntakeError(f"body of {declared} bytes exceeds the limit of {limit}", status=413)
-    body: bytes = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise IntakeError(f"body exceeds the limit of {limit} bytes", status=413)
-    if not body:
-        raise IntakeError("empty body: send a JSON object", status=400)
-    return body
-
-
-def parse_object(body: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise IntakeError(f"body is not valid UTF-8 JSON: {exc}", status=400) from exc
-    if not isinstance(obj, dict):
-        raise IntakeError(f"body must be a JSON object, not {type(obj).__name__}", status=400)
-    return obj
-
-
-def parse_batch(body: bytes, max_batch: int) -> list[dict[str, Any]]:
-    try:
-        obj = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise IntakeError(f"body is not valid UTF-8 JSON: {exc}", status=400) from exc
-    events = obj.get("events") if isinstance(obj, dict) else obj
-    if not isinstance(events, list):
-        raise IntakeError('batch must be a JSON array of objects or {"events": [...]}', status=400)
-    if not events:
-        raise IntakeError("batch is empty", status=400)
-    if len(events) > max_batch:
-        raise IntakeError(
-            f"batch of {len(events)} events exceeds the limit of {max_batch}", status=413
-        )
-    for i, event in enumerate(events):
-        if not isinstance(event, dict):
-            raise IntakeError(
-                f"events[{i}] must be a JSON object, not {type(event).__name__}", status=400
-            )
-    return events
 
 
 def key_of(obj: dict[str, Any]) -> bytes | None:
@@ -297,29 +270,110 @@ def with_source(obj: dict[str, Any], body: bytes | None, integration: str | None
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+
+
+# --- appending to Kafka ----------------------------------------------------------
+
+
+class Sink(Protocol):
+    """Where intake appends: ``send`` returns a future resolved on the broker's ack."""
+
+    topic: str
+    #: Largest record the producer will send (its max_request_size).
+    max_record_bytes: int
+
+    async def send(
+        self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> Awaitable[Any]: ...
+
+
+class FaustSink:
+    """A Faust topic (the intake worker's producer)."""
+
+    def __init__(self, topic: Any, max_record_bytes: int) -> None:
+        self._topic = topic
+        self.topic = topic.get_topic_name()
+        self.max_record_bytes = max_record_bytes
+
+    async def send(
+        self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> Awaitable[Any]:
+        await self._topic.maybe_declare()
+        future: Awaitable[Any] = await self._topic.send(
+            key=key, value=value, headers=dict(headers) if headers else None
+        )
+        return future
+
+
+class ProducerSink:
+    """A plain aiokafka producer (acks=all): the intake handlers outside a Faust worker,
+    e.g. the in-process intake of the contract tests. Start and stop it yourself."""
+
+    def __init__(self, producer: Any, topic: str, max_record_bytes: int) -> None:
+        self.producer, self.topic, self.max_record_bytes = producer, topic, max_record_bytes
+
+    async def send(
+        self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> Awaitable[Any]:
+        future: Awaitable[Any] = await self.producer.send(
+            self.topic, value=value, key=key, headers=headers or None
+        )
+        return future
+
+
+def record_bytes(key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> int:
+    """What the producer counts against max_request_size for one record."""
+    return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers))
+
+
 class Intake:
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.settings = runtime.settings
+    """Appends records through a Sink and waits for every acknowledgement."""
+
+    def __init__(self, sink: Sink, ack_timeout_s: float, retry_after_s: int) -> None:
+        self.sink = sink
+        self.ack_timeout_s, self.retry_after_s = ack_timeout_s, retry_after_s
+
+    def check_sizes(
+        self, items: list[tuple[bytes | None, bytes]], integration: str | None
+    ) -> None:
+        """413 ``record_too_large`` before anything is sent if one record cannot be."""
+        headers = _headers(integration)
+        limit = self.sink.max_record_bytes
+        for i, (key, value) in enumerate(items):
+            size = record_bytes(key, value, headers)
+            if size > limit:
+                where = "the event" if len(items) == 1 else f"events[{i}]"
+                raise Refused(
+                    f"{where} makes a Kafka record of {size} bytes; the largest the "
+                    f"producer sends is {limit} bytes",
+                    status=413,
+                    code="record_too_large",
+                )
 
     async def append(
         self, items: list[tuple[bytes | None, bytes]], integration: str | None = None
     ) -> list[dict[str, Any]]:
-        """Send and wait for every ack; IntakeError 503 if the broker cannot ack in time."""
-        topic = self.runtime.topology.topics[RAW]
-        extra = {"headers": {INTEGRATION_HEADER: integration.encode()}} if integration else {}
+        """Send and wait for every ack; 503 if the broker cannot ack in time."""
+        self.check_sizes(items, integration)
+        headers = _headers(integration)
         try:
-            await topic.maybe_declare()
-            futures = [await topic.send(key=k, value=v, **extra) for k, v in items]
+            futures = [await self.sink.send(k, v, headers) for k, v in items]
             metas = await asyncio.wait_for(
-                asyncio.gather(*futures), timeout=self.settings.intake_ack_timeout_s
+                asyncio.gather(*futures), timeout=self.ack_timeout_s
             )
+        except MessageSizeTooLargeError as exc:  # check_sizes missed it: still the body's fault
+            raise Refused(
+                f"an event is too large for one Kafka record: {str(exc)[:200]}",
+                status=413,
+                code="record_too_large",
+            ) from exc
         except Exception as exc:
             log.warning("intake: broker did not acknowledge: %r", exc)
-            raise IntakeError(
+            raise Refused(
                 f"the broker did not acknowledge the write ({type(exc).__name__}); retry later",
                 status=503,
-                retry_after=self.settings.intake_retry_after_s,
+                code="broker_unavailable",
+                retry_after=self.retry_after_s,
             ) from exc
         return [
             {
@@ -332,42 +386,198 @@ class Intake:
         ]
 
 
-def error_response(view: Any, exc: IntakeError) -> Any:
-    headers = {"Retry-After": str(int(exc.retry_after))} if exc.retry_after else {}
+def _headers(integration: str | None) -> list[tuple[str, bytes]]:
+    return [(INTEGRATION_HEADER, integration.encode())] if integration else []
+
+
+# --- the HTTP layer ----------------------------------------------------------------
+
+
+def error_response(exc: IntakeError) -> web.Response:
+    """JSON ``{"error": ..., "reason": ...}`` (``rule`` on a 403) with its headers."""
+    headers = {"Retry-After": str(math.ceil(exc.retry_after))} if exc.retry_after else {}
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="spillway-intake"'
-    return view.json({"error": str(exc)}, status=exc.status, headers=headers or None)
+    body: dict[str, Any] = {"error": str(exc), "reason": reason_of(exc)}
+    rule = getattr(exc, "rule", None)
+    if rule:
+        body["rule"] = rule
+    return web.json_response(body, status=exc.status, headers=headers or None)
+
+
+def refuse(request: web.Request, exc: IntakeError) -> web.Response:
+    """The error response; after a body that did not arrive in full, the connection is
+    not kept alive (aiohttp reads and drops what is left of the body for up to its
+    lingering time, 10 s, so that a client still sending sees the answer)."""
+    response = error_response(exc)
+    if reason_of(exc) in ("body_timeout", "body_incomplete", "body_too_large"):
+        response.force_close()
+    return response
 
 
 class Gate:
-    """Authentication and rate limiting in front of the intake views."""
+    """Authentication, body reading, scopes and rate limiting in front of the views."""
 
     def __init__(self, settings: Any) -> None:
+        self.settings = settings
         self.required = settings.intake_auth == "required"
         self.auth = Authenticator(
             settings.intake_api_keys, max_age_s=settings.intake_signature_max_age_s
         )
+        self.scopes: dict[str, Scope] = settings.intake_scopes()
+        unknown = sorted(set(self.scopes) - set(settings.intake_api_keys))
+        if unknown and self.required:
+            raise ValueError(
+                f"intake_integrations: {', '.join(map(repr, unknown))} "
+                "has no secret in intake_api_keys"
+            )
+        overrides = dict(settings.intake_rate_limits)
+        for name, scope in self.scopes.items():
+            if scope.rate_per_s is not None:
+                overrides[name] = scope.rate_per_s
         self.limiter = RateLimiter(
-            settings.intake_rate_per_s, settings.intake_rate_burst, settings.intake_rate_limits
+            settings.intake_rate_per_s, settings.intake_rate_burst, overrides
         )
         self.max_body = settings.intake_max_body_bytes
 
     async def admit(self, request: Any) -> tuple[str | None, bytes]:
-        """(integration or None when auth is off, body); IntakeError 401/413/400."""
+        """(integration or None when auth is off, body); 401/413/408/400."""
         credential = self.auth.from_headers(request.headers) if self.required else None
-        body = await read_body(request, self.max_body)
+        body = await read_body(request, self.max_body, self.settings.intake_body_timeout_s)
         return (self.auth.verify(credential, body) if credential else None), body
+
+    def scope_of(self, integration: str | None) -> Scope:
+        return OPEN if integration is None else self.scopes.get(integration, OPEN)
+
+    def check_scope(self, integration: str | None, events: list[dict[str, Any]]) -> None:
+        """403 naming the rule if an event is outside the integration's scope."""
+        if integration is None:
+            return
+        scope = self.scope_of(integration)
+        for i, event in enumerate(events):
+            try:
+                scopes.check_event(integration, scope, event)
+            except scopes.ScopeViolation as exc:
+                where = "" if len(events) == 1 else f"events[{i}]: "
+                raise Refused(
+                    f"{where}{exc}", status=403, code="scope_violation", rule=exc.rule
+                ) from None
+
+    def check_avro(self, integration: str | None) -> None:
+        if integration is None:
+            return
+        try:
+            scopes.check_avro(integration, self.scope_of(integration))
+        except scopes.ScopeViolation as exc:
+            raise Refused(str(exc), status=403, code="scope_violation", rule=exc.rule) from None
 
     def charge(self, integration: str | None, events: int) -> None:
         self.limiter.check(integration or "anonymous", events)
 
 
+class IntakeService:
+    """The intake's request handlers (plain aiohttp handlers: a Faust worker mounts them,
+    and :func:`web_app` serves them on their own)."""
+
+    def __init__(self, settings: Any, sink: Sink) -> None:
+        self.settings = settings
+        self.gate = Gate(settings)
+        self.intake = Intake(sink, settings.intake_ack_timeout_s, settings.intake_retry_after_s)
+        self.openapi_body = json.dumps(document(settings)).encode()
+        self.depth, self.values = settings.intake_max_json_depth, settings.intake_max_json_values
+
+    async def events(self, request: web.Request) -> web.Response:
+        try:
+            integration, body = await self.gate.admit(request)
+            if request.content_type in AVRO_TYPES:
+                if body[:1] != b"\x00" or len(body) < 5:
+                    raise Refused(
+                        "Avro body must be in Confluent framing (magic byte 0, 4-byte "
+                        "schema id, then the record)",
+                        status=400,
+                        code="invalid_avro",
+                    )
+                self.gate.check_avro(integration)
+                header = request.headers.get("X-Event-Id")
+                key = header.encode("utf-8", "surrogateescape") if header else None
+                value = body  # appended unchanged: intake never decodes Avro
+            else:
+                obj = parse_object(body, self.depth, self.values)
+                self.gate.check_scope(integration, [obj])
+                key, value = key_of(obj), with_source(obj, body, integration)
+            self.intake.check_sizes([(key, value)], integration)
+            self.gate.charge(integration, 1)
+            [result] = await self.intake.append([(key, value)], integration)
+        except IntakeError as exc:
+            return refuse(request, exc)
+        return web.json_response(result, status=202)
+
+    async def batch(self, request: web.Request) -> web.Response:
+        try:
+            integration, body = await self.gate.admit(request)
+            events = parse_batch(body, self.settings.intake_max_batch, self.depth, self.values)
+            self.gate.check_scope(integration, events)
+            items = [(key_of(e), with_source(e, None, integration)) for e in events]
+            self.intake.check_sizes(items, integration)
+            self.gate.charge(integration, len(events))
+            results = await self.intake.append(items, integration)
+        except IntakeError as exc:
+            return refuse(request, exc)
+        return web.json_response({"accepted": len(results), "results": results}, status=202)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.openapi_body, content_type="application/json")
+
+
+INTAKE_PATHS = ("/v1/", "/openapi.json")
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own refusals (404, 405, ...) and unexpected errors as JSON error bodies,
+    for the intake's paths. An unexpected exception is a 500 and is logged: a bug."""
+    if not request.path.startswith(INTAKE_PATHS):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reason = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+            exc.status, "invalid_event" if exc.status < 500 else "internal_error"
+        )
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return web.json_response(
+            {"error": exc.reason or str(exc), "reason": reason},
+            status=exc.status,
+            headers=headers or None,
+        )
+    except Exception:
+        log.exception("intake: unexpected error on %s %s", request.method, request.path)
+        return web.json_response(
+            {"error": "internal error (logged by the intake)", "reason": "internal_error"},
+            status=500,
+        )
+
+
+def web_app(service: IntakeService) -> web.Application:
+    """An aiohttp application serving only the intake (no Faust)."""
+    application = web.Application(middlewares=[json_errors])
+    application.router.add_post("/v1/events", service.events)
+    application.router.add_post("/v1/events/batch", service.batch)
+    application.router.add_get("/openapi.json", service.openapi)
+    return application
+
+
 def attach(app: Any, runtime: Runtime) -> None:
+    """Mount the intake views on a Faust worker's web server."""
     import faust
 
-    intake = Intake(runtime)
     settings = runtime.settings
-    gate = Gate(settings)
+    topic = runtime.topology.topics[RAW]
+    sink = FaustSink(topic, app.conf.producer_max_request_size)
+    service = IntakeService(settings, sink)
+    gate = service.gate
     if not gate.required:
         log.warning("intake: authentication is OFF (SPILLWAY_INTAKE_AUTH=off); dev use only")
     elif not gate.auth.integrations:
@@ -376,37 +586,27 @@ def attach(app: Any, runtime: Runtime) -> None:
             "request will be refused with 401"
         )
     else:
-        log.info("intake: integrations %s", ", ".join(sorted(gate.auth.integrations)))
+        scoped = sorted(n for n in gate.auth.integrations if n in gate.scopes)
+        log.info(
+            "intake: integrations %s (scoped: %s)",
+            ", ".join(sorted(gate.auth.integrations)),
+            ", ".join(scoped) or "none",
+        )
+    web_application = getattr(getattr(app, "web", None), "web_app", None)
+    if web_application is not None:
+        web_application.middlewares.append(json_errors)
 
     @app.page("/v1/events")
     class Events(faust.web.View):
         async def post(self, request: Any) -> Any:
-            try:
-                integration, body = await gate.admit(request)
-                if request.content_type in AVRO_TYPES:
-                    if body[:1] != b"\x00":
-                        raise IntakeError("Avro body must be in Confluent framing", status=400)
-                    header = request.headers.get("X-Event-Id")
-                    key = header.encode() if header else None
-                    value = body  # appended unchanged: intake never decodes Avro
-                else:
-                    obj = parse_object(body)
-                    key, value = key_of(obj), with_source(obj, body, integration)
-                gate.charge(integration, 1)
-                [result] = await intake.append([(key, value)], integration)
-            except IntakeError as exc:
-                return error_response(self, exc)
-            return self.json(result, status=202)
+            return await service.events(request)
 
     @app.page("/v1/events/batch")
     class Batch(faust.web.View):
         async def post(self, request: Any) -> Any:
-            try:
-                integration, body = await gate.admit(request)
-                events = parse_batch(body, settings.intake_max_batch)
-                gate.charge(integration, len(events))
-                items = [(key_of(e), with_source(e, None, integration)) for e in events]
-                results = await intake.append(items, integration)
-            except IntakeError as exc:
-                return error_response(self, exc)
-            return self.json({"accepted": len(results), "results": results}, status=202)
+            return await service.batch(request)
+
+    @app.page("/openapi.json")
+    class OpenApi(faust.web.View):
+        async def get(self, request: Any) -> Any:
+            return await service.openapi(request)

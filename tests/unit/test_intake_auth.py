@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from types import SimpleNamespace
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,6 +13,7 @@ from pydantic import SecretStr
 
 from app.errors import IntakeError
 from app.intake import (
+    INTEGRATION_HEADER,
     Authenticator,
     Credential,
     Gate,
@@ -22,6 +23,7 @@ from app.intake import (
     with_source,
 )
 from app.settings import Settings
+from tests.unit.intake_server import Serve, intakes
 
 SHOP = "shop-secret-0123456789"
 NEWS = "news-secret-0123456789"
@@ -116,7 +118,7 @@ def test_weak_configuration_is_refused_without_quoting_secrets(
 
 
 def test_secrets_stay_hidden_in_settings() -> None:
-    s = Settings(intake_api_keys={"shop-backend": SHOP})  # type: ignore[arg-type]
+    s = Settings(intake_api_keys={"shop-backend": SHOP})
     assert SHOP not in repr(s) and SHOP not in str(s.model_dump())
 
 
@@ -154,27 +156,142 @@ def test_source_is_the_integration_for_json() -> None:
     assert with_source(json.loads(body), body, None) is body  # auth off: untouched
 
 
-class FakeContent:
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-
-    async def read(self, n: int) -> bytes:
-        return self.body[:n]
+# --- through a real aiohttp server ---------------------------------------------------
 
 
-def fake_request(body: bytes, h: CIMultiDict[str]) -> Any:
-    return SimpleNamespace(headers=h, content_length=len(body), content=FakeContent(body))
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    async with intakes() as start:
+        yield start
 
 
-async def test_gate_checks_credentials_before_reading_the_body() -> None:
-    settings = Settings(intake_api_keys={"shop-backend": SHOP}, intake_max_body_bytes=10)  # type: ignore[arg-type]
-    gate = Gate(settings)
-    with pytest.raises(IntakeError) as info:  # no key: 401 even though the body is too big
-        await gate.admit(fake_request(b"x" * 100, headers()))
-    assert status_of(info) == 401
-    with pytest.raises(IntakeError) as info:
-        await gate.admit(fake_request(b"x" * 100, headers(X_Api_Key=SHOP)))
-    assert status_of(info) == 413
-    assert await gate.admit(fake_request(b"{}", headers(X_Api_Key=SHOP))) == ("shop-backend", b"{}")
-    off = Gate(Settings(intake_auth="off"))
-    assert await off.admit(fake_request(b"{}", headers())) == (None, b"{}")
+def event(template: str = "order_confirmation", **extra: Any) -> bytes:
+    return json.dumps(
+        {"event_id": "e1", "template": template, "to": "a@x.example", **extra}
+    ).encode()
+
+
+async def test_credentials_are_checked_before_the_body_is_read(serve: Serve) -> None:
+    served = await serve(intake_auth="required", intake_api_keys=KEYS, intake_max_body_bytes=10)
+    status, answer = await served.post("/v1/events", b"x" * 100)  # no key: 401 though too big
+    assert (status, answer["reason"]) == (401, "unauthorized")
+    status, answer = await served.post("/v1/events", b"x" * 100, {"X-Api-Key": SHOP})
+    assert (status, answer["reason"]) == (413, "body_too_large")
+    assert served.sink.records == []
+
+
+async def test_old_form_keys_are_unrestricted(serve: Serve) -> None:
+    """SPILLWAY_INTAKE_API_KEYS alone (no intake_integrations): any template, sender,
+    priority; the integration is the source and the record header."""
+    served = await serve(intake_auth="required", intake_api_keys=KEYS)
+    body = event("anything", priority="critical", from_address="ceo@elsewhere.example")
+    status, answer = await served.post("/v1/events", body, {"Authorization": f"Bearer {NEWS}"})
+    assert status == 202, answer
+    [(_, value, headers)] = served.sink.records
+    assert json.loads(value)["source"] == "newsletter"
+    assert headers == [(INTEGRATION_HEADER, b"newsletter")]
+
+
+SCOPED = {
+    "shop-backend": {
+        "templates": ["order_confirmation", "password_reset"],
+        "from_addresses": ["shop.example", "billing@pay.example"],
+        "max_priority": "normal",
+    },
+    "newsletter": {"templates": ["newsletter"], "max_priority": "bulk", "rate_per_s": 1},
+}
+
+
+@pytest.mark.parametrize(
+    ("key", "body", "rule", "needle"),
+    [
+        (SHOP, event("newsletter"), "templates", "may not use template 'newsletter'"),
+        (SHOP, event(priority="critical"), "max_priority", "may not send priority 'critical'"),
+        (SHOP, event(from_address="ceo@news.example"), "from_addresses", "ceo@news.example"),
+        (SHOP, event(from_address="x@sub.shop.example"), "from_addresses", "x@sub.shop.example"),
+        (SHOP, event(from_address="Billing <other@pay.example>"), "from_addresses", "other@"),
+        (SHOP, event(from_address="not an address"), "from_addresses", "not a valid sender"),
+        (NEWS, event("newsletter"), "max_priority", "priority 'normal'"),  # the default
+        (NEWS, event("order_confirmation", priority="bulk"), "templates", "order_confirmation"),
+    ],
+)
+async def test_scope_violations_are_403_naming_the_rule(
+    serve: Serve, key: str, body: bytes, rule: str, needle: str
+) -> None:
+    served = await serve(intake_auth="required", intake_api_keys=KEYS, intake_integrations=SCOPED)
+    status, answer = await served.post("/v1/events", body, {"X-Api-Key": key})
+    assert (status, answer["reason"], answer["rule"]) == (403, "scope_violation", rule), answer
+    assert needle in answer["error"]
+    assert served.sink.records == []
+
+
+@pytest.mark.parametrize(
+    ("key", "body"),
+    [
+        (SHOP, event()),
+        (SHOP, event("password_reset", priority="normal", from_address="a@shop.example")),
+        (SHOP, event(priority="bulk", from_address="Billing <BILLING@pay.example>")),
+        (NEWS, event("newsletter", priority="bulk")),
+    ],
+)
+async def test_events_inside_the_scope_pass(serve: Serve, key: str, body: bytes) -> None:
+    served = await serve(intake_auth="required", intake_api_keys=KEYS, intake_integrations=SCOPED)
+    status, answer = await served.post("/v1/events", body, {"X-Api-Key": key})
+    assert status == 202, answer
+
+
+async def test_a_batch_with_one_event_out_of_scope_is_refused_whole(serve: Serve) -> None:
+    served = await serve(intake_auth="required", intake_api_keys=KEYS, intake_integrations=SCOPED)
+    batch = [json.loads(event()), json.loads(event("newsletter"))]
+    status, answer = await served.post(
+        "/v1/events/batch", json.dumps(batch).encode(), {"X-Api-Key": SHOP}
+    )
+    assert (status, answer["rule"]) == (403, "templates")
+    assert answer["error"].startswith("events[1]: ")
+    assert served.sink.records == []
+
+
+async def test_scoped_integrations_may_not_send_avro(serve: Serve) -> None:
+    served = await serve(intake_auth="required", intake_api_keys=KEYS, intake_integrations=SCOPED)
+    avro = {"content-type": "application/vnd.confluent.avro", "X-Api-Key": SHOP}
+    status, answer = await served.post("/v1/events", b"\x00\x00\x00\x00\x01\x02", avro)
+    assert (status, answer["rule"]) == (403, "avro")
+    open_keys = {**KEYS, "legacy": SecretStr("legacy-secret-0123456789")}
+    served = await serve(
+        intake_auth="required", intake_api_keys=open_keys, intake_integrations=SCOPED
+    )
+    avro["X-Api-Key"] = "legacy-secret-0123456789"
+    status, _ = await served.post("/v1/events", b"\x00\x00\x00\x00\x01\x02", avro)
+    assert status == 202
+
+
+async def test_scope_rate_overrides_the_global_rate(serve: Serve) -> None:
+    served = await serve(
+        intake_auth="required",
+        intake_api_keys=KEYS,
+        intake_integrations=SCOPED,
+        intake_rate_per_s=1000,
+        intake_rate_burst=2,
+    )
+    body = event("newsletter", priority="bulk")
+    news = [(await served.post("/v1/events", body, {"X-Api-Key": NEWS}))[0] for _ in range(3)]
+    assert news == [202, 202, 429]  # 1 event/s from the scope, burst 2
+    shop = [(await served.post("/v1/events", event(), {"X-Api-Key": SHOP}))[0] for _ in range(2)]
+    assert shop == [202, 202]
+
+
+@pytest.mark.parametrize(
+    ("integrations", "match"),
+    [
+        ({"ghost": {}}, "'ghost' has no secret"),
+        ({"shop-backend": {"templates": []}}, "templates"),
+        ({"shop-backend": {"max_priority": "urgent"}}, "max_priority"),
+        ({"shop-backend": {"from_addresses": ["not a domain"]}}, "neither an address"),
+        ({"shop-backend": {"colour": "red"}}, "colour"),
+        ({"shop-backend": {"rate_per_s": -1}}, "rate_per_s"),
+    ],
+)
+def test_bad_scope_configuration_stops_the_intake(integrations: dict[str, Any], match: str) -> None:
+    settings = Settings(intake_api_keys=KEYS, intake_integrations=integrations)
+    with pytest.raises(ValueError, match=match):
+        Gate(settings)

@@ -146,6 +146,34 @@ class AnalyserMetrics:
         self.alert.labels("any").set(int(alert["firing"]))
 
 
+async def changelog_known(app: Any, table: Any, timeout_s: float = 30.0) -> bool:
+    """Wait until the consumer's metadata gives the table's changelog its partitions.
+
+    Faust compares the changelog's partition count with the source topic's on the first
+    write, from the consumer's metadata snapshot; right after Faust created the
+    changelog that snapshot can say 0 partitions, and the write raises
+    PartitionsMismatch (seen once in tests/integration/test_replay_tool.py). A forced
+    metadata refresh fills it in. False if it did not within ``timeout_s`` (the write
+    then fails as before, loudly)."""
+    import asyncio
+    import time
+
+    name = getattr(table, "changelog_topic_name", None)
+    consumer = getattr(app, "consumer", None)
+    if name is None or consumer is None or not hasattr(consumer, "topic_partitions"):
+        return True  # a dict in unit tests
+    deadline = time.monotonic() + timeout_s
+    while consumer.topic_partitions(name) == 0:
+        if time.monotonic() > deadline:
+            log.warning("analyser: no partitions known for %s after %.0f s", name, timeout_s)
+            return False
+        client = getattr(getattr(consumer, "_consumer", None), "_client", None)  # aiokafka
+        if client is not None:
+            client.force_metadata_update()
+        await asyncio.sleep(0.2)
+    return True
+
+
 _metrics: dict[int, AnalyserMetrics] = {}  # one per registry (each test app has its own app)
 
 
@@ -175,6 +203,7 @@ def attach(app: Any, runtime: Runtime) -> Any:
 
     async def analyse(stream: Any) -> None:
         await runtime.start()
+        await changelog_known(app, table)
         async for event in stream.events():
             with crash_on_error("analyser"):
                 try:

@@ -266,3 +266,24 @@ async def test_a_404_from_a_wrong_url_is_waited_for_not_undecodable(registry: An
     with pytest.raises(RegistryUnavailableError):
         await serde.decode_raw(payload)
     assert wrong.calls >= 2
+
+
+async def test_a_hostile_writer_schema_cannot_recurse_the_reader_into_a_crash(
+    serde: Serde, registry: Any
+) -> None:
+    """A producer registers its own writer schema with a recursive field the reader
+    ignores but must skip (one byte per level): read with the bounded reader."""
+    schema = json.loads(load_schema_texts()["raw_event"])
+    evil = {"type": "record", "name": "R", "fields": [{"name": "n", "type": ["null", "R"]}]}
+    schema["fields"].append({"name": "evil", "type": ["null", evil], "default": None})
+    schema_id = registry.register_schema("evil-value", Schema(json.dumps(schema), "AVRO"))
+
+    def s(t: str) -> bytes:
+        return bytes([len(t) * 2]) + t.encode()
+
+    head = s("e1") + s("t") + s("a@b.example") + b"\x02\x00\x00" + s("src") + b"\x00" * 4
+    frame = struct.pack(">bI", 0, schema_id)
+    event, _ = await serde.decode_raw(frame + head + b"\x02" * 300 + b"\x00")
+    assert event.event_id == "e1"  # shallow: read (the C reader takes short bodies)
+    with pytest.raises(DecodeError, match="RecursionError"):  # 100,000 levels: refused
+        await serde.decode_raw(frame + head + b"\x02" * 100_000 + b"\x00")

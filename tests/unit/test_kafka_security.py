@@ -125,3 +125,25 @@ def test_the_app_gets_the_credentials() -> None:
     app = create_app(s)
     assert isinstance(app.conf.broker_credentials, faust.SASLCredentials)
     assert app.conf.broker_credentials.username == "u"
+
+
+def test_registry_credentials_reach_the_registry_client(tmp_path: Path) -> None:
+    import certifi
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from app.runtime import registry_client
+
+    (tmp_path / "ca.pem").write_bytes(Path(certifi.where()).read_bytes())  # a real CA bundle
+    plain = Settings().registry_client_config()
+    assert set(plain) == {"url", "timeout"}
+    s = Settings(
+        schema_registry_url="https://registry.example:8081",
+        schema_registry_basic_auth="reg-user:" + PASSWORD,  # type: ignore[arg-type]
+        schema_registry_ssl_cafile=tmp_path / "ca.pem",
+    )
+    conf = s.registry_client_config()
+    assert conf["basic.auth.user.info"] == "reg-user:" + PASSWORD
+    assert conf["ssl.ca.location"] == str(tmp_path / "ca.pem")
+    assert PASSWORD not in repr(s)
+    client = registry_client(s)  # confluent-kafka accepts the configuration
+    assert isinstance(client, SchemaRegistryClient)

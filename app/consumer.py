@@ -85,10 +85,20 @@ class GapTracker:
             self.expected.pop(tp, None)
             self.base.pop(tp, None)
 
-    def seeked(self, tp: Any, offset: int | None) -> None:
+    def positioned(self, tp: Any, offset: int | None) -> None:
+        """Faust seeked ``tp`` to its committed offset (or, with none, the log start):
+        the next offset due and the commit base."""
         if offset is not None and offset >= 0:
             self.expected[tp] = offset
-            self.base.setdefault(tp, offset)
+            self.base[tp] = offset
+        else:
+            self.expected.pop(tp, None)
+            self.base.pop(tp, None)
+
+    def seeked(self, tp: Any, offset: int | None) -> None:
+        """A rewind: the next offset due changes, the commit base does not."""
+        if offset is not None and offset >= 0:
+            self.expected[tp] = offset
         else:
             self.expected.pop(tp, None)
 
@@ -107,7 +117,6 @@ class GapTracker:
         if first is not None:
             return first
         self.expected[tp] = max(self.expected.get(tp, 0), offset + 1)
-        self.base.setdefault(tp, offset)  # nothing committed: the first offset delivered
         return None
 
     def skip_detected(self, tp: Any, offset: int) -> bool:
@@ -125,9 +134,28 @@ class GaplessConsumer(faust_aiokafka.Consumer):
     async def seek_to_committed(self) -> Mapping[TP, int]:
         offsets = await super().seek_to_committed()
         tracker = self.tracker()
+        # No committed offset: the consumer starts at the log start (earliest), which
+        # is then the commit base; never the first offset that happens to arrive.
+        fresh = [tp for tp, o in offsets.items() if o is None or o < 0]
+        starts = await self.earliest_offsets(*fresh) if fresh else {}
         for tp, offset in offsets.items():
-            tracker.seeked(tp, offset)
+            tracker.positioned(tp, offset if offset is not None and offset >= 0 else starts.get(tp))
         return offsets
+
+    def ack(self, message: Message) -> bool:
+        """A message fetched in an earlier generation is not counted as done: its
+        partition was handed back and fetched again from the committed offset, and
+        its ack (Faust acks such a message when it skips it) would let the commit
+        pass the new copy of that offset before it is done."""
+        generation = faust_adapter.message_generation(message)
+        if (
+            generation is not None
+            and generation != faust_adapter.generation(self.app)
+            and self.app.topics.acks_enabled_for(message.topic)
+        ):
+            message.acked = True
+            return False
+        return bool(super().ack(message))
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)

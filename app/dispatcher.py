@@ -174,7 +174,8 @@ class Dispatcher:
         _CURRENT.set(work)
         try:
             emission = await self.handle(work.value, work.origin, work.lane)
-            self.on_wire.discard(work)  # the provider answered
+            # still "on the wire" until its output is acked: a revocation lets it
+            # finish within the bound rather than resend what the provider accepted
             if emission is not None:
                 await self.deliver(emission)  # returns once Kafka acknowledged it
                 if emission.topic == self.sent_topic:

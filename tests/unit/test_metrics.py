@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from typing import Any
 
@@ -242,29 +241,69 @@ def test_sampler_utilisation_and_revoked_partitions(m: Metrics) -> None:
     )
     assert value(m, "spillway_consumer_lag", stage="dispatch", topic=k1[1], partition="1") is None
 
-    meter = m.busy_meter("dispatch")
-    sampler.sample_busy(time.monotonic())
+    assert m.busy_meter("dispatch") is m.busy_meter("dispatch")  # one meter per stage
+    now = [100.0]  # a virtual clock: counts of seconds, not a measurement
+    meter = BusyMeter(m.busy_seconds.labels("dispatch").inc, clock=lambda: now[0])
+    m._busy["dispatch"] = meter
+    sampler.sample_busy(now[0])  # the start of the first interval
+    assert value(m, "spillway_agent_utilisation_ratio", stage="dispatch") is None
     meter.enter()
-    time.sleep(0.05)
+    now[0] = 101.0
     meter.leave()
-    time.sleep(0.05)
-    sampler.sample_busy(time.monotonic())
-    ratio = value(m, "spillway_agent_utilisation_ratio", stage="dispatch")
-    assert ratio is not None and 0.3 < ratio < 0.8
+    now[0] = 104.0
+    sampler.sample_busy(now[0])  # busy 1 s of 4
+    assert value(m, "spillway_agent_utilisation_ratio", stage="dispatch") == 0.25
+    meter.enter()
+    now[0] = 106.0
+    sampler.sample_busy(now[0])  # busy the whole 2 s, still in progress
+    assert value(m, "spillway_agent_utilisation_ratio", stage="dispatch") == 1.0
+    now[0] = 116.0
+    sampler.sample_busy(now[0])  # an interval in progress counts as it goes
+    assert value(m, "spillway_agent_utilisation_ratio", stage="dispatch") == 1.0
+    meter.leave()
+    now[0] = 126.0
+    sampler.sample_busy(now[0])
+    assert value(m, "spillway_agent_utilisation_ratio", stage="dispatch") == 0.0
 
 
-async def test_loop_monitor_sees_busy_and_idle() -> None:
-    monitor = LoopMonitor(asyncio.get_running_loop())
-    await asyncio.sleep(0.1)
-    idle = monitor.sample()
-    started = time.perf_counter()
-    while time.perf_counter() - started < 0.1:  # block the loop
-        pass
-    await asyncio.sleep(0)
-    busy = monitor.sample()
-    assert idle is not None and busy is not None
-    assert idle < 0.5 < busy
-    assert LoopMonitor(asyncio.get_running_loop())._timed is monitor._timed  # wraps once
+class FakeSelector:
+    """A selector whose select() waits ``timeout`` seconds of a virtual clock."""
+
+    def __init__(self, clock: list[float]) -> None:
+        self.clock = clock
+        self.extra = "delegated"
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        self.clock[0] += timeout or 0.0
+        return []
+
+
+def test_loop_monitor_counts_time_outside_select(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [50.0]
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: clock[0])
+    loop = type("Loop", (), {})()
+    loop._selector = FakeSelector(clock)  # type: ignore[attr-defined]
+    monitor = LoopMonitor(loop)  # type: ignore[arg-type]
+    assert loop._selector.extra == "delegated"  # type: ignore[attr-defined]
+    loop._selector.select(3.0)  # type: ignore[attr-defined]  # idle 3 s
+    clock[0] += 1.0  # busy 1 s
+    assert monitor.sample() == 0.25
+    loop._selector.select(2.0)  # type: ignore[attr-defined]
+    assert monitor.sample() == 0.0  # only waited
+    clock[0] += 4.0
+    assert monitor.sample() == 1.0  # never waited
+    assert monitor.sample() is None  # no time passed: no figure
+    assert LoopMonitor(loop)._timed is monitor._timed  # type: ignore[arg-type]  # wraps once
+    assert LoopMonitor(type("Uv", (), {})()).sample() is None  # type: ignore[arg-type]
+
+
+async def test_loop_monitor_wraps_a_real_loop_once() -> None:
+    loop = asyncio.get_running_loop()
+    monitor = LoopMonitor(loop)
+    await asyncio.sleep(0.01)
+    ratio = monitor.sample()
+    assert ratio is not None and 0.0 <= ratio <= 1.0
+    assert LoopMonitor(loop)._timed is monitor._timed
 
 
 class FakeConsumer:
@@ -329,8 +368,24 @@ async def test_every_app_serves_metrics_and_status() -> None:
     assert page.status == 200 and b'id="stages"' in page.body
 
 
-def test_hooks_never_raise_into_the_pipeline(caplog: pytest.LogCaptureFixture) -> None:
+def test_hooks_never_raise_into_the_pipeline(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics, "_failed", set())  # "logged once" is per process
+    fresh = Metrics(CollectorRegistry())
+    monkeypatch.setattr(metrics, "METRICS", fresh)
+    caplog.set_level("WARNING", logger=metrics.log.name)
+
+    def warned() -> list[str]:
+        return [r.getMessage().split("(")[0] for r in caplog.records if r.levelname == "WARNING"]
+
     metrics.rate_limit_remaining("p", "lots")  # type: ignore[arg-type]
     metrics.render_time("t", None)  # type: ignore[arg-type]
     metrics.emitted(Emission("sent", None, sent("critical", "soon")), "dispatch")  # type: ignore[arg-type]
-    assert "rate_limit_remaining" in caplog.text and "emitted" in caplog.text
+    first = warned()
+    assert any("rate_limit_remaining" in w for w in first)
+    assert any("emitted" in w for w in first)
+    metrics.rate_limit_remaining("p", "lots")  # type: ignore[arg-type]
+    assert warned() == first  # once per hook, not once per call
+    metrics.rate_limit_remaining("p", 7)  # the hook still works after a failure
+    assert value(fresh, "spillway_provider_ratelimit_remaining", provider="p") == 7

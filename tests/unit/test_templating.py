@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -529,17 +528,3 @@ def test_validate_sender_accepts_display_form(sender: str, expected: str) -> Non
 def test_validate_sender_rejects(sender: str) -> None:
     with pytest.raises(ValidationError):
         validate_sender(sender)
-
-
-# --------------------------------------------------------------------------- speed
-
-
-def test_render_speed_is_reported(store: TemplateStore) -> None:
-    """Not a benchmark gate: prints the per-render cost (run with -s to see it)."""
-    data = store.sample_data("order_confirmation")
-    n = 10_000
-    start = time.perf_counter()
-    for _ in range(n):
-        store.render("order_confirmation", data)
-    per_render_us = (time.perf_counter() - start) / n * 1e6
-    print(f"\norder_confirmation v2 (3 parts, 3 lines): {per_render_us:.1f} µs per render")

@@ -403,6 +403,8 @@ KNOWN_REASONS = frozenset({
     "provider_rejected", "provider_throttled", "provider_timeout", "provider_unavailable",
     "render_error", "schema_violation", "too_large", "undecodable", "unencodable",
     "unknown_template",
+    # issue 13 (dispatch outcomes): parked after a lost answer; 409 answers
+    "ambiguous", "idempotency_conflict", "provider_conflict",
 })  # fmt: skip
 KNOWN_STAGES = frozenset({"intake", "render", "route", "dispatch", "analyser"})
 

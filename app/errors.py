@@ -11,11 +11,17 @@ retry topic or to ``email.dead``; nothing escapes an agent.
     │   ├── SchemaError            decoded, but fields are missing or of the wrong type
     │   ├── ValidationError        fields present but invalid (address, priority, ...)
     │   ├── UnknownTemplateError   no such template, or no such template version
-    │   └── RenderError            template failed: missing variable, sandbox violation
+    │   ├── RenderError            template failed: missing variable, sandbox violation
+    │   └── UnsendableError        the email cannot be put on the wire (a header value the
+    │                              adapter cannot encode): the message's fault, never the
+    │                              provider's; dead at once, the breaker is not told
     ├── ProviderError              a provider answered with an error
     │   ├── PermanentProviderError (retriable: no)  rejected: bad recipient, content
     │   ├── ThrottledError         (retriable: yes) 429; carries retry_after seconds
-    │   └── TransientProviderError (retriable: yes) 5xx, timeouts, connection errors
+    │   ├── ConflictError          (retriable: yes) 409: the provider already holds a request
+    │   │                          with this idempotency key (may have been accepted)
+    │   └── TransientProviderError (retriable: yes) 5xx, timeouts, connection errors;
+    │                              ``ambiguous``: the request may have been accepted
     └── IntakeError                an HTTP intake request was refused (has an HTTP status)
 """
 
@@ -66,6 +72,12 @@ class RenderError(EventError):
     reason = "render_error"
 
 
+class UnsendableError(EventError):
+    """The adapter cannot encode this email (e.g. a header value): no request was sent."""
+
+    reason = "invalid_header"
+
+
 class ProviderError(SpillwayError):
     """A provider refused or failed a send."""
 
@@ -110,10 +122,46 @@ class ThrottledError(ProviderError):
 
 
 class TransientProviderError(ProviderError):
-    """Server error, timeout or connection failure: may succeed on another try."""
+    """Server error, timeout or connection failure: may succeed on another try.
+
+    ``ambiguous``: the request (or SMTP DATA) went out and no answer came back (read
+    timeout, connection reset or closed mid-answer): the provider may have accepted
+    the email. Only an unambiguous failure (nothing sent: connection refused, connect
+    timeout; or an answer that refuses it: 5xx, 4xx SMTP reply) proves it did not.
+    """
 
     retriable = True
     reason = "provider_unavailable"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status: int | None = None,
+        reason: str | None = None,
+        ambiguous: bool = False,
+    ) -> None:
+        super().__init__(message, provider=provider, status=status, reason=reason)
+        self.ambiguous = ambiguous
+
+
+class ConflictError(ProviderError):
+    """409: the provider holds a request with this idempotency key already (still in
+    progress, or accepted before): the email may have been accepted. Never a sign of
+    an unhealthy provider, never a reason to fail over."""
+
+    retriable = True
+    reason = "provider_conflict"
+
+
+class AmbiguousDelivery(SpillwayError):
+    """Outcome ``ambiguous``: the provider may have accepted the email, and it has no
+    idempotency key (or the key has expired), so it is not resent blindly. An
+    operator checks the provider's log, then replays (``spillway replay``) or drops it."""
+
+    retriable = True
+    reason = "ambiguous"
 
 
 class IntakeError(SpillwayError):

@@ -81,6 +81,37 @@ class ProviderPolicy(BaseModel):
         None, description="Provider to use while this one's breaker is open (none: wait)."
     )
 
+    # --- issue 13 (helper C): strict provider answers, long retries, honest guarantees ---
+    retry_after_min_s: float = Field(
+        1.0,
+        gt=0,
+        description="Shortest pause after a 429 (Retry-After 0 or a past date waits this long).",
+    )
+    retry_after_max_s: float = Field(
+        900.0,
+        gt=0,
+        description="Longest pause any provider header can impose (Retry-After, "
+        "X-RateLimit-Reset): no answer stops mail, critical included, for longer.",
+    )
+    retry_min_failing_s: float = Field(
+        900.0,
+        ge=0,
+        description="A transient failure dead-letters an email only once it has been failing "
+        "this long and max_attempts is reached (backoff with jitter in between).",
+    )
+    idempotency_ttl_s: float | None = Field(
+        None,
+        ge=0,
+        description="How long the provider honours our idempotency key (0: it does not; none: "
+        "the adapter's declaration, 0 for SendGrid-shaped http and for smtp). Resend: 86400.",
+    )
+    ambiguous_resend: bool = Field(
+        False,
+        description="After an ambiguous failure (request sent, answer lost) with no valid "
+        "idempotency key: false parks the email as a dead letter with reason ambiguous "
+        "(at most once); true resends it (at least once, may duplicate).",
+    )
+
     @property
     def rate_per_s(self) -> float | None:
         return self.quota_per_s * self.target_utilisation if self.quota_per_s else None

@@ -1,11 +1,23 @@
 """HTTP provider adapter shaped like SendGrid v3 Mail Send (``POST /v3/mail/send``).
 
 Status mapping (SendGrid's documented codes):
-  202 accepted; 400/403/413 -> PermanentProviderError (the message is rejected);
+  2xx accepted (a missing ``X-Message-Id`` is accepted with the id empty: the stage
+  counts it); 400/403/413 -> PermanentProviderError (the message is rejected);
   401 -> TransientProviderError (our credentials: a provider-wide fault, not the
-  message's); 429 -> ThrottledError with Retry-After; 5xx, timeouts, connection
-  errors -> TransientProviderError.
-The event id goes out as the ``Idempotency-Key`` header and in ``custom_args``.
+  message's); 409 -> ConflictError (Resend's documented meaning: a request with
+  this idempotency key is in progress or was accepted), or PermanentProviderError
+  ``idempotency_conflict`` when the body says the key was used for another payload;
+  429 -> ThrottledError with Retry-After (parsed strictly, app/providers/headers.py);
+  5xx and other answers -> TransientProviderError (an answer: not accepted).
+No answer: a failure to connect proves nothing was sent; anything after the request
+may have gone out (read timeout, connection reset or closed before the answer) is
+``ambiguous``. A request the client cannot encode (a non-ASCII event id in the
+``Idempotency-Key`` header, a lone surrogate in the body) is an UnsendableError of
+that message, raised before any I/O.
+
+Guarantee (``idempotency_ttl_s``): SendGrid v3 honours no idempotency key, so this
+adapter declares 0 unless configured otherwise (a Resend-like endpoint: 86400).
+The event id still goes out as ``Idempotency-Key`` and in ``custom_args``.
 """
 
 from __future__ import annotations
@@ -14,11 +26,24 @@ import time
 from email.utils import parseaddr
 from typing import Any
 
+import aiohttp
 import httpx
 from httpx_aiohttp import HttpxAiohttpClient
 
-from app.errors import PermanentProviderError, ThrottledError, TransientProviderError
+from app.errors import (
+    ConflictError,
+    PermanentProviderError,
+    ThrottledError,
+    TransientProviderError,
+    UnsendableError,
+)
 from app.providers.base import OutboundEmail, RateLimitInfo, SendReceipt
+from app.providers.headers import non_negative_int, rate_limit_reset_at, retry_after_s
+
+#: SendGrid v3 Mail Send honours no idempotency key.
+DEFAULT_IDEMPOTENCY_TTL_S = 0.0
+#: Longest message id kept; a longer or non-printable X-Message-Id counts as missing.
+MAX_MESSAGE_ID = 256
 
 
 class HttpProvider:
@@ -31,8 +56,12 @@ class HttpProvider:
         timeout_s: float = 10.0,
         max_connections: int = 100,
         transport: httpx.AsyncBaseTransport | None = None,
+        idempotency_ttl_s: float | None = None,
     ) -> None:
         self.name = name
+        self.idempotency_ttl_s = (
+            DEFAULT_IDEMPOTENCY_TTL_S if idempotency_ttl_s is None else idempotency_ttl_s
+        )
         # httpx's API on aiohttp's connection pool (unless a transport is injected):
         # httpcore's pool cost ~4 ms CPU per request at 64 concurrent, this ~0.6 ms.
         self._client = HttpxAiohttpClient(
@@ -51,37 +80,60 @@ class HttpProvider:
     async def send(self, email: OutboundEmail) -> SendReceipt:
         started = time.perf_counter()
         try:
-            resp = await self._client.post(
+            request = self._client.build_request(
+                "POST",
                 "/v3/mail/send",
                 json=request_body(email),
                 headers={"Idempotency-Key": email.event_id},
             )
-        except httpx.TimeoutException as exc:
-            raise TransientProviderError(
-                f"{self.name}: request timed out ({type(exc).__name__})",
-                provider=self.name,
-                reason="provider_timeout",
+        except (UnicodeError, ValueError, TypeError) as exc:
+            raise UnsendableError(
+                f"{self.name}: the email cannot be encoded as a request: {type(exc).__name__}"
             ) from exc
+        try:
+            resp = await self._client.send(request)
         except httpx.HTTPError as exc:
+            sent = not _not_sent(exc)
+            timeout = isinstance(exc, httpx.TimeoutException)
             raise TransientProviderError(
-                f"{self.name}: {type(exc).__name__}: {exc}", provider=self.name
+                f"{self.name}: {type(exc).__name__}: {exc}"
+                + (" (the request may have been accepted)" if sent else " (nothing sent)"),
+                provider=self.name,
+                reason="provider_timeout" if timeout else None,
+                ambiguous=sent,
             ) from exc
         latency = time.perf_counter() - started
         status = resp.status_code
-        if status == 202 or 200 <= status < 300:
+        now = time.time()
+        if 200 <= status < 300:
             return SendReceipt(
                 provider=self.name,
-                message_id=resp.headers.get("X-Message-Id", ""),
+                message_id=message_id_of(resp.headers.get("X-Message-Id")),
                 latency_s=latency,
-                rate_limit=rate_limit_of(resp.headers),
+                rate_limit=rate_limit_of(resp.headers, now),
                 replayed=resp.headers.get("Idempotent-Replayed") == "true",
             )
         detail = error_detail(resp)
         if status == 429:
+            wait = retry_after_s(resp.headers.get("Retry-After"), now)
+            if wait is None:  # no usable Retry-After: the reset time, if it is one
+                reset = rate_limit_reset_at(resp.headers.get("X-RateLimit-Reset"), now)
+                wait = None if reset is None else max(0.0, reset - now)
             raise ThrottledError(
-                f"{self.name}: throttled (429): {detail}",
+                f"{self.name}: throttled (429): {detail}", provider=self.name, retry_after=wait
+            )
+        if status == 409:
+            if "invalid_idempotent_request" in detail or "invalid_idempotent_request" in resp.text:
+                raise PermanentProviderError(
+                    f"{self.name}: idempotency key used for another payload (409): {detail}",
+                    provider=self.name,
+                    status=status,
+                    reason="idempotency_conflict",
+                )
+            raise ConflictError(
+                f"{self.name}: a request with this idempotency key exists (409): {detail}",
                 provider=self.name,
-                retry_after=retry_after_of(resp.headers),
+                status=status,
             )
         if status == 401:
             raise TransientProviderError(
@@ -97,6 +149,27 @@ class HttpProvider:
         raise TransientProviderError(
             f"{self.name}: server error ({status}): {detail}", provider=self.name, status=status
         )
+
+
+def _not_sent(exc: httpx.HTTPError) -> bool:
+    """True only when the error proves no request reached the provider: the
+    connection was never made. httpx_aiohttp maps aiohttp's errors coarsely (a server
+    that closed the connection after reading the request becomes ConnectTimeout), so
+    the aiohttp cause decides when there is one."""
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientError | TimeoutError):
+        return isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+
+
+def message_id_of(value: str | None) -> str:
+    """The provider's message id, or "" when it is missing or not a sane token."""
+    if value is None:
+        return ""
+    value = value.strip()
+    if len(value) > MAX_MESSAGE_ID or not value.isprintable() or not value.isascii():
+        return ""
+    return value
 
 
 def request_body(email: OutboundEmail) -> dict[str, Any]:
@@ -134,28 +207,15 @@ def error_detail(resp: httpx.Response) -> str:
     return resp.text[:200] or resp.reason_phrase
 
 
-def _int(headers: httpx.Headers, name: str) -> int | None:
-    value = headers.get(name)
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def rate_limit_of(headers: httpx.Headers) -> RateLimitInfo | None:
-    limit = _int(headers, "X-RateLimit-Limit")
-    remaining = _int(headers, "X-RateLimit-Remaining")
-    reset = _int(headers, "X-RateLimit-Reset")
+def rate_limit_of(headers: httpx.Headers, now: float) -> RateLimitInfo | None:
+    limit = non_negative_int(headers.get("X-RateLimit-Limit"))
+    remaining = non_negative_int(headers.get("X-RateLimit-Remaining"))
     if limit is None and remaining is None:
         return None
-    return RateLimitInfo(limit=limit, remaining=remaining, reset_at=float(reset) if reset else None)
+    reset_at = rate_limit_reset_at(headers.get("X-RateLimit-Reset"), now)
+    return RateLimitInfo(limit=limit, remaining=remaining, reset_at=reset_at)
 
 
 def retry_after_of(headers: httpx.Headers) -> float | None:
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+    """Retry-After in seconds from now (strict RFC 9110; None: absent or unusable)."""
+    return retry_after_s(headers.get("Retry-After"), time.time())

@@ -4,18 +4,29 @@ RCPT/DATA replies: 5xx -> PermanentProviderError; 4xx, connection and timeout
 errors -> TransientProviderError. The Message-ID is derived from the event id,
 and the event id travels as ``X-Spillway-Event-Id``, so a receiving system can
 spot a duplicate.
+
+Ambiguity: once DATA has started, a timeout or a lost connection before the final
+reply may follow an accepted message (RFC 5321 section 4.5.3.2.6 warns of exactly
+this duplicate): such an error is ``ambiguous``. Before DATA (connect, MAIL, RCPT)
+nothing can have been accepted. A message that cannot be encoded (a line break or
+U+2028 in a header, a lone surrogate) is an UnsendableError, raised before any I/O.
+
+Guarantee: SMTP has no idempotency key (``idempotency_ttl_s`` = 0).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from email.errors import HeaderParseError
 from email.message import EmailMessage
 from email.utils import formatdate
+from typing import Any
 
 import aiosmtplib
+from aiosmtplib.email import flatten_message
 
-from app.errors import PermanentProviderError, TransientProviderError
+from app.errors import PermanentProviderError, TransientProviderError, UnsendableError
 from app.providers.base import OutboundEmail, SendReceipt
 
 
@@ -33,7 +44,31 @@ def build_message(email: OutboundEmail) -> EmailMessage:
     return msg
 
 
+class _Client(aiosmtplib.SMTP):
+    """Remembers whether DATA started for the current message."""
+
+    data_started = False
+
+    async def data(self, *args: Any, **kwargs: Any) -> Any:
+        self.data_started = True
+        return await super().data(*args, **kwargs)
+
+
+def prepare(email: OutboundEmail) -> EmailMessage:
+    """The message, encodable as it will be sent, or UnsendableError."""
+    try:
+        message = build_message(email)
+        flatten_message(message)
+    except (UnicodeError, ValueError, TypeError, IndexError, HeaderParseError) as exc:
+        raise UnsendableError(
+            f"the email cannot be encoded for SMTP: {type(exc).__name__}: {exc}"
+        ) from exc
+    return message
+
+
 class SmtpProvider:
+    idempotency_ttl_s = 0.0  # SMTP has no idempotency key
+
     def __init__(
         self,
         *,
@@ -55,24 +90,24 @@ class SmtpProvider:
             start_tls=start_tls,
             timeout=timeout_s,
         )
-        self._pool: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+        self._pool: asyncio.Queue[_Client] = asyncio.Queue()
         self._slots = asyncio.Semaphore(pool_size)
 
-    async def _acquire(self) -> aiosmtplib.SMTP:
+    async def _acquire(self) -> _Client:
         await self._slots.acquire()
         try:
             while not self._pool.empty():
                 client = self._pool.get_nowait()
                 if client.is_connected:
                     return client
-            client = aiosmtplib.SMTP(**self._kw)  # type: ignore[arg-type]
+            client = _Client(**self._kw)  # type: ignore[arg-type]
             await client.connect()
             return client
         except BaseException:
             self._slots.release()
             raise
 
-    def _release(self, client: aiosmtplib.SMTP, healthy: bool) -> None:
+    def _release(self, client: _Client, healthy: bool) -> None:
         if healthy and client.is_connected:
             self._pool.put_nowait(client)
         else:
@@ -81,7 +116,7 @@ class SmtpProvider:
 
     async def send(self, email: OutboundEmail) -> SendReceipt:
         started = time.perf_counter()
-        message = build_message(email)
+        message = prepare(email)
         try:
             client = await self._acquire()
         except (aiosmtplib.SMTPException, OSError) as exc:
@@ -89,6 +124,7 @@ class SmtpProvider:
                 f"{self.name}: cannot connect: {exc}", provider=self.name
             ) from exc
         healthy = False
+        client.data_started = False
         try:
             await client.send_message(message)
             healthy = True
@@ -107,8 +143,13 @@ class SmtpProvider:
                 f"{self.name}: {exc.code} {exc.message}", provider=self.name, status=exc.code
             ) from exc
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            ambiguous = client.data_started
             raise TransientProviderError(
-                f"{self.name}: {type(exc).__name__}: {exc}", provider=self.name
+                f"{self.name}: {type(exc).__name__}: {exc}"
+                + (" (after DATA: the message may have been accepted)" if ambiguous else ""),
+                provider=self.name,
+                reason="provider_timeout" if isinstance(exc, TimeoutError) else None,
+                ambiguous=ambiguous,
             ) from exc
         finally:
             self._release(client, healthy)

@@ -2,18 +2,29 @@
 
 Per message:
 1. The sent-ledger is checked: an id already sent (or being sent by this worker) is
-   skipped, counted as a duplicate suppressed. An id left ``in_flight`` by a crash is
-   sent again with the same idempotency key (HTTP, which the provider dedupes), or
-   dead-lettered for reconciliation (SMTP, unless configured to resend).
+   skipped, counted as a duplicate suppressed. An id left ``in_flight`` by a crash may
+   have been accepted: it is sent again with the same idempotency key only to a
+   provider that honours keys and while the key lives (``idempotency_ttl``); else it
+   is parked as a dead letter with reason ``ambiguous`` (or resent, when the
+   provider's policy says ``ambiguous_resend``: at least once).
 2. A provider is chosen: the primary, or its fallback while the primary's breaker is
-   open; with neither available the message waits (not an attempt).
+   open; a retry after an ambiguous failure is pinned to the provider that may hold
+   it (never failed over). With none available the message waits (not an attempt).
 3. The lane waits for its turn (critical > normal > bulk) and for a slot at the
    provider's pace (``PressureBoard``).
-4. The result: sent; throttled (429: the provider is paused for Retry-After and the
-   message tries again, not an attempt); a server error or timeout (an attempt,
-   unless the breaker is open by then, when the outage is the provider's, not the
-   message's) re-queued on a delayed retry topic with exponential backoff, or dead
-   after ``max_attempts``; a permanent rejection, dead at once.
+4. The result:
+   - sent (any 2xx; a missing message id is recorded as "" and counted);
+   - throttled (429): the provider is paused for its Retry-After, clamped to the
+     policy's range, and the message tries again: not an attempt, not a breaker
+     failure, except that a throttled half-open probe reopens the breaker;
+   - an unambiguous transient failure (nothing sent, 5xx answer): an attempt (unless
+     the breaker is open by then: the outage is the provider's), re-queued on a
+     delayed retry topic with exponential backoff and jitter; dead only once it has
+     failed for ``retry_min_failing_s`` and ``max_attempts`` times;
+   - an ambiguous failure (request sent, answer lost; 409): retried with the same key
+     on the same provider if it honours keys, else parked as ``ambiguous``;
+   - a permanent rejection, or an email the adapter cannot encode (the message's
+     fault: the breaker never hears of it): dead at once.
 """
 
 from __future__ import annotations
@@ -26,9 +37,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from app.errors import (
+    AmbiguousDelivery,
+    ConflictError,
+    EventError,
     PermanentProviderError,
     ProviderError,
-    SpillwayError,
     ThrottledError,
     TransientProviderError,
 )
@@ -43,13 +56,6 @@ from app.tables.ledger import Ledger
 from app.topology import DEAD, LANES, SENT, retry_topic
 
 log = logging.getLogger(__name__)
-
-
-class NeedsReconciliation(SpillwayError):
-    """Found in flight after a crash on a provider without idempotency (SMTP)."""
-
-    retriable = True
-    reason = "needs_reconciliation"
 
 
 def outbound(req: DispatchRequest) -> OutboundEmail:
@@ -74,6 +80,8 @@ class DispatchStats:
     retried: int = 0
     duplicates_suppressed: int = 0
     throttled: int = 0
+    ambiguous: int = 0
+    missing_message_id: int = 0  # 2xx answers without a message id (recorded as sent)
 
 
 @dataclass
@@ -85,6 +93,7 @@ class Hooks:
     remaining: Callable[[str, int], None] = lambda provider, remaining: None
     retry: Callable[[int], None] = lambda attempt: None
     duplicate: Callable[[], None] = lambda: None
+    missing_id: Callable[[str], None] = lambda provider: None
 
 
 @dataclass
@@ -140,33 +149,58 @@ class DispatchStage:
             self.stats.duplicates_suppressed += 1
             self.hooks.duplicate()
             return None
+        pinned: str | None = None
         if entry is not None and entry.state == "in_flight":
-            policy = self.policies.get(entry.provider or "")
-            if policy is not None and policy.kind == "smtp" and not policy.smtp_resend_in_flight:
-                self.ledger.mark_failed(event_id, entry.provider)
-                return self._dead(
+            # A worker stopped between the in_flight mark and the answer: the provider
+            # may have accepted it.
+            provider = entry.provider or ""
+            if self.key_valid(provider, self.clock() - entry.at):
+                pinned = provider  # the same key, to the provider that knows it
+            elif not self.resend_ambiguous(provider):
+                return self._ambiguous(
                     req,
                     payload,
                     origin,
-                    NeedsReconciliation(
-                        f"{event_id} was in flight to {entry.provider} when a worker stopped; "
-                        "SMTP has no idempotency key, so it is not resent blindly: check the "
-                        "mail server's log, then replay or drop it"
+                    AmbiguousDelivery(
+                        f"{event_id} was in flight to {provider} when a worker stopped; "
+                        f"{provider} honours no idempotency key (or it expired), so it is "
+                        "not resent blindly: check the provider's log, then replay or drop it"
                     ),
-                    entry.provider,
+                    provider or None,
                     req.history,
                 )
         self._in_flight.add(event_id)
         try:
-            return await self._deliver(req, payload, origin, lane)
+            return await self._deliver(req, payload, origin, lane, pinned or req.provider)
         finally:
             self._in_flight.discard(event_id)
 
+    # -- per-provider guarantees ------------------------------------------------------
+    def key_ttl(self, name: str) -> float:
+        """How long ``name`` honours our idempotency key: the policy's setting, else the
+        adapter's declaration (0: no key)."""
+        policy = self.policies.get(name)
+        if policy is not None and policy.idempotency_ttl_s is not None:
+            return policy.idempotency_ttl_s
+        return float(getattr(self.providers.get(name), "idempotency_ttl_s", 0.0) or 0.0)
+
+    def key_valid(self, name: str, age_s: float) -> bool:
+        """A resend with the same key to ``name`` is deduplicated by the provider."""
+        return name in self.providers and 0 <= age_s < self.key_ttl(name)
+
+    def resend_ambiguous(self, name: str) -> bool:
+        """The policy chooses at-least-once for ``name`` (may send twice)."""
+        policy = self.policies.get(name)
+        if policy is None:
+            return False
+        return policy.ambiguous_resend or (policy.kind == "smtp" and policy.smtp_resend_in_flight)
+
     # -- the delivery loop -----------------------------------------------------------
-    def _choose(self, partition: int) -> tuple[str | None, float]:
-        """The provider to use now, or None and how long to wait."""
+    def _choose(self, partition: int, pinned: str | None = None) -> tuple[str | None, float]:
+        """The provider to use now, or None and how long to wait. A pinned message
+        (it may already be at that provider) never fails over."""
         waits = []
-        name: str | None = self.primary
+        name: str | None = pinned if pinned in self.providers else self.primary
         seen: set[str] = set()
         while name is not None and name not in seen:
             seen.add(name)
@@ -174,15 +208,20 @@ class DispatchStage:
             if wait <= 0:
                 return name, 0.0
             waits.append(wait)
-            name = self.policies[name].fallback
+            name = None if pinned in self.providers else self.policies[name].fallback
         return None, min(waits)
 
     async def _deliver(
-        self, req: DispatchRequest, payload: bytes, origin: Origin, lane: str
+        self,
+        req: DispatchRequest,
+        payload: bytes,
+        origin: Origin,
+        lane: str,
+        pinned: str | None = None,
     ) -> Emission:
         partition = origin.partition
         while True:
-            name, wait = self._choose(partition)
+            name, wait = self._choose(partition, pinned)
             if name is None:
                 await self.sleep(min(wait, 1.0))  # breaker open, no fallback: not an attempt
                 continue
@@ -190,36 +229,62 @@ class DispatchStage:
             breaker = self.board.state(name, partition).breaker
             before = breaker.state
             started = time.perf_counter()
+            admitted = False
             try:
                 async with self._slots[name]:
                     if self.board.blocked(name, lane):
                         continue  # paused or shed while this waited for a slot: wait again
                     if breaker.admit(self.clock()) > 0:
                         continue  # tripped while this waited for its pace or a slot
+                    admitted = True
                     before = breaker.state  # admit may have made it half-open
                     self.ledger.mark_in_flight(req.event_id, name)
-                    if self.durable is not None and self.policies[name].kind == "smtp":
+                    if self.durable is not None and self.key_ttl(name) <= 0:
                         await self.durable()
                     receipt = await self.providers[name].send(outbound(req))
             except ThrottledError as exc:
-                # The provider's own brake: pause for Retry-After. Not counted toward the
-                # breaker: requests bunched over one window boundary would otherwise stop
-                # all traffic for a whole cooldown.
+                # The provider's own brake (proof it did not accept the email): pause for
+                # Retry-After within the policy's range. Not a breaker failure: requests
+                # bunched over one window boundary would otherwise stop all traffic for a
+                # whole cooldown; but a throttled half-open probe reopens it.
+                breaker.throttled(self.clock())
                 self._record(name, partition, None, before, "429", started)
                 self.board.pause(name, exc.retry_after)
                 self.stats.throttled += 1
                 continue  # the provider's pace, not the message's fault
+            except EventError as exc:
+                # The email cannot be put on the wire (adapter's encoding): the message's
+                # fault. Nothing was sent; the breaker never hears of it.
+                breaker.release_probe()
+                return self._fail(req, payload, origin, exc, name, final=True)
             except PermanentProviderError as exc:
                 self._record(name, partition, True, before, _status_class(exc), started)
                 return self._fail(req, payload, origin, exc, name, final=True)
-            except Exception as exc:
-                if not isinstance(exc, TransientProviderError):
-                    log.warning("dispatch: unexpected error for %s", req.event_id, exc_info=exc)
+            except ConflictError as exc:
+                # 409: a request with this key exists at the provider: an answer (healthy),
+                # and maybe accepted, so never failed over.
+                self._record(name, partition, True, before, "4xx", started)
+                return self._after_ambiguous(req, payload, origin, exc, name)
+            except TransientProviderError as exc:
                 self._record(name, partition, False, before, _status_class(exc), started)
-                if breaker.state != "closed":
+                if exc.ambiguous:
+                    return self._after_ambiguous(req, payload, origin, exc, name)
+                if breaker.state != "closed" and pinned is None:
                     continue  # the outage is the provider's: wait for it, or fail over
                 return self._fail(req, payload, origin, exc, name, final=False)
+            except Exception as exc:
+                # Not a provider answer we know (an adapter bug?): not the provider's
+                # proven fault, and the request may have gone out.
+                log.warning("dispatch: unexpected error for %s", req.event_id, exc_info=exc)
+                breaker.release_probe()
+                self._record(name, partition, None, before, "error", started)
+                return self._after_ambiguous(req, payload, origin, exc, name)
+            except BaseException:
+                if admitted:  # fenced or cancelled before an answer
+                    breaker.release_probe()
+                raise
             self._record(name, partition, True, before, "2xx", started)
+            self.board.succeeded(name)
             return self._sent(req, receipt)
 
     def _record(
@@ -250,6 +315,13 @@ class DispatchStage:
             self.board.observe(receipt.provider, rl.limit, rl.remaining, rl.reset_at)
             if rl.remaining is not None:
                 self.hooks.remaining(receipt.provider, rl.remaining)
+        if not receipt.message_id:
+            # Accepted (a 2xx) without an id: sent, with the id missing, and counted.
+            self.stats.missing_message_id += 1
+            self.hooks.missing_id(receipt.provider)
+            log.warning(
+                "provider %s accepted %s without a message id", receipt.provider, req.event_id
+            )
         self.ledger.mark_sent(req.event_id, receipt.provider, receipt.message_id)
         self.stats.sent += 1
         sent_at = now_ms(self.clock)
@@ -283,14 +355,18 @@ class DispatchStage:
         provider: str,
         *,
         final: bool,
+        pinned: str | None = None,
     ) -> Emission:
+        """An attempt failed: dead if ``final``, or once the email has been failing for
+        ``retry_min_failing_s`` and ``max_attempts`` times; else a delayed retry."""
         self.ledger.mark_failed(req.event_id, provider)
         at = now_ms(self.clock)
         history = [*req.history, attempt_of(exc, stage="dispatch", at_ms=at, provider=provider)]
         attempts = req.attempts + 1
-        if final or attempts >= self.max_attempts:
-            return self._dead(req, payload, origin, exc, provider, history)
         policy = self.policies[provider]
+        failing_s = (at - first_failure_ms(req.history, at)) / 1000.0
+        if final or (attempts >= self.max_attempts and failing_s >= policy.retry_min_failing_s):
+            return self._dead(req, payload, origin, exc, provider, history)
         delay = backoff_s(
             attempts, policy.retry_backoff_base_s, policy.retry_backoff_cap_s, self.rng
         )
@@ -301,11 +377,54 @@ class DispatchStage:
                 **req.asdict(),
                 "attempts": attempts,
                 "history": history,
-                "provider": None,
+                "provider": pinned,
                 "not_before": at + int(delay * 1000),
             }
         )
         return Emission(retry_topic(attempts), req.event_id.encode(), retry)
+
+    def _after_ambiguous(
+        self, req: DispatchRequest, payload: bytes, origin: Origin, exc: Exception, name: str
+    ) -> Emission:
+        """The request went out and its answer was lost (or 409): the provider may have
+        accepted the email. Same key to the same provider while it honours keys;
+        else at least once if the policy chooses it; else parked as ``ambiguous``."""
+        first = first_failure_ms(req.history, now_ms(self.clock))
+        if self.key_valid(name, (now_ms(self.clock) - first) / 1000.0):
+            return self._fail(req, payload, origin, exc, name, final=False, pinned=name)
+        if self.resend_ambiguous(name):
+            return self._fail(req, payload, origin, exc, name, final=False)
+        history = [
+            *req.history,
+            attempt_of(exc, stage="dispatch", at_ms=now_ms(self.clock), provider=name),
+        ]
+        return self._ambiguous(
+            req,
+            payload,
+            origin,
+            AmbiguousDelivery(
+                f"{req.event_id}: {name} may have accepted it ({exc}); it honours no "
+                "idempotency key, so it is not resent: check the provider's log, then "
+                "replay or drop it"
+            ),
+            name,
+            history,
+        )
+
+    def _ambiguous(
+        self,
+        req: DispatchRequest,
+        payload: bytes,
+        origin: Origin,
+        exc: AmbiguousDelivery,
+        provider: str | None,
+        history: list[Attempt],
+    ) -> Emission:
+        """Parked: a dead letter with reason ``ambiguous``; the ledger says ``failed``
+        so an operator's replay sends it."""
+        self.ledger.mark_failed(req.event_id, provider)
+        self.stats.ambiguous += 1
+        return self._dead(req, payload, origin, exc, provider, history)
 
     def _dead(
         self,
@@ -344,6 +463,12 @@ def _status_class(exc: BaseException) -> str:
         reason = getattr(exc, "reason", "")
         return "timeout" if reason == "provider_timeout" else "error"
     return "429" if status == 429 else f"{status // 100}xx"
+
+
+def first_failure_ms(history: list[Attempt], default: int) -> int:
+    """When this email first failed at dispatch (unix ms), from its history."""
+    times = [a.at for a in history if a.stage == "dispatch"]
+    return min(times, default=default)
 
 
 def lane_of(req: DispatchRequest) -> str:

@@ -19,12 +19,14 @@ because failures fall on every partition alike.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from app.providers.headers import clamp_wait
 from app.settings import ProviderPolicy
 
 BreakerState = Literal["closed", "open", "half_open"]
@@ -106,6 +108,21 @@ class Breaker:
             self.probes_sent += 1
         return 0.0
 
+    def throttled(self, now: float) -> None:
+        """A 429. Closed: not a breaker matter (requests bunched over one window
+        boundary would otherwise stop all traffic for a whole cooldown). Half-open:
+        the probe ends the half-open state by reopening it for a cooldown: a throttled
+        probe delivered nothing, so it cannot show the provider healthy, and leaving it
+        unanswered would hold the breaker half-open forever (its probe slot taken)."""
+        if self.state == "half_open":
+            self._open(now)
+
+    def release_probe(self) -> None:
+        """An admitted request that never reached the provider (fenced, cancelled, or
+        the message could not be encoded) gives its probe slot back."""
+        if self.state == "half_open" and self.probes_sent > 0:
+            self.probes_sent -= 1
+
     def record(self, ok: bool, now: float) -> None:
         if self.state == "half_open":
             if not ok:
@@ -142,6 +159,7 @@ class RateLimitView:
     reset_at: float | None = None
     seen_at: float = 0.0
     paused_until: float = 0.0
+    throttles: int = 0  # 429s in a row: the backoff step when Retry-After is unusable
 
     def low(self, threshold: int, now: float, pace: float | None = None) -> bool:
         """Remaining is under the threshold and, at ``pace`` (our own target rate, all
@@ -241,8 +259,10 @@ class PressureBoard:
         key_for: Any,
         *,
         clock: Any = time.time,
+        sleep: Any = asyncio.sleep,
     ) -> None:
         self.policies = policies
+        self.sleep = sleep  # injectable with ``clock`` (a virtual clock in tests)
         self.partitions = partitions
         self.store = store
         self.key_for = key_for
@@ -300,15 +320,49 @@ class PressureBoard:
     def observe(
         self, provider: str, limit: int | None, remaining: int | None, reset_at: float | None
     ) -> None:
+        """An accepted request's X-RateLimit-* view. A reset time is untrusted: one in
+        the past, non-finite or garbage is dropped, and one further ahead than
+        ``retry_after_max_s`` is pulled in to that, so no header holds bulk longer."""
+        now = self.clock()
         view = self.views[provider]
+        if reset_at is not None:
+            if not math.isfinite(reset_at) or reset_at <= now:
+                reset_at = None
+            else:
+                reset_at = min(reset_at, now + self.policies[provider].retry_after_max_s)
         view.limit, view.remaining, view.reset_at = limit, remaining, reset_at
-        view.seen_at = self.clock()
+        view.seen_at = now
+        view.throttles = 0
 
-    def pause(self, provider: str, seconds: float | None) -> None:
-        """A 429: nothing goes to this provider from this worker until Retry-After."""
+    def pause_s(self, provider: str, retry_after: float | None) -> float:
+        """How long a 429 pauses ``provider``: Retry-After if usable, else the policy's
+        backoff for this many 429s in a row; clamped to [retry_after_min_s,
+        retry_after_max_s] either way (0 or a past date: the minimum; huge: the maximum)."""
+        policy = self.policies[provider]
         view = self.views[provider]
-        pause = 1.0 if seconds is None else seconds
-        view.paused_until = max(view.paused_until, self.clock() + pause)
+        fallback = backoff_s(
+            max(1, view.throttles), policy.retry_backoff_base_s, policy.retry_backoff_cap_s
+        )
+        return clamp_wait(
+            retry_after, policy.retry_after_min_s, policy.retry_after_max_s, fallback
+        )
+
+    def pause(self, provider: str, retry_after: float | None) -> float:
+        """A 429: nothing goes to this provider from this worker, critical included,
+        for ``pause_s`` (at most ``retry_after_max_s``). Returns the pause."""
+        view = self.views[provider]
+        view.throttles += 1
+        pause = self.pause_s(provider, retry_after)
+        now = self.clock()
+        # A later, shorter pause may not shorten a standing one, but nothing may push
+        # it beyond the maximum from now.
+        cap = now + self.policies[provider].retry_after_max_s
+        view.paused_until = min(max(view.paused_until, now + pause), cap)
+        return pause
+
+    def succeeded(self, provider: str) -> None:
+        """An accepted request ends a run of 429s."""
+        self.views[provider].throttles = 0
 
     def blocked(self, provider: str, lane: str) -> bool:
         """Paused by a 429, or (bulk) held for low Remaining: checked again right
@@ -346,7 +400,7 @@ class PressureBoard:
                 wait = self.wait_s(provider, partition, lane)
                 if wait <= 0:
                     break
-                await asyncio.sleep(min(wait, 0.25))
+                await self.sleep(min(wait, 0.25))
             st = self.state(provider, partition)
             if st.limited:
                 now = self.clock()

@@ -45,6 +45,7 @@ def test_retries_back_off_without_blocking_the_partition(
                 breaker_min_requests=10_000,
                 retry_backoff_base_s=2.0,
                 retry_backoff_cap_s=4.0,
+                retry_min_failing_s=0,  # dead after 3 attempts (default: 15 min of failing)
             )
         ),
     )

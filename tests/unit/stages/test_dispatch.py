@@ -125,13 +125,42 @@ async def test_concurrent_duplicates_send_once(serde: Serde) -> None:
 
 
 async def test_in_flight_http_is_resent_with_the_same_key(serde: Serde) -> None:
-    table = {b"e-1": {"s": "in_flight", "p": "fake", "m": None, "t": 0}}
+    # only to a provider that honours keys, and while the key lives
+    table = {b"e-1": {"s": "in_flight", "p": "fake", "m": None, "t": 2.0}}
     provider = FakeProvider()
-    out = await make(serde, provider, table=table).handle(
+    policies = [ProviderPolicy(name="fake", idempotency_ttl_s=86_400)]
+    out = await make(serde, provider, table=table, policies=policies).handle(
         encode(serde, request()), ORIGIN, "normal"
     )
     assert out is not None and out.topic == "sent"
     assert provider.calls[0].event_id == "e-1"
+
+
+@pytest.mark.parametrize(
+    ("ttl", "at"),
+    [(None, 2.0), (0.0, 2.0), (86_400.0, 2.5 - 86_400.0)],
+    ids=["declared", "0", "expired"],
+)
+async def test_in_flight_without_a_valid_key_is_parked_ambiguous(
+    serde: Serde, ttl: float | None, at: float
+) -> None:
+    table = {b"e-1": {"s": "in_flight", "p": "fake", "m": None, "t": at}}
+    provider = FakeProvider()
+    policies = [ProviderPolicy(name="fake", idempotency_ttl_s=ttl)]
+    stage = make(serde, provider, table=table, policies=policies)
+    out = await stage.handle(encode(serde, request()), ORIGIN, "normal")
+    assert out is not None and (out.topic, out.value.reason) == ("dead", "ambiguous")
+    assert not provider.calls and stage.ledger.get("e-1").state == "failed"  # type: ignore[union-attr]
+
+
+async def test_in_flight_is_resent_when_the_policy_chooses_at_least_once(serde: Serde) -> None:
+    table = {b"e-1": {"s": "in_flight", "p": "fake", "m": None, "t": 2.0}}
+    provider = FakeProvider()
+    policies = [ProviderPolicy(name="fake", ambiguous_resend=True)]
+    out = await make(serde, provider, table=table, policies=policies).handle(
+        encode(serde, request()), ORIGIN, "normal"
+    )
+    assert out is not None and out.topic == "sent" and len(provider.calls) == 1
 
 
 async def test_in_flight_smtp_is_held_for_reconciliation(serde: Serde) -> None:
@@ -140,7 +169,7 @@ async def test_in_flight_smtp_is_held_for_reconciliation(serde: Serde) -> None:
     stage = make(serde, provider, table=table, policies=[ProviderPolicy(name="smtp", kind="smtp")])
     out = await stage.handle(encode(serde, request()), ORIGIN, "normal")
     assert out is not None and out.topic == "dead"
-    assert out.value.reason == "needs_reconciliation" and not provider.calls
+    assert out.value.reason == "ambiguous" and not provider.calls
 
 
 async def test_permanent_rejection_is_dead_at_once(serde: Serde) -> None:
@@ -172,7 +201,8 @@ async def test_server_error_goes_to_a_delayed_retry(serde: Serde) -> None:
 
 async def test_third_failure_is_dead_with_three_attempts(serde: Serde) -> None:
     err = TransientProviderError("500", provider="fake", status=500)
-    stage = make(serde, FakeProvider(err, err, err))
+    policies = [ProviderPolicy(name="fake", retry_min_failing_s=0)]
+    stage = make(serde, FakeProvider(err, err, err), policies=policies)
     payload = encode(serde, request())
     for n in (1, 2):
         out = await stage.handle(payload, ORIGIN, "normal")
@@ -181,6 +211,31 @@ async def test_third_failure_is_dead_with_three_attempts(serde: Serde) -> None:
     out = await stage.handle(payload, ORIGIN, "normal")
     assert out is not None and out.topic == "dead"
     assert len(out.value.history) == 3 and out.value.reason == "provider_unavailable"
+
+
+async def test_failures_dead_letter_only_after_the_minimum_time_of_failing(serde: Serde) -> None:
+    # three failures within seconds are not enough: the email keeps retrying until it
+    # has failed for retry_min_failing_s (default 15 min) and max_attempts times
+    err = TransientProviderError("500", provider="fake", status=500)
+    now = [1_000.0]
+    stage = make(serde, FakeProvider(*[err] * 100), clock=lambda: now[0])
+    assert stage.policies["fake"].retry_min_failing_s >= 900
+    payload = encode(serde, request())
+    topics = []
+    while True:
+        out = await stage.handle(payload, ORIGIN, "normal")
+        assert out is not None
+        topics.append(out.topic)
+        if out.topic == "dead":
+            break
+        now[0] = out.value.not_before / 1000.0  # come back when the retry is due
+        payload = encode(serde, out.value)
+    dead = out.value
+    first, last = dead.history[0].at, dead.history[-1].at
+    assert (last - first) / 1000.0 >= 900 and len(topics) > 3
+    gaps = [b.at - a.at for a, b in zip(dead.history, dead.history[1:], strict=False)]
+    assert max(gaps) <= 60_000  # backoff capped at retry_backoff_cap_s
+    assert gaps[:4] == sorted(gaps[:4])  # growing (exponential, jitter within [0.5, 1])
 
 
 async def test_throttling_waits_and_is_not_an_attempt(serde: Serde) -> None:
@@ -241,17 +296,30 @@ async def test_lanes_share_the_stage(serde: Serde, lane: str) -> None:
     assert out is not None and out.topic == "sent"
 
 
-@pytest.mark.parametrize(("kind", "flushes"), [("smtp", 1), ("http", 0)])
-async def test_in_flight_mark_is_durable_before_an_smtp_send(
+@pytest.mark.parametrize(("kind", "flushes"), [("smtp", 1), ("http", 1), ("keyed", 0)])
+async def test_in_flight_mark_is_durable_before_a_send_without_a_key(
     serde: Serde, kind: str, flushes: int
 ) -> None:
-    calls: list[str] = []
+    # The order matters: a flush after the send would leave a window where a crash
+    # loses the in_flight mark of an email the provider may have accepted.
+    events: list[str] = []
     provider = FakeProvider(name="p")
-    stage = make(serde, provider, policies=[ProviderPolicy(name="p", kind=kind)])  # type: ignore[arg-type]
+    policy = (
+        ProviderPolicy(name="p", idempotency_ttl_s=86_400)
+        if kind == "keyed"
+        else ProviderPolicy(name="p", kind=kind)
+    )
+    stage = make(serde, provider, policies=[policy])
+    real_send = provider.send
+
+    async def send(email: OutboundEmail) -> SendReceipt:
+        events.append("send")
+        return await real_send(email)
 
     async def durable() -> None:
-        calls.append(stage.ledger.get("e-1").state)  # type: ignore[union-attr]
+        events.append("durable:" + stage.ledger.get("e-1").state)  # type: ignore[union-attr]
 
+    provider.send = send  # type: ignore[method-assign]
     stage.durable = durable
     await stage.handle(encode(serde, request()), ORIGIN, "normal")
-    assert calls == ["in_flight"] * flushes
+    assert events == ["durable:in_flight"] * flushes + ["send"]

@@ -349,7 +349,7 @@ class Run:
         its metadata and never read it)."""
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        from app.topology import policy_of
+        from app.topology import RAW, policy_of
 
         admin = AdminClient({"bootstrap.servers": self.stack.bootstrap})
         name = self.settings.topic("email.raw-events")
@@ -357,7 +357,7 @@ class Run:
             name,
             num_partitions=self.settings.topic_partitions,
             replication_factor=self.settings.topic_replication,
-            config=policy_of("email.raw-events", self.settings).config(),
+            config=policy_of(RAW, self.settings).config(),
         )
         admin.create_topics([topic])[name].result(30)
         wait_until(lambda: name in admin.list_topics(timeout=5).topics, 30)
@@ -681,6 +681,9 @@ def main(argv: list[str] | None = None) -> int:
         "shared: the local stack of scripts/stack (127.0.0.1:9092)",
     )
     p.add_argument("--session-timeout", type=float, default=10.0)
+    p.add_argument(
+        "--stall", type=float, default=90.0, help="give up after this long without progress"
+    )
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args(argv)
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -716,6 +719,7 @@ def main(argv: list[str] | None = None) -> int:
                 log_root,
                 session_timeout_s=args.session_timeout,
                 baseline_drain_s=baseline,
+                stall_s=args.stall,
             )
             if name == "baseline":
                 baseline = figures.drain_s

@@ -8,7 +8,7 @@ already accepted, no second above the quota, no worker that needed SIGKILL to st
 
 from __future__ import annotations
 
-from pathlib import Path
+import uuid
 
 import pytest
 
@@ -38,17 +38,18 @@ def check(f: Figures) -> None:
     assert f.forced_kills == 0, summary
 
 
-def run(name: str, log_root: Path) -> Figures:
+def run(name: str) -> Figures:
+    log_root = ARTIFACTS / "chaos" / f"{name}-{uuid.uuid4().hex[:6]}"
     return run_scenario(name, shared_stack(), EVENTS, QUOTA, log_root, stall_s=60.0)
 
 
 def test_dispatch_scaled_up_and_down_twice_loses_and_repeats_nothing(stack: None) -> None:
-    figures = run("scale", ARTIFACTS / "chaos")
+    figures = run("scale")
     print(figures.row())
     check(figures)
 
 
 def test_zombie_dispatch_worker_sends_nothing_it_no_longer_owns(stack: None) -> None:
-    figures = run("zombie", ARTIFACTS / "chaos")
+    figures = run("zombie")
     print(figures.row())
     check(figures)

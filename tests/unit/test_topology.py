@@ -4,6 +4,8 @@ tests/integration/test_topology_checks.py."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
@@ -145,3 +147,55 @@ def test_missing_cleanup_policy_means_the_broker_default_delete() -> None:
     errors, _ = problems(EXPECTED, {"app-t-changelog": ExistingTopic(4, None, None)})
     assert len(errors) == 1 and "cleanup.policy=delete" in errors[0]
     assert problems(EXPECTED, {"email.dead": ExistingTopic(4, "", None)}) == ([], [])
+
+
+# --- the hook that runs the checks at worker start -----------------------------------------
+
+
+class FakeApp:
+    def __init__(self) -> None:
+        self.started = 0
+
+    async def on_first_start(self) -> None:
+        self.started += 1
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_install_runs_the_check_at_first_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, enabled: bool
+) -> None:
+    import asyncio
+
+    from app import startup_checks
+
+    calls: list[Any] = []
+
+    def failing_check(settings: Settings, topology: Any) -> list[str]:
+        calls.append(topology)
+        raise startup_checks.TopologyMismatch("worker x stopped: 1 existing topic(s) ...")
+
+    monkeypatch.setattr(startup_checks, "check_topics", failing_check)
+    app = FakeApp()
+    startup_checks.install(app, Settings(startup_checks=enabled), "topology")  # type: ignore[arg-type]
+    if enabled:
+        with pytest.raises(SystemExit) as info:
+            asyncio.run(app.on_first_start())
+        assert info.value.code == startup_checks.EXIT_TOPOLOGY == 78
+        assert "worker x stopped" in caplog.text
+        assert calls == ["topology"]
+    else:
+        asyncio.run(app.on_first_start())
+        assert calls == []
+    assert app.started == 1  # Faust's own first-start work ran first, either way
+
+
+def test_unreachable_kafka_is_not_a_verdict() -> None:
+    from app.startup_checks import check_topics
+
+    class DeadAdmin:
+        def list_topics(self, timeout: float) -> Any:
+            raise RuntimeError("no broker")
+
+    app = create_app(Settings(stage="render", schema_registry_url="mock://dead"))
+    warnings = check_topics(app.spillway.settings, app.spillway.topology, DeadAdmin())  # type: ignore[attr-defined]
+    assert warnings and "not checked" in warnings[0]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
@@ -323,3 +324,71 @@ async def test_in_flight_mark_is_durable_before_a_send_without_a_key(
     stage.durable = durable
     await stage.handle(encode(serde, request()), ORIGIN, "normal")
     assert events == ["durable:in_flight"] * flushes + ["send"]
+
+
+async def test_a_429_pauses_the_provider_for_its_retry_after(serde: Serde) -> None:
+    # a virtual clock that sleeping advances: the second request must not go out before
+    # Retry-After has passed (PressureBoard.pause as a no-op would send it at once)
+    now = [100.0]
+
+    async def sleep(s: float) -> None:
+        now[0] += s
+        await asyncio.sleep(0)
+
+    sent_at: list[float] = []
+    provider = FakeProvider(ThrottledError("429", provider="fake", retry_after=7.0))
+    real_send = provider.send
+
+    async def send(email: OutboundEmail) -> SendReceipt:
+        sent_at.append(now[0])
+        return await real_send(email)
+
+    provider.send = send  # type: ignore[method-assign]
+    stage = make(serde, provider, clock=lambda: now[0])
+    stage.sleep = sleep
+    stage.board.sleep = sleep
+    out = await asyncio.wait_for(stage.handle(encode(serde, request()), ORIGIN, "critical"), 5)
+    assert out is not None and out.topic == "sent"
+    assert len(sent_at) == 2 and sent_at[1] - sent_at[0] >= 7.0
+
+
+@pytest.mark.parametrize("retry_after", [0.0, float("nan"), float("inf"), -1.0, 1e12])
+async def test_retry_after_garbage_neither_floods_nor_stops_critical_mail(
+    serde: Serde, retry_after: float
+) -> None:
+    now = [100.0]
+
+    async def sleep(s: float) -> None:
+        now[0] += s
+        await asyncio.sleep(0)
+
+    sent_at: list[float] = []
+    err = ThrottledError("429", provider="fake", retry_after=retry_after)
+    provider = FakeProvider(err, err, err)
+    real_send = provider.send
+
+    async def send(email: OutboundEmail) -> SendReceipt:
+        sent_at.append(now[0])
+        return await real_send(email)
+
+    provider.send = send  # type: ignore[method-assign]
+    policy = ProviderPolicy(name="fake", retry_after_min_s=1, retry_after_max_s=900)
+    stage = make(serde, provider, policies=[policy], clock=lambda: now[0])
+    stage.sleep = sleep
+    stage.board.sleep = sleep
+    out = await asyncio.wait_for(stage.handle(encode(serde, request()), ORIGIN, "critical"), 5)
+    assert out is not None and out.topic == "sent" and len(sent_at) == 4
+    gaps = [b - a for a, b in itertools.pairwise(sent_at)]
+    assert all(1.0 <= g <= 900.0 + 0.25 for g in gaps), gaps  # + one poll step
+
+
+async def test_an_unencodable_message_is_dead_and_never_touches_the_breaker(serde: Serde) -> None:
+    from app.errors import UnsendableError
+
+    policy = ProviderPolicy(name="fake", breaker_min_requests=1)
+    provider = FakeProvider(UnsendableError("U+2028 in a header"))
+    stage = make(serde, provider, policies=[policy])
+    out = await stage.handle(encode(serde, request()), ORIGIN, "normal")
+    assert out is not None and (out.topic, out.value.reason) == ("dead", "invalid_header")
+    breaker = stage.board.state("fake", ORIGIN.partition).breaker
+    assert breaker.state == "closed" and len(breaker.window) == 0

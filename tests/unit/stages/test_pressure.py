@@ -142,3 +142,78 @@ def test_backoff_grows_and_is_capped() -> None:
     assert 0.5 <= backoff_s(1, 1.0, 60, rng) <= 1.0
     assert 2.0 <= backoff_s(3, 1.0, 60, rng) <= 4.0
     assert 30.0 <= backoff_s(20, 1.0, 60, rng) <= 60.0
+
+
+# --- issue 13: throttled probes, bounded pauses -------------------------------------------
+
+
+def half_open_breaker() -> Breaker:
+    b = Breaker(ProviderPolicy(name="p", breaker_min_requests=1, breaker_cooldown_s=5))
+    b.record(False, 0.0)  # opens
+    assert b.admit(10.0) == 0 and b.state == "half_open"  # a probe goes out
+    return b
+
+
+def test_a_throttled_probe_reopens_the_breaker_for_a_cooldown() -> None:
+    b = half_open_breaker()
+    b.throttled(10.0)
+    assert b.state == "open" and b.opened_at == 10.0
+    assert b.peek(12.0) == 3.0  # waits its cooldown, then probes again
+    assert b.admit(15.0) == 0 and b.state == "half_open"
+
+
+def test_a_throttle_while_closed_is_not_a_breaker_matter() -> None:
+    b = Breaker(ProviderPolicy(name="p", breaker_min_requests=1))
+    b.throttled(1.0)
+    assert b.state == "closed" and len(b.window) == 0
+
+
+def test_a_probe_that_never_reached_the_provider_gives_its_slot_back() -> None:
+    policy = ProviderPolicy(name="p", breaker_min_requests=1, breaker_half_open_probes=1)
+    b = Breaker(policy)
+    b.record(False, 0.0)
+    assert b.admit(100.0) == 0 and b.peek(100.0) > 0  # the only probe slot is taken
+    b.release_probe()
+    assert b.peek(100.0) == 0  # not half-open forever
+
+
+def board(clock: list[float], **over: object) -> PressureBoard:
+    policy = ProviderPolicy(name="p", retry_backoff_base_s=2, retry_backoff_cap_s=8, **over)  # type: ignore[arg-type]
+    return PressureBoard({"p": policy}, 4, {}, key_for, clock=lambda: clock[0])
+
+
+def test_pauses_are_clamped_to_the_policy_range() -> None:
+    clock = [1000.0]
+    b = board(clock, retry_after_min_s=1, retry_after_max_s=900)
+    assert b.pause("p", 0.0) == 1.0  # Retry-After 0: no 1,000 requests/s loop
+    assert b.pause("p", 1e15) == 900.0  # huge: at most the maximum
+    assert b.views["p"].paused_until == 1900.0
+    b.views["p"].paused_until = 0.0
+    for bad in (float("nan"), float("inf"), -1.0, None):
+        got = b.pause("p", bad)
+        assert 1.0 <= got <= 8.0, bad  # the policy's backoff instead
+    assert b.blocked("p", "critical") and b.wait_s("p", 0, "critical") <= 900.0
+
+
+def test_a_pause_is_kept_until_it_ends() -> None:
+    clock = [0.0]
+    b = board(clock)
+    b.pause("p", 5.0)
+    clock[0] = 4.9
+    assert b.blocked("p", "critical")
+    clock[0] = 5.0
+    assert not b.blocked("p", "critical")
+
+
+def test_a_far_rate_limit_reset_holds_bulk_at_most_the_maximum() -> None:
+    clock = [1000.0]
+    b = board(clock, quota_per_s=10, retry_after_max_s=60)
+    b.observe("p", 100, 0, 1e12)  # reset in 30,000 years
+    assert b.views["p"].reset_at == 1060.0
+    assert b.blocked("p", "bulk") and not b.blocked("p", "critical")
+    clock[0] = 1060.0
+    assert not b.blocked("p", "bulk")
+    b.observe("p", 100, 0, float("inf"))
+    assert b.views["p"].reset_at is None
+    b.observe("p", 100, 0, 10.0)  # in the past
+    assert b.views["p"].reset_at is None

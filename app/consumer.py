@@ -203,11 +203,19 @@ class GaplessConsumer(faust_aiokafka.Consumer):
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109 (Faust's signature)
         acks_enabled: Callable[[str], bool] = self.app.topics.acks_enabled_for
         tracker = self.tracker()
+
+        def generation() -> int:
+            return faust_adapter.generation(self.app)
+
         rewound: set[TP] = set()
         async for tp, message in super().getmany(timeout):
             if tp in rewound:
                 continue  # fetched again after the rewind
             if acks_enabled(message.topic):  # stream topics, not changelogs
+                if faust_adapter.message_generation(message) not in (None, generation()):
+                    # fetched before the last rebalance: the stream would skip it, so it
+                    # must not count as delivered (the next record rewinds to it)
+                    continue
                 log_start = None
                 if tracker.skip_detected(tp, message.offset):
                     log_start = (await self.earliest_offsets(tp)).get(tp)

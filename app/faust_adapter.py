@@ -146,3 +146,20 @@ class ShutdownGuard:
             stop_worker(worker)
         else:
             await self.app.stop()
+
+
+def revive_buffered(app: Any, tps: Any, has_room: Any) -> list[Any]:
+    """Re-enable fetching of partitions Faust stopped fetching because their stream
+    buffer was under pressure (``Consumer._buffered_partitions``) once the buffer has
+    room again. Faust re-enables them only from the queue's pressure-drop callback,
+    which a rebalance's queue clear never fires: such a partition was never fetched
+    again (a lane stalled for good after a takeover). Not during a rebalance or a
+    recovery, when Faust pauses partitions itself."""
+    consumer = app.consumer
+    if getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False):
+        return []
+    buffered: set[Any] = getattr(consumer, "_buffered_partitions", set())
+    revived = [tp for tp in tps if tp in buffered and has_room(tp)]
+    for tp in revived:
+        consumer.on_buffer_drop(tp)
+    return revived

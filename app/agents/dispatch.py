@@ -189,12 +189,32 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
     agents += [retry_agent(name) for name in RETRIES.values()]
     earliest: dict[Any, int] = {}
 
+    unmeasured: dict[str, float] = {}
+
     @app.timer(BACKLOG_EVERY_S, name="dispatch-lane-backlog")
     async def lane_backlog() -> None:
         try:
             await measure_backlog()
+            unmeasured.clear()
         except Exception as exc:  # e.g. the assignment changed under us: next tick
-            log.debug("lane backlog not measured: %r", exc)
+            now = time.monotonic()
+            since = unmeasured.setdefault("since", now)
+            if now - since > 5.0:  # lower lanes wait while this fails
+                log.warning("lane backlog not measured for %.0f s: %r", now - since, exc)
+                unmeasured["since"] = now
+
+    @app.timer(10.0, name="dispatch-state")
+    async def report_state() -> None:
+        if dispatcher.stats.admitted:
+            log.info(
+                "dispatch: active %s, backlog %s, gate active %s, tasks %d, parked %d, %s",
+                dispatcher.active,
+                gate.backlog,
+                gate.active,
+                len(dispatcher.works),
+                len(dispatcher.parked),
+                dispatcher.stats,
+            )
 
     def lane_buffers() -> dict[str, list[Any]]:
         """Each lane's buffers: the queues the consumer delivers its messages into."""
@@ -202,11 +222,25 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             lane: faust_adapter.lane_queues(app, topology.name(LANES[lane])) for lane in PRIORITIES
         }
 
+    def revive_lanes(assigned: set[Any]) -> None:
+        """A lane partition whose buffer has room is fetched (see faust_adapter)."""
+        room: dict[Any, bool] = {}
+        for lane in PRIORITIES:
+            name = topology.name(LANES[lane])
+            queues = faust_adapter.lane_queues(app, name)
+            free = all(q.qsize() < max(1, q.maxsize // 2) for q in queues) if queues else True
+            for tp in assigned:
+                if tp.topic == name:
+                    room[tp] = free
+        for tp in faust_adapter.revive_buffered(app, room, room.get):
+            log.info("%s: fetching again (its buffer has room)", tp)
+
     async def measure_backlog() -> None:
         # Highwaters come from fetch responses (no request); a partition's start is
         # what this worker handled, else the committed offset, else its earliest.
         consumer = app.consumer
         assigned = consumer.assignment()
+        revive_lanes(assigned)
         lane_topic = topology.name(LANES[PRIORITIES[0]])
         board.own({tp.partition for tp in assigned if tp.topic == lane_topic})
         committed = faust_adapter.committed_offsets(consumer)

@@ -232,3 +232,25 @@ def test_committed_offset_never_passes_a_message_not_done(
             # every offset below the commit that still exists was done
             missing = [o for o in range(log_start, committed) if o not in done]
             assert not missing, (committed, missing)
+
+
+async def test_a_record_of_an_earlier_generation_is_fetched_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stream skips a record fetched before the last rebalance; counted as
+    delivered, its offset would never come again and the partition's commit would
+    stall for good (3 bulk partitions never sent in a chaos scale run)."""
+    batches = [[(0, 4), (1, 5)], [(0, 5), (1, 5)]]  # (offset, generation)
+
+    async def fake_getmany(self: Any, timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109
+        for offset, gen in batches.pop(0):
+            yield T0, SimpleNamespace(topic=T0.topic, offset=offset, generation_id=gen)
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "getmany", fake_getmany)
+    consumer, seeks = make_consumer()
+    consumer.app.consumer_generation_id = 5
+    consumer.tracker().positioned(T0, 0)
+    first = [m.offset async for _, m in consumer.getmany(1.0)]
+    assert first == [] and seeks == [(T0, 0)]
+    second = [m.offset async for _, m in consumer.getmany(1.0)]
+    assert second == [0, 1]

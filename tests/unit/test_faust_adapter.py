@@ -151,3 +151,37 @@ async def test_shutdown_guard_forces_out_at_the_bound() -> None:
 def test_worker_of_finds_nothing_without_a_worker(name: str) -> None:
     app = create_app(Settings(stage="dispatch", store="memory://"))  # type: ignore[arg-type]
     assert faust_adapter.worker_of(app) is None
+
+
+def test_a_cleared_buffer_never_fires_its_pressure_drop_so_we_revive_the_partition() -> None:
+    """Faust stops fetching a partition whose stream buffer is under pressure and
+    fetches it again only from the queue's pressure-drop callback; a rebalance clears
+    the queue, which never fires it: the partition was never fetched again."""
+    from mode.utils.queues import ThrowableQueue
+
+    src = inspect.getsource(ThrowableQueue.clear)
+    assert "_pending_pressure_drop_callbacks" not in src  # clear() does not call them
+    init = inspect.getsource(faust_consumer.Consumer._reset_state)
+    assert "_buffered_partitions" in init
+    drop = inspect.getsource(faust_consumer.Consumer.on_buffer_drop)
+    assert "_buffered_partitions" in drop and "active_partitions.add(tp)" in drop
+
+    class Consumer:
+        def __init__(self) -> None:
+            self._buffered_partitions = {T0, TP("t", 1)}
+            self.dropped: list[TP] = []
+
+        def on_buffer_drop(self, tp: TP) -> None:
+            self.dropped.append(tp)
+
+    class App:
+        rebalancing = False
+        in_recovery = False
+        consumer = Consumer()
+
+    app = App()
+    room = {T0: True, TP("t", 1): False, TP("t", 2): True}
+    assert faust_adapter.revive_buffered(app, room, room.get) == [T0]
+    assert app.consumer.dropped == [T0]
+    app.rebalancing = True
+    assert faust_adapter.revive_buffered(app, room, room.get) == []

@@ -19,8 +19,17 @@ pytestmark = pytest.mark.integration
 
 SHOP_KEY = "shop-backend-key-0123456789"
 SLOW_KEY = "slow-tool-key-0123456789abc"
-KEYS = {"shop-backend": SHOP_KEY, "slow-tool": SLOW_KEY}
+LEGACY_KEY = "legacy-tool-key-0123456789abc"
+KEYS = {"shop-backend": SHOP_KEY, "slow-tool": SLOW_KEY, "legacy": LEGACY_KEY}
 MAX_BODY = 65_536
+#: shop-backend is scoped; legacy has only a key (the old form: unrestricted)
+SCOPES = {
+    "shop-backend": {
+        "templates": ["password_reset"],
+        "from_addresses": ["shop.example"],
+        "max_priority": "normal",
+    }
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +42,7 @@ def intake(stack: None) -> Iterator[tuple[Env, Worker]]:
         SPILLWAY_INTAKE_MAX_BODY_BYTES=str(MAX_BODY),
         SPILLWAY_INTAKE_RATE_BURST="5",
         SPILLWAY_INTAKE_RATE_LIMITS=json.dumps({"slow-tool": 0.2}),
+        SPILLWAY_INTAKE_INTEGRATIONS=json.dumps(SCOPES),
     )
     try:
         assert wait_until(lambda: healthy(worker.web_url), timeout=60), "intake did not start"
@@ -40,7 +50,7 @@ def intake(stack: None) -> Iterator[tuple[Env, Worker]]:
     finally:
         log = worker.log_path.read_text(errors="replace")
         env.close()
-        assert SHOP_KEY not in log and SLOW_KEY not in log, "a secret reached the worker log"
+        assert all(k not in log for k in KEYS.values()), "a secret reached the worker log"
 
 
 def healthy(url: str) -> bool:
@@ -172,3 +182,32 @@ def test_over_rate_is_429_with_retry_after(intake: tuple[Env, Worker]) -> None:
     # another integration is not affected
     r = post(worker, json.dumps(event(env, "other")).encode(), {"X-Api-Key": SHOP_KEY})
     assert r.status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("extra", "rule"),
+    [
+        ({"template": "newsletter"}, "templates"),
+        ({"priority": "critical"}, "max_priority"),
+        ({"from_address": "Boss <ceo@bank.example>"}, "from_addresses"),
+    ],
+)
+def test_out_of_scope_is_403_naming_the_rule(
+    intake: tuple[Env, Worker], extra: dict[str, str], rule: str
+) -> None:
+    env, worker = intake
+    body = json.dumps(event(env, f"scope-{rule}", **extra)).encode()
+    r = post(worker, body, {"X-Api-Key": SHOP_KEY})
+    assert r.status_code == 403, r.text
+    assert (r.json()["reason"], r.json()["rule"]) == ("scope_violation", rule)
+    # the unscoped integration may (its key predates scopes)
+    body = json.dumps(event(env, f"scope-{rule}-open", **extra)).encode()
+    r = post(worker, body, {"X-Api-Key": LEGACY_KEY})
+    assert r.status_code == 202, r.text
+
+
+def test_in_scope_with_an_allowed_sender_is_202(intake: tuple[Env, Worker]) -> None:
+    env, worker = intake
+    body = json.dumps(event(env, "scope-ok", from_address="Shop <no-reply@shop.example>"))
+    r = post(worker, body.encode(), {"X-Api-Key": SHOP_KEY})
+    assert r.status_code == 202, r.text

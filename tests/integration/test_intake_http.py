@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from app.tools.workers import wait_until
+from app.tools.workers import Worker, wait_until
 from tests.integration.conftest import Env
 
 pytestmark = pytest.mark.integration
@@ -82,26 +84,96 @@ def test_intake_appends_and_answers_with_the_offset(env: Env) -> None:
     assert {event_id, *(b["event_id"] for b in batch)} <= set(tally.sent)
 
 
+@pytest.fixture(scope="module")
+def intake(stack: None) -> Iterator[tuple[Env, Worker]]:
+    """One intake worker (Faust's web server, auth off) for the body tests."""
+    env = Env("test_intake_http")
+    worker = env.workers.add("intake", SPILLWAY_INTAKE_AUTH="off")
+    try:
+        assert wait_until(lambda: healthy(worker.web_url), timeout=60), "intake did not start"
+        yield env, worker
+    finally:
+        env.close()
+
+
+def event_of(env: Env, size: int) -> tuple[str, bytes]:
+    """A valid event of exactly ``size`` bytes and its id."""
+    event_id = f"{env.ns}-size-{size}"
+    head: dict[str, Any] = {"event_id": event_id, "template": "password_reset", "to": "s@x.example"}
+    head["data"] = {"blob": ""}
+    head["data"]["blob"] = "x" * (size - len(json.dumps(head).encode()))
+    body = json.dumps(head).encode()
+    assert len(body) == size
+    return event_id, body
+
+
+@pytest.mark.parametrize("size", [65_537, 300_000, 999_000])
+def test_large_bodies_reach_kafka_whole(intake: tuple[Env, Worker], size: int) -> None:
+    """Through the Faust worker's own aiohttp server: the record is the body, byte for byte
+    (bodies over ~64 KB used to be cut at what was buffered)."""
+    env, worker = intake
+    event_id, body = event_of(env, size)
+    r = httpx.post(
+        f"{worker.web_url}/v1/events",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 202, r.text
+    assert read_at(env, r.json()["partition"], r.json()["offset"]) == (event_id.encode(), body)
+
+
+def test_chunked_body_reaches_kafka_whole(intake: tuple[Env, Worker]) -> None:
+    env, worker = intake
+    event_id, body = event_of(env, 500_000)
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(body), 4_096):
+            yield body[i : i + 4_096]
+
+    r = httpx.post(
+        f"{worker.web_url}/v1/events",
+        content=chunks(),  # no Content-Length: Transfer-Encoding: chunked
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 202, r.text
+    assert read_at(env, r.json()["partition"], r.json()["offset"]) == (event_id.encode(), body)
+
+
+def chunked(total: int) -> Iterator[bytes]:
+    for _ in range(total // 65_536):
+        yield b"x" * 65_536
+
+
 @pytest.mark.parametrize(
-    ("path", "body", "status", "needle"),
+    ("path", "body", "status", "reason", "needle"),
     [
-        ("/v1/events", b"[1, 2]", 400, "must be a JSON object"),
-        ("/v1/events", b"{oops", 400, "not valid UTF-8 JSON"),
-        ("/v1/events", b"x" * 2_000_000, 413, "exceeds the limit"),
-        ("/v1/events/batch", json.dumps([{}] * 1001).encode(), 413, "exceeds the limit of 1000"),
-        ("/v1/events/batch", b'{"events": 3}', 400, "JSON array"),
+        ("/v1/events", b"[1, 2]", 400, "invalid_event", "must be a JSON object"),
+        ("/v1/events", b"{oops", 400, "malformed_json", "not valid UTF-8 JSON"),
+        ("/v1/events", b"[" * 500_000, 400, "too_deep", "nests too deeply"),
+        ("/v1/events", b"x" * 2_000_000, 413, "body_too_large", "exceeds the limit"),
+        ("/v1/events", "chunked", 413, "body_too_large", "exceeds the limit of 1048576"),
+        ("/v1/events", 1_000_001, 413, "record_too_large", "largest the producer sends"),
+        ("/v1/events", 1_048_576, 413, "record_too_large", "largest the producer sends"),
+        ("/v1/events/batch", json.dumps([{}] * 1001).encode(), 413, "batch_too_large",
+         "exceeds the limit of 1000"),
+        ("/v1/events/batch", b'{"events": 3}', 400, "invalid_event", "JSON array"),
     ],
 )
 def test_intake_refuses_bad_bodies_clearly(
-    env: Env, path: str, body: bytes, status: int, needle: str
+    intake: tuple[Env, Worker], path: str, body: Any, status: int, reason: str, needle: str
 ) -> None:
-    worker = env.workers.add("intake", SPILLWAY_INTAKE_AUTH="off")
-    assert wait_until(lambda: healthy(worker.web_url), timeout=60), "intake did not start"
+    env, worker = intake
+    if body == "chunked":
+        body = chunked(2_000_000)
+    elif isinstance(body, int):
+        body = event_of(env, body)[1]  # under the body limit, over one Kafka record
     r = httpx.post(
         f"{worker.web_url}{path}",
         content=body,
         headers={"content-type": "application/json"},
         timeout=30,
     )
-    assert r.status_code == status
+    assert (r.status_code, r.json()["reason"]) == (status, reason), r.text
     assert needle in r.json()["error"]

@@ -169,6 +169,11 @@ class Metrics:
             "Sends skipped because the sent-ledger had the event as sent already.",
             registry=r,
         )
+        self.missing_message_ids = Counter(  # issue 13: a 2xx is sent, even without an id
+            "spillway_provider_missing_message_id",
+            "Emails a provider accepted (2xx) without a message id; recorded as sent.",
+            ["provider"], registry=r,
+        )  # fmt: skip
         self.busy_seconds = Counter(
             "spillway_agent_busy_seconds",
             "Time an agent of the stage spent handling messages (rate() = utilisation).",
@@ -340,6 +345,12 @@ def quota(provider: str, per_second: float) -> None:
 def retry(attempt: int) -> None:
     """A message goes to a retry topic after failing its ``attempt``-th time."""
     METRICS.retry(attempt)
+
+
+@never_raises
+def missing_message_id(provider: str) -> None:
+    """A provider accepted an email (2xx) without a message id."""
+    METRICS.missing_message_ids.labels(provider).inc()
 
 
 @never_raises

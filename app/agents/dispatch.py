@@ -99,6 +99,7 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                     remaining=metrics.rate_limit_remaining,
                     retry=metrics.retry,
                     duplicate=metrics.duplicate_suppressed,
+                    missing_id=metrics.missing_message_id,
                 ),
             )
             for name, policy in policies.items():

@@ -177,3 +177,14 @@ def test_intake_refuses_bad_bodies_clearly(
     )
     assert (r.status_code, r.json()["reason"]) == (status, reason), r.text
     assert needle in r.json()["error"]
+
+
+def test_the_worker_serves_the_contract_and_json_errors(intake: tuple[Env, Worker]) -> None:
+    _, worker = intake
+    doc = httpx.get(f"{worker.web_url}/openapi.json", timeout=10)
+    assert doc.status_code == 200
+    assert set(doc.json()["paths"]) == {"/v1/events", "/v1/events/batch", "/openapi.json"}
+    r = httpx.get(f"{worker.web_url}/v1/events", timeout=10)
+    assert (r.status_code, r.json()["reason"]) == (405, "method_not_allowed")
+    r = httpx.post(f"{worker.web_url}/v1/nothing", content=b"{}", timeout=10)
+    assert (r.status_code, r.json()["reason"]) == (404, "not_found")

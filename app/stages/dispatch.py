@@ -364,7 +364,7 @@ class DispatchStage:
         history = [*req.history, attempt_of(exc, stage="dispatch", at_ms=at, provider=provider)]
         attempts = req.attempts + 1
         policy = self.policies[provider]
-        failing_s = (at - first_failure_ms(req.history, at)) / 1000.0
+        failing_s = (at - first_failure_ms(req, at)) / 1000.0
         if final or (attempts >= self.max_attempts and failing_s >= policy.retry_min_failing_s):
             return self._dead(req, payload, origin, exc, provider, history)
         delay = backoff_s(
@@ -389,7 +389,7 @@ class DispatchStage:
         """The request went out and its answer was lost (or 409): the provider may have
         accepted the email. Same key to the same provider while it honours keys;
         else at least once if the policy chooses it; else parked as ``ambiguous``."""
-        first = first_failure_ms(req.history, now_ms(self.clock))
+        first = first_failure_ms(req, now_ms(self.clock))
         if self.key_valid(name, (now_ms(self.clock) - first) / 1000.0):
             return self._fail(req, payload, origin, exc, name, final=False, pinned=name)
         if self.resend_ambiguous(name):
@@ -465,10 +465,14 @@ def _status_class(exc: BaseException) -> str:
     return "429" if status == 429 else f"{status // 100}xx"
 
 
-def first_failure_ms(history: list[Attempt], default: int) -> int:
-    """When this email first failed at dispatch (unix ms), from its history."""
-    times = [a.at for a in history if a.stage == "dispatch"]
-    return min(times, default=default)
+def first_failure_ms(req: DispatchRequest, default: int) -> int:
+    """When this run of failures began (unix ms): each failed attempt appended one
+    history entry, so this run's are the last ``attempts`` of them (a replay starts a
+    new run with ``attempts=0`` and keeps the older history)."""
+    if req.attempts <= 0:
+        return default
+    run = req.history[-req.attempts :]
+    return min((a.at for a in run if a.stage == "dispatch"), default=default)
 
 
 def lane_of(req: DispatchRequest) -> str:

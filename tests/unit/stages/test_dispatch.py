@@ -392,3 +392,22 @@ async def test_an_unencodable_message_is_dead_and_never_touches_the_breaker(serd
     assert out is not None and (out.topic, out.value.reason) == ("dead", "invalid_header")
     breaker = stage.board.state("fake", ORIGIN.partition).breaker
     assert breaker.state == "closed" and len(breaker.window) == 0
+
+
+async def test_a_replay_starts_a_new_run_of_failures(serde: Serde) -> None:
+    # a replayed dead letter keeps its history but has attempts=0: its old failures do
+    # not count toward the minimum time of failing, so an outage cannot kill it at once
+    from app.models import Attempt
+
+    old = [
+        Attempt(at=0, stage="dispatch", error_class="E", reason="provider_unavailable",
+                message="503", retriable=True, provider="fake")
+        for _ in range(20)
+    ]  # fmt: skip
+    err = TransientProviderError("500", provider="fake", status=500)
+    stage = make(serde, FakeProvider(err, err, err), clock=lambda: 10_000.0)
+    payload = encode(serde, request(history=old, attempts=0, replay=True))
+    for n in (1, 2, 3):
+        out = await stage.handle(payload, ORIGIN, "normal")
+        assert out is not None and out.topic == f"dispatch.retry-{n}", out.topic
+        payload = encode(serde, out.value)

@@ -181,6 +181,12 @@ class GaplessConsumer(faust_aiokafka.Consumer):
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         self.tracker().reset()  # every assignment: Faust seeks to committed afterwards
+        # ``app.spillway_on_assigned`` (the dispatcher reopens admission) runs before any
+        # record of the new generation can be fetched; Faust's own signal comes later,
+        # after the flow resumed, and records dropped meanwhile were never fetched again.
+        hook: Callable[[set[TP]], None] | None = getattr(self.app, "spillway_on_assigned", None)
+        if hook is not None:
+            hook(set(assigned))
         await super().on_partitions_assigned(assigned, generation_id)
 
     def _new_offset(self, tp: TP) -> int | None:

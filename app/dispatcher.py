@@ -57,6 +57,19 @@ class Fenced(asyncio.CancelledError):
     CancelledError, so no per-message handler turns it into a retry or a dead letter."""
 
 
+class _FencedProvider:
+    def __init__(self, provider: Any, fence: Callable[[], None]) -> None:
+        self._provider = provider
+        self._fence = fence
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._provider, name)
+
+    async def send(self, email: Any) -> Any:
+        self._fence()
+        return await self._provider.send(email)
+
+
 class Membership(Protocol):
     def owns(self, tp: Any, generation: int | None) -> bool: ...
 
@@ -202,9 +215,23 @@ class Dispatcher:
         work = _CURRENT.get()
         if work is None:
             return  # not dispatched through us (unit tests of the stage)
+        now = self.clock()
+        if (
+            self.suspect_since is None
+            and self._last_beat is not None
+            and now - self._last_beat > self.stall_s
+        ):
+            # the process was stopped and this task runs before the stall timer does
+            log.warning("event loop stalled %.1f s: sends fenced", now - self._last_beat)
+            self.suspect_since = now
         if self.suspect_since is not None or not self.admissible(work):
             raise Fenced(f"{work.tp}:{work.offset}: not owned by this member now")
         self.on_wire.add(work)
+
+    def fenced_provider(self, provider: Any) -> Any:
+        """``provider`` with the fence checked again right before each send (after the
+        in_flight mark and, for SMTP, its flush), so the window is the send itself."""
+        return _FencedProvider(provider, self.fence)
 
     def heartbeat(self, now: float | None = None) -> None:
         """Called by a timer: a gap since the last call longer than ``stall_s`` means

@@ -84,7 +84,10 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
         if "stage" not in holder:
             holder["stage"] = DispatchStage(
                 runtime.serde,
-                {name: build_provider(policy) for name, policy in policies.items()},
+                {
+                    name: dispatcher.fenced_provider(build_provider(policy))
+                    for name, policy in policies.items()
+                },
                 policies,
                 primary,
                 ledger,
@@ -289,6 +292,7 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             earliest.pop(tp, None)
 
     app.spillway_before_revoke = before_revoke  # run by app.consumer.GaplessConsumer
+    app.spillway_on_assigned = dispatcher.assigned  # likewise, before the first fetch
 
     @app.timer(LEDGER_SWEEP_EVERY_S, name="dispatch-ledger-expiry")
     async def expire_ledger() -> None:

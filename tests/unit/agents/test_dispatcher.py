@@ -261,3 +261,44 @@ async def test_admission_waits_for_a_slot_and_a_revocation_ends_the_wait(lane: s
     assert not waiting.done()  # the lane's one slot is taken
     await d.revoke({P0})
     assert await asyncio.wait_for(waiting, timeout=2.0) is False
+
+
+async def test_a_stall_is_caught_at_the_fence_before_the_stall_timer_runs() -> None:
+    """SIGCONT: the task waiting to send may run before the timer that notices the
+    stall; the fence itself compares the clock with the last beat."""
+    now = [0.0]
+    d, stage, _group, _kafka, table, _ = make(stall_s=2.0, clock=lambda: now[0])
+    acks: list[tuple[Any, int]] = []
+    d.heartbeat()
+    await d.admit("normal", work(P0, 0, acks))
+    now[0] = 13.0  # stopped for 13 s; no heartbeat since
+    stage.gate.set()
+    await until(lambda: d.stats.fenced == 1)
+    assert stage.requests == [] and table == {} and d.parked
+
+
+async def test_the_provider_send_is_fenced_again() -> None:
+    d, _stage, group, _kafka, _table, _ = make()
+    sent: list[str] = []
+
+    class Provider:
+        name = "p"
+
+        async def send(self, email: str) -> str:
+            sent.append(email)
+            return "ok"
+
+    fenced = d.fenced_provider(Provider())
+    assert fenced.name == "p"
+    assert await fenced.send("outside a dispatch task") == "ok"  # no current message
+
+    async def inside() -> None:
+        from app import dispatcher as module
+
+        module._CURRENT.set(work(P0, 0, []))
+        group.owned.discard(P0)
+        await fenced.send("zombie")
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.get_running_loop().create_task(inside())
+    assert sent == ["outside a dispatch task"]

@@ -397,3 +397,24 @@ async def test_no_ack_over_http_is_a_json_503(serve: Serve) -> None:
         async with session.post(f"{served.url}/v1/events", data=body, headers=headers) as r:
             assert (r.status, r.headers["Retry-After"]) == (503, "7")
             assert (await r.json())["reason"] == "broker_unavailable"
+
+
+json_texts = st.one_of(
+    st.binary(max_size=200),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    near_events.map(lambda v: json.dumps(v).encode()),
+    st.integers(1, 3000).map(lambda n: b"[" * n + b"]" * n),
+    st.integers(1, 3000).map(lambda n: b'{"a":' * n + b"1" + b"}" * n),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_texts)
+def test_any_bytes_parse_or_are_refused_with_a_4xx(body: bytes) -> None:
+    """No input makes the parsers raise anything but a 4xx IntakeError."""
+    for parse in (parse_object, lambda b: parse_batch(b, 1000)):
+        try:
+            parse(body)
+        except IntakeError as exc:
+            assert 400 <= exc.status < 500
+            assert str(exc)

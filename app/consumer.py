@@ -148,11 +148,14 @@ class GaplessConsumer(faust_aiokafka.Consumer):
         its ack (Faust acks such a message when it skips it) would let the commit
         pass the new copy of that offset before it is done."""
         generation = faust_adapter.message_generation(message)
-        if (
-            generation is not None
-            and generation != faust_adapter.generation(self.app)
-            and self.app.topics.acks_enabled_for(message.topic)
+        stale = generation is not None and generation != faust_adapter.generation(self.app)
+        if (stale or not faust_adapter.flow_active(self.app)) and self.app.topics.acks_enabled_for(
+            message.topic
         ):
+            # Also while the flow is suspended (a rebalance): Faust acks every message
+            # it skips then, in the same generation, and the partition is fetched again
+            # from the committed offset, so that ack would let the commit pass the new
+            # copy (observed: the first bulk offsets never sent).
             message.acked = True
             return False
         return bool(super().ack(message))
@@ -181,6 +184,7 @@ class GaplessConsumer(faust_aiokafka.Consumer):
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         self.tracker().reset()  # every assignment: Faust seeks to committed afterwards
+        faust_adapter.forget_acks(self)  # acks from the rebalance window are not work done
         # ``app.spillway_on_assigned`` (the dispatcher reopens admission) runs before any
         # record of the new generation can be fetched; Faust's own signal comes later,
         # after the flow resumed, and records dropped meanwhile were never fetched again.

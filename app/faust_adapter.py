@@ -18,6 +18,21 @@ def acked_offsets(consumer: Any, tp: Any) -> tuple[list[int], set[int]]:
     return consumer._acked[tp], consumer._acked_index[tp]
 
 
+def forget_acks(consumer: Any) -> None:
+    """Drop every acked-but-uncommitted offset (a new assignment starts from the
+    committed offsets)."""
+    for acked in consumer._acked.values():
+        acked.clear()
+    for index in consumer._acked_index.values():
+        index.clear()
+
+
+def flow_active(app: Any) -> bool:
+    """False while Faust's flow control is suspended (during a rebalance)."""
+    flow = getattr(app, "flow_control", None)
+    return True if flow is None else bool(flow.is_active())
+
+
 def committed_offsets(consumer: Any) -> Mapping[Any, int | None]:
     """The committed position per partition, as Faust last saw or set it."""
     return getattr(consumer, "_committed_offset", {})

@@ -411,3 +411,37 @@ async def test_a_replay_starts_a_new_run_of_failures(serde: Serde) -> None:
         out = await stage.handle(payload, ORIGIN, "normal")
         assert out is not None and out.topic == f"dispatch.retry-{n}", out.topic
         payload = encode(serde, out.value)
+
+
+async def test_durable_flushes_are_coalesced_and_each_covers_its_callers() -> None:
+    from app.stages.dispatch import GroupFlush
+
+    started: list[int] = []  # writes buffered when each flush started
+    done: list[int] = []
+    writes = 0
+    release = asyncio.Event()
+
+    async def flush() -> None:
+        started.append(writes)
+        await release.wait()
+        done.append(started[-1])
+
+    group = GroupFlush(flush)
+
+    async def caller() -> int:
+        nonlocal writes
+        writes += 1
+        mine = writes
+        await group()
+        return mine
+
+    first = asyncio.ensure_future(caller())
+    await asyncio.sleep(0.01)  # the first flush is running
+    rest = [asyncio.ensure_future(caller()) for _ in range(50)]
+    await asyncio.sleep(0.01)
+    assert len(started) == 1 and not any(t.done() for t in [first, *rest])
+    release.set()
+    mines = await asyncio.gather(first, *rest)
+    assert len(started) == 2  # 51 callers, two flushes
+    # every caller returned after a completed flush that started after its write
+    assert all(any(d >= m for d in done) for m in mines)

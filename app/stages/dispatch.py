@@ -266,7 +266,12 @@ class DispatchStage:
                     before = breaker.state  # admit may have made it half-open
                     self.ledger.mark_in_flight(req.event_id, name)
                     if self.durable is not None and self.key_ttl(name) <= 0:
-                        await self.durable()
+                        try:
+                            await self.durable()
+                        except Exception as exc:  # our producer, not the provider:
+                            breaker.release_probe()  # nothing was sent; retry later
+                            log.warning("dispatch: in_flight mark not durable: %s", exc)
+                            return self._fail(req, payload, origin, exc, name, final=False)
                     receipt = await self.providers[name].send(outbound(req))
             except ThrottledError as exc:
                 # The provider's own brake (proof it did not accept the email): pause for

@@ -445,3 +445,16 @@ async def test_durable_flushes_are_coalesced_and_each_covers_its_callers() -> No
     assert len(started) == 2  # 51 callers, two flushes
     # every caller returned after a completed flush that started after its write
     assert all(any(d >= m for d in done) for m in mines)
+
+
+async def test_a_failed_durable_flush_sends_nothing_and_retries(serde: Serde) -> None:
+    provider = FakeProvider(name="p")
+    stage = make(serde, provider, policies=[ProviderPolicy(name="p", breaker_min_requests=1)])
+
+    async def durable() -> None:
+        raise RuntimeError("producer gone")
+
+    stage.durable = durable
+    out = await stage.handle(encode(serde, request()), ORIGIN, "normal")
+    assert out is not None and out.topic == "dispatch.retry-1" and not provider.calls
+    assert stage.board.state("p", ORIGIN.partition).breaker.state == "closed"

@@ -302,7 +302,9 @@ class DispatchStage:
                     return self._after_ambiguous(req, payload, origin, exc, name)
                 if breaker.state != "closed" and pinned is None:
                     continue  # the outage is the provider's: wait for it, or fail over
-                return self._fail(req, payload, origin, exc, name, final=False)
+                # a pinned email (it may already be at ``name``) stays pinned: a later
+                # clean failure does not prove the earlier, ambiguous request failed
+                return self._fail(req, payload, origin, exc, name, final=False, pinned=pinned)
             except Exception as exc:
                 # Not a provider answer we know (an adapter bug?): not the provider's
                 # proven fault, and the request may have gone out.

@@ -458,3 +458,18 @@ async def test_a_failed_durable_flush_sends_nothing_and_retries(serde: Serde) ->
     out = await stage.handle(encode(serde, request()), ORIGIN, "normal")
     assert out is not None and out.topic == "dispatch.retry-1" and not provider.calls
     assert stage.board.state("p", ORIGIN.partition).breaker.state == "closed"
+
+
+async def test_a_pinned_email_stays_pinned_after_a_clean_failure(serde: Serde) -> None:
+    # e-1 may already be at "a" (an earlier ambiguous failure): a 503 from "a" now does
+    # not prove "a" never accepted it, so it must not move to the fallback
+    err = TransientProviderError("503", provider="a", status=503)
+    a, b = FakeProvider(err, name="a"), FakeProvider(name="b")
+    policies = [
+        ProviderPolicy(name="a", fallback="b", idempotency_ttl_s=86_400, breaker_min_requests=1),
+        ProviderPolicy(name="b"),
+    ]
+    stage = make(serde, a, b, policies=policies)
+    out = await stage.handle(encode(serde, request(provider="a")), ORIGIN, "normal")
+    assert out is not None and out.topic == "dispatch.retry-1" and out.value.provider == "a"
+    assert not b.calls

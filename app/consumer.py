@@ -149,13 +149,7 @@ class GaplessConsumer(faust_aiokafka.Consumer):
         pass the new copy of that offset before it is done."""
         generation = faust_adapter.message_generation(message)
         stale = generation is not None and generation != faust_adapter.generation(self.app)
-        if (stale or not faust_adapter.flow_active(self.app)) and self.app.topics.acks_enabled_for(
-            message.topic
-        ):
-            # Also while the flow is suspended (a rebalance): Faust acks every message
-            # it skips then, in the same generation, and the partition is fetched again
-            # from the committed offset, so that ack would let the commit pass the new
-            # copy (observed: the first bulk offsets never sent).
+        if stale and self.app.topics.acks_enabled_for(message.topic):
             message.acked = True
             return False
         return bool(super().ack(message))

@@ -96,6 +96,7 @@ class Figures:
     # beyond the list
     requests: int = 0
     status_429: int = 0
+    seconds_above_quota: dict[str, int] = field(default_factory=dict)  # second -> requests
     measured_by: str = ""  # where requests_for_accepted_keys and max_requests_per_s come from
     sent_records_missing: int = 0  # accepted by the provider, no email.sent record
     faults: list[str] = field(default_factory=list)
@@ -434,9 +435,13 @@ class Run:
             f.requests_for_accepted_keys = sum(
                 len(v) for v in client_helpers().requests_after_acceptance(records).values()
             )
-            f.max_requests_per_s = max(
-                Counter(int(r["received_at"]) for r in records).values(), default=0
-            )
+            per_second = Counter(int(r["received_at"]) for r in records)
+            f.max_requests_per_s = max(per_second.values(), default=0)
+            f.seconds_above_quota = {
+                f"t+{sec - self.t0:.0f}s": n
+                for sec, n in sorted(per_second.items())
+                if n > self.quota
+            }
             f.measured_by = "request log" + (" (no idempotency keys)" if NO_IDEM else "")
             if accepted:
                 last_accept = max(float(r["decided_at"]) for r in accepted)
@@ -444,8 +449,9 @@ class Run:
             sent_ids = {str(e.get("key") or e["custom_args"].get("event_id")) for e in entries}
             sent_ids &= ours
             f.requests_for_accepted_keys = requests_for_accepted_keys(stats, entries)
-            per_second = [int(s["requests"]) for s in stats.get("per_second", [])]
-            f.max_requests_per_s = max(per_second, default=0)
+            f.max_requests_per_s = max(
+                (int(s["requests"]) for s in stats.get("per_second", [])), default=0
+            )
             f.measured_by = "ledger (idempotent simulator)"
             if entries:
                 last_accept = max(float(e["accepted_at"]) for e in entries)

@@ -254,7 +254,8 @@ def test_prometheus_scrapes_a_burst_and_the_status_page_shows_it(env: Env, prome
     assert all(page["lane_lag"][lane] != "" for lane in ("critical", "normal", "bulk")), page
     assert "sim-http" in page["providers"], page
     provider = page["providers"]["sim-http"]
-    assert provider["breaker"] in ("closed", "open", "half_open", "unknown") and provider["quota"]
+    # the shared simulator injects no errors here: the breaker must be known and closed
+    assert provider["breaker"] == "closed" and provider["quota"], provider
     assert int(page["dead_total"]) >= 5 and page["dead_reasons"], page
 
     tally = observer.wait_for(N_EVENTS, timeout=180, check=env.workers.check_alive)
@@ -306,7 +307,8 @@ def test_prometheus_scrapes_a_burst_and_the_status_page_shows_it(env: Env, prome
     render_p50 = prom.scalar(
         "histogram_quantile(0.5, sum by (le) (spillway_render_duration_seconds_bucket))"
     )
-    assert render_p50 is not None and 0 < render_p50 < 0.25
+    # a duration in seconds, within the run (the figure itself belongs to the benchmarks)
+    assert render_p50 is not None and 0 < render_p50 < drained_s, (render_p50, drained_s)
 
     # utilisation: busy fractions in [0, 1], render was busy during the burst
     for r in prom.query("spillway_agent_utilisation_ratio") + prom.query(

@@ -38,7 +38,7 @@ class ProviderPolicy(BaseModel):
     smtp_resend_in_flight: bool = Field(
         False,
         description="After a crash, resend SMTP messages found in flight (may duplicate). "
-        "Default: dead-letter them with reason needs_reconciliation.",
+        "Default: dead-letter them with reason ambiguous.",
     )
     timeout_s: float = Field(10.0, gt=0, description="Request timeout.")
     max_in_flight: int = Field(64, ge=1, description="Most concurrent requests per worker.")

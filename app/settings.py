@@ -388,6 +388,13 @@ class Settings(BaseSettings):
         SecretStr("sim-key"), description="Bearer API key of the HTTP provider."
     )
     provider_timeout_s: float = Field(10.0, gt=0, description="HTTP provider request timeout.")
+    provider_idempotency_key_ttl_s: float | None = Field(
+        None,
+        ge=0,
+        description="The single provider's idempotency_ttl_s (see ProviderPolicy): how long it "
+        "honours our idempotency key; none: the adapter's declaration (0 for http and smtp). "
+        "The provider simulator in its default mode honours keys: 86400.",
+    )
     smtp_host: str = Field("127.0.0.1", description="SMTP server host.")
     smtp_port: int = Field(2525, description="SMTP server port.")
     smtp_username: str | None = Field(None, description="SMTP AUTH user (none: no AUTH).")
@@ -432,6 +439,7 @@ class Settings(BaseSettings):
                 smtp_starttls=self.smtp_starttls,
                 timeout_s=self.provider_timeout_s,
                 max_in_flight=self.dispatch_max_in_flight,
+                idempotency_ttl_s=self.provider_idempotency_key_ttl_s,
             )
         ]
 

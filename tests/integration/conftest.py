@@ -52,6 +52,8 @@ class Env:
         self.overrides = {
             "SPILLWAY_TOPIC_NAMESPACE": f"{ns}.",
             "SPILLWAY_APP_ID_PREFIX": ns,
+            # the shared simulator honours idempotency keys (24 h) unless told otherwise
+            "SPILLWAY_PROVIDER_IDEMPOTENCY_KEY_TTL_S": "86400",
         }
         self.settings = Settings(topic_namespace=f"{ns}.", app_id_prefix=ns)
         registry = registry_client(self.settings)

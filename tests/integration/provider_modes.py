@@ -40,13 +40,23 @@ class Provider:
     client: SyncSimulatorClient
     prefix: str  # every key of this test starts with it
 
+    @property
+    def key_ttl_s(self) -> int:
+        """What the policy declares: the simulator honours keys (24 h) only when idempotent."""
+        return 86_400 if self.mode == "idempotent" else 0
+
     def worker_env(self) -> dict[str, str]:
         """Overrides that point a worker's single provider here."""
-        return {"SPILLWAY_PROVIDER_HTTP_URL": self.url, "SPILLWAY_PROVIDER_API_KEY": self.api_key}
+        return {
+            "SPILLWAY_PROVIDER_HTTP_URL": self.url,
+            "SPILLWAY_PROVIDER_API_KEY": self.api_key,
+            "SPILLWAY_PROVIDER_IDEMPOTENCY_KEY_TTL_S": str(self.key_ttl_s),
+        }
 
     def policy(self, name: str = "sim", **over: Any) -> dict[str, Any]:
         """A ``SPILLWAY_PROVIDERS`` entry for this provider."""
-        return {"name": name, "url": self.url, "api_key": self.api_key, **over}
+        base = {"name": name, "url": self.url, "api_key": self.api_key}
+        return {**base, "idempotency_ttl_s": self.key_ttl_s, **over}
 
     def records(self) -> list[dict[str, Any]]:
         """This test's requests, in arrival order."""

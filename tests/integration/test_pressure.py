@@ -26,7 +26,8 @@ PARTITIONS = 4
 
 
 def policy(name: str, url: str, **over: Any) -> dict[str, Any]:
-    return {"name": name, "url": url, **over}
+    # these simulators run in their default mode, which honours idempotency keys (24 h)
+    return {"name": name, "url": url, "idempotency_ttl_s": 86_400, **over}
 
 
 def providers_env(*policies: dict[str, Any]) -> dict[str, str]:

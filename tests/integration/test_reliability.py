@@ -267,11 +267,23 @@ def test_sigkill_during_a_run_loses_nothing_and_duplicates_no_email(
         f"{dict(Counter((tally.dead[i].stage, tally.dead[i].reason) for i in both))}), "
         f"{tally.sent_records - len(tally.sent)} duplicate results; {report.describe()}"
     )
-    assert not both, f"{len(both)} events both sent and dead"
     assert tally.done == n, f"{n - tally.done} events neither sent nor dead"
     assert not report.twice_delivered, report.describe()  # one delivered email per event id
-    assert sum(report.deliveries.values()) == len(tally.sent)
-    assert set(report.deliveries) == set(tally.sent)
+    in_flight_bound = 5 * env.settings.dispatch_max_in_flight
+    if mode == "idempotent":
+        assert not both, f"{len(both)} events both sent and dead"
+        assert set(report.deliveries) == set(tally.sent)
+    else:
+        # Without keys, an email found in flight after a kill is parked as `ambiguous`
+        # (docs/guarantees.md): the provider may or may not have delivered it, and its
+        # email.sent record may or may not have been acked before the kill. Only those,
+        # and no more than could be in flight at the five kills.
+        ambiguous = {i for i, d in tally.dead.items() if d.reason == "ambiguous"}
+        assert both <= ambiguous, f"{len(both - ambiguous)} sent and dead, not ambiguous"
+        unreported = set(report.deliveries) - set(tally.sent)
+        assert unreported <= ambiguous, f"{len(unreported - ambiguous)} delivered, not reported"
+        assert set(tally.sent) <= set(report.deliveries)
+        assert len(ambiguous) <= in_flight_bound, f"{len(ambiguous)} parked as ambiguous"
     if mode == "no_idempotency":
         # Without keys a request after acceptance IS a second email: none may be made
         # (what was in flight at a kill is parked as ambiguous, not resent).
@@ -279,4 +291,4 @@ def test_sigkill_during_a_run_loses_nothing_and_duplicates_no_email(
     else:
         # With keys, resending what was in flight at a kill (same key) is the designed
         # recovery and delivers nothing twice; it is bounded by what can be in flight.
-        assert report.after_count <= 5 * env.settings.dispatch_max_in_flight, report.describe()
+        assert report.after_count <= in_flight_bound, report.describe()

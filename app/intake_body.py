@@ -34,9 +34,9 @@ from typing import Any
 
 from aiohttp.http_exceptions import DecompressSizeError, HttpProcessingError
 
+from app import serde
 from app.errors import IntakeError
-from app.models import PRIORITIES
-from app.serde import LONG_MAX, LONG_MIN, MAX_DEPTH
+from app.serde import MAX_DEPTH
 
 #: Deepest nesting accepted by default: the event object plus MAX_DEPTH levels of data
 #: (what render accepts); 1 is a flat object.
@@ -44,8 +44,6 @@ DEFAULT_MAX_DEPTH = MAX_DEPTH + 1
 #: Most keys plus array items in one event by default.
 DEFAULT_MAX_VALUES = 10_000
 #: Optional string fields of a raw event (null or a string).
-STR_FIELDS = ("source", "template_version", "locale", "from_address", "data_json")
-REQUIRED = ("event_id", "template", "to")
 
 
 class Refused(IntakeError):
@@ -181,29 +179,12 @@ def _check_text(text: str, where: str) -> None:
 
 
 def event_problems(obj: Any) -> list[str]:
-    """What makes ``obj`` not a raw event (empty: it is one). Unknown fields are allowed."""
+    """What makes ``obj`` not a raw event (empty: it is one). Unknown fields are allowed.
+    The same check render's decoder makes (``serde.event_problems``), so the intake refuses
+    exactly what render would dead-letter."""
     if not isinstance(obj, dict):
         return [f"must be a JSON object, not {_json_type(obj)}"]
-    problems: list[str] = []
-    for name in REQUIRED:
-        value = obj.get(name)
-        if not isinstance(value, str) or not value:
-            problems.append(f"'{name}' must be a non-empty string")
-    priority = obj.get("priority", "normal")
-    if priority not in PRIORITIES:
-        problems.append(f"'priority' must be one of {', '.join(PRIORITIES)}")
-    data = obj.get("data")
-    if data is not None and not isinstance(data, dict):
-        problems.append("'data' must be an object")
-    for name in STR_FIELDS:
-        if obj.get(name) is not None and not isinstance(obj[name], str):
-            problems.append(f"'{name}' must be a string")
-    created_at = obj.get("created_at")
-    if created_at is not None and (isinstance(created_at, bool) or not isinstance(created_at, int)):
-        problems.append("'created_at' must be epoch milliseconds (an integer)")
-    elif created_at is not None and not LONG_MIN <= created_at <= LONG_MAX:
-        problems.append("'created_at' is out of range (a signed 64-bit integer)")
-    return problems
+    return serde.event_problems(obj)
 
 
 def _json_type(value: Any) -> str:

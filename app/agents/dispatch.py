@@ -22,10 +22,10 @@ from app import faust_adapter, metrics
 from app.agents import delivery
 from app.agents.guard import crash_on_error
 from app.dispatcher import Dispatcher, Work
-from app.models import PRIORITIES, DispatchRequest
+from app.models import PRIORITIES
 from app.runtime import Runtime, build_provider
 from app.stages.common import Emission, Origin
-from app.stages.dispatch import DispatchStage, Hooks
+from app.stages.dispatch import DispatchStage, Hooks, retry_route
 from app.stages.lanes import LaneGate, waiting_work
 from app.stages.pressure import PressureBoard
 from app.tables import ledger as ledger_table
@@ -176,13 +176,11 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             await runtime.start()
             async for event in stream.events():
                 with crash_on_error(f"dispatch-{name}"):
-                    req: DispatchRequest = await runtime.serde.decode(
-                        event.value, "dispatch_request"
+                    out, delay = await retry_route(
+                        runtime.serde, event.value, Origin.of(event.message)
                     )
-                    delay = ((req.not_before or 0) / 1000.0) - time.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    out = Emission(LANES[req.priority], event.message.key, req)
                     await delivery.deliver(runtime, [out], stage="dispatch")
 
         return app.agent(

@@ -49,13 +49,46 @@ from app.models import Attempt, DispatchRequest, SendResult
 from app.providers.base import OutboundEmail, Provider, SendReceipt
 from app.serde import Serde
 from app.settings import ProviderPolicy
-from app.stages.common import Clock, Emission, Origin, attempt_of, dead_letter, now_ms
+from app.stages.common import (
+    INFRASTRUCTURE_ERRORS,
+    Clock,
+    Emission,
+    Origin,
+    attempt_of,
+    dead_letter,
+    now_ms,
+)
 from app.stages.lanes import LaneGate
 from app.stages.pressure import PressureBoard, backoff_s
 from app.tables.ledger import Ledger
 from app.topology import DEAD, LANES, SENT, retry_topic
 
 log = logging.getLogger(__name__)
+
+
+async def retry_route(
+    serde: Serde, payload: bytes | None, origin: Origin, clock: Clock = time.time
+) -> tuple[Emission, float]:
+    """Where a record of a retry topic goes, and how long it waits first: its lane once
+    its ``not_before`` has passed, or ``email.dead`` at once when it cannot be read (a
+    tombstone, garbage): one record never stops the retry agent. A registry outage is
+    an infrastructure fault and is raised."""
+    try:
+        req: DispatchRequest = await serde.decode(payload, "dispatch_request")
+    except INFRASTRUCTURE_ERRORS:
+        raise
+    except Exception as exc:
+        letter = dead_letter(
+            exc,
+            stage="dispatch",
+            origin=origin,
+            payload=payload or b"",
+            payload_format="avro",
+            at_ms=now_ms(clock),
+        )
+        return Emission(DEAD, origin.key, letter), 0.0
+    delay = max(0.0, (req.not_before or 0) / 1000.0 - clock())
+    return Emission(LANES[req.priority], origin.key, req), delay
 
 
 def outbound(req: DispatchRequest) -> OutboundEmail:

@@ -30,6 +30,7 @@ Per message:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -50,12 +51,12 @@ from app.providers.base import OutboundEmail, Provider, SendReceipt
 from app.serde import Serde
 from app.settings import ProviderPolicy
 from app.stages.common import (
-    INFRASTRUCTURE_ERRORS,
     Clock,
     Emission,
     Origin,
     attempt_of,
     dead_letter,
+    decode_or_dead,
     now_ms,
 )
 from app.stages.lanes import LaneGate
@@ -73,20 +74,17 @@ async def retry_route(
     its ``not_before`` has passed, or ``email.dead`` at once when it cannot be read (a
     tombstone, garbage): one record never stops the retry agent. A registry outage is
     an infrastructure fault and is raised."""
-    try:
-        req: DispatchRequest = await serde.decode(payload, "dispatch_request")
-    except INFRASTRUCTURE_ERRORS:
-        raise
-    except Exception as exc:
-        letter = dead_letter(
-            exc,
-            stage="dispatch",
-            origin=origin,
-            payload=payload or b"",
-            payload_format="avro",
-            at_ms=now_ms(clock),
-        )
-        return Emission(DEAD, origin.key, letter), 0.0
+    decoded = await decode_or_dead(
+        payload,
+        functools.partial(serde.decode, name="dispatch_request"),
+        stage="dispatch",
+        origin=origin,
+        at_ms=now_ms(clock),
+    )
+    if decoded.dead is not None:
+        return decoded.dead, 0.0
+    req = decoded.value
+    assert req is not None
     delay = max(0.0, (req.not_before or 0) / 1000.0 - clock())
     return Emission(LANES[req.priority], origin.key, req), delay
 

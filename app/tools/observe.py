@@ -26,7 +26,9 @@ class Tally:
 
     @property
     def done(self) -> int:
-        return len(self.sent) + len(self.dead) + len(self.dead_without_id)
+        # Distinct events: one both sent and dead (a parked duplicate) counts once, so
+        # wait_for(n) cannot return before n different events have ended.
+        return len(self.sent.keys() | self.dead.keys()) + len(self.dead_without_id)
 
     def reasons(self) -> Counter[str]:
         return Counter(d.reason for d in [*self.dead.values(), *self.dead_without_id])

@@ -5,7 +5,7 @@
 
 Each scenario runs the whole pipeline as real workers (``faust -A app worker``, one
 process per stage: render, route, dispatch with its retry agents, started by
-``app.tools.workers``) against a provider simulator of its own with a fixed-window quota
+``harness.workers``) against a provider simulator of its own with a fixed-window quota
 of ``--quota`` requests/s (Spillway is told the same quota). Events (10% critical, 60%
 normal, 30% bulk) are produced at twice the quota, so lanes hold a normal and bulk
 backlog and the quota is saturated for the whole run. Scenarios:
@@ -55,12 +55,12 @@ from app.runtime import registry_client
 from app.serde import Serde
 from app.settings import PROJECT_ROOT, Settings
 from app.templating import TemplateStore
-from app.tools import burst
-from app.tools.observe import Observer
-from app.tools.workers import Worker, Workers, wait_until
 from app.topology import TOPICS
 from bench.chaos_stack import PrivateStack
 from bench.infra import Simulator
+from harness import burst
+from harness.observe import Observer
+from harness.workers import Worker, Workers, wait_until
 
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 MIX = (

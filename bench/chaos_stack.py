@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from app.settings import PROJECT_ROOT
-from app.tools.workers import free_port
+from harness.workers import free_port
 
 STACK = [sys.executable, str(PROJECT_ROOT / "scripts" / "stack")]
 SHARED_PARTS = ("lib", "dist", "apicurio", "cache")  # read-only parts linked from the shared dir

@@ -6,7 +6,7 @@ the peers a Python team would otherwise pick, side by side in one run.
 
 Presets: smoke 3,000 events, quick 30,000, full 300,000 (5% critical password
 resets, 60% normal order confirmations with order lines, 35% bulk newsletters; the
-mix of app/tools/burst.py). Systems run one after another on the same machine and
+mix of harness/burst.py). Systems run one after another on the same machine and
 local Kafka, each against a fresh provider simulator of its own (unlimited, or
 ``--quota`` requests/s). Needs the local stack (``python3 scripts/stack up``),
 ``redis-server`` and PostgreSQL 15 from Debian (``scripts/setup`` installs them).
@@ -46,9 +46,6 @@ from app.runtime import registry_client
 from app.serde import Serde
 from app.settings import PROJECT_ROOT, Settings
 from app.templating import TemplateStore
-from app.tools import burst
-from app.tools.observe import Observer
-from app.tools.workers import Workers, wait_until
 from app.topology import TOPICS
 from bench.infra import (
     Postgres,
@@ -61,6 +58,9 @@ from bench.infra import (
     spawn,
     stop,
 )
+from harness import burst
+from harness.observe import Observer
+from harness.workers import Workers, wait_until
 
 PRESETS = {"smoke": 3_000, "quick": 30_000, "full": 300_000}
 SYSTEMS = ("spillway", "bare", "celery", "pgqueue")
@@ -72,7 +72,7 @@ PARTITIONS = 4  # Spillway's default topic_partitions; the bare loop's raw topic
 
 
 def workload(n: int, samples: dict[str, Any], prefix: str, seed: int = 7) -> list[dict[str, Any]]:
-    """The events of app.tools.burst.events() (same mix, same seed) as dicts, so the
+    """The events of harness.burst.events() (same mix, same seed) as dicts, so the
     peers that take JSON get exactly what Spillway gets."""
     rng = random.Random(seed)
     weights = [w for _, _, w in burst.MIX]

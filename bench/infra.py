@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 
 from app.settings import PROJECT_ROOT
-from app.tools.workers import free_port, wait_until
+from harness.workers import free_port, wait_until
 from simulator.client import SyncSimulatorClient, provider_command
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

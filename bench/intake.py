@@ -28,8 +28,8 @@ import aiohttp
 from confluent_kafka import Producer
 
 from app.settings import PROJECT_ROOT, Settings
-from app.tools.workers import Workers, wait_until
 from bench.flash_sale import RESULTS_DIR, machine, pct
+from harness.workers import Workers, wait_until
 
 HTTP_CONNECTIONS = 64
 

@@ -22,9 +22,9 @@ from app.runtime import registry_client
 from app.serde import Serde
 from app.settings import PROJECT_ROOT, Settings
 from app.templating import TemplateStore
-from app.tools.observe import Observer
-from app.tools.workers import Workers
 from app.topology import TOPICS
+from harness.observe import Observer
+from harness.workers import Workers
 from simulator.client import SyncSimulatorClient, SyncSmtpSinkClient, provider_command
 
 STACK = [sys.executable, str(PROJECT_ROOT / "scripts" / "stack")]
@@ -123,7 +123,7 @@ class OwnSimulator:
     into other tests (quotas, outages, error injection)."""
 
     def __init__(self, log_dir: Path, **config: Any) -> None:
-        from app.tools.workers import free_port
+        from harness.workers import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

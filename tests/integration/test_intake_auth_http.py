@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from app.intake import INTEGRATION_HEADER, sign
-from app.tools.workers import Worker, wait_until
+from harness.workers import Worker, wait_until
 from tests.integration.conftest import Env
 
 pytestmark = pytest.mark.integration

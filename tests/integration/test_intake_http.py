@@ -10,7 +10,7 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from app.tools.workers import Worker, wait_until
+from harness.workers import Worker, wait_until
 from tests.integration.conftest import Env
 
 pytestmark = pytest.mark.integration

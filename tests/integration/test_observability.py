@@ -23,9 +23,9 @@ import pytest
 from app.metrics import TIME_TO_SEND_BUCKETS
 from app.models import DispatchRequest
 from app.settings import PROJECT_ROOT
-from app.tools import burst
-from app.tools.observe import percentile
-from app.tools.workers import Worker, free_port, wait_until
+from harness import burst
+from harness.observe import percentile
+from harness.workers import Worker, free_port, wait_until
 from simulator.client import SyncSimulatorClient
 from tests.integration.conftest import Env, artifacts_dir
 

@@ -10,9 +10,9 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from app.serde import SCHEMAS_DIR, wrap_json
-from app.tools import burst
-from app.tools.observe import end_offsets
-from app.tools.workers import wait_until
+from harness import burst
+from harness.observe import end_offsets
+from harness.workers import wait_until
 from tests.integration.conftest import Env
 
 pytestmark = pytest.mark.integration

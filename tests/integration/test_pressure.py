@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.tools import burst
-from app.tools.observe import end_offsets
-from app.tools.workers import Worker, wait_until
+from harness import burst
+from harness.observe import end_offsets
+from harness.workers import Worker, wait_until
 from simulator.client import requests_after_acceptance
 from tests.integration.conftest import Env
 

@@ -34,9 +34,9 @@ from app.models import RawEvent
 from app.runtime import registry_client
 from app.serde import Serde, load_schema_texts, to_avro
 from app.settings import PROJECT_ROOT, Settings
-from app.tools.observe import Observer
-from app.tools.workers import free_port, wait_until
 from app.topology import TOPICS
+from harness.observe import Observer
+from harness.workers import free_port, wait_until
 from tests.integration.conftest import Env
 
 pytestmark = [

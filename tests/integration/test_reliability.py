@@ -13,9 +13,9 @@ import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from app.tools import burst
-from app.tools.observe import end_offsets
-from app.tools.workers import wait_until
+from harness import burst
+from harness.observe import end_offsets
+from harness.workers import wait_until
 from tests.integration.conftest import Env
 from tests.integration.provider_modes import MODES, consumed, lane_partition, provider
 from tests.integration.test_pressure import PARTITIONS, fill_lanes, produce, providers_env

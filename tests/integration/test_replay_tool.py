@@ -20,8 +20,8 @@ from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from app.cli.dead import dead
-from app.tools.observe import end_offsets
-from app.tools.workers import wait_until
+from harness.observe import end_offsets
+from harness.workers import wait_until
 from tests.integration.conftest import Env
 
 pytestmark = pytest.mark.integration

@@ -3,7 +3,7 @@
 from typing import cast
 
 from app.models import DeadLetter, SendResult
-from app.tools.observe import Tally
+from harness.observe import Tally
 
 
 def _sent(event_id: str) -> SendResult:

@@ -1,7 +1,7 @@
 """The demo: a burst through every stage on the local stack, with a live progress
 line and a summary. Run it with ``scripts/demo`` (which starts the stack first).
 
-    python -m app.demo [--events 3000] [--bad-every 50] [--keep-workers]
+    python3 -m harness.demo [--events 3000] [--bad-every 50] [--keep-workers]
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from app.runtime import registry_client
 from app.serde import Serde
 from app.settings import PROJECT_ROOT, Settings
 from app.templating import TemplateStore
-from app.tools import burst
-from app.tools.observe import Observer, Tally, percentile
-from app.tools.workers import Workers
 from app.topology import TOPICS
+from harness import burst
+from harness.observe import Observer, Tally, percentile
+from harness.workers import Workers
 
 
 def progress_line(produced: int, acked: int, total: int, tally: Tally, elapsed: float) -> str:

@@ -1,1 +1,0 @@
-"""Operator and test tooling: burst generation, stage worker processes, result tallies."""

@@ -1,4 +1,8 @@
-"""Shared fixtures. Unit tests use confluent-kafka's in-memory registry (mock://)."""
+"""Shared fixtures. Unit tests use confluent-kafka's in-memory registry (mock://).
+
+Fixtures and helpers live in the plugins of ``tests/plugins/`` (registered below); a test
+module imports helpers from there, never from another test module.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,15 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from app.serde import Serde
 from app.topology import TOPICS
+
+pytest_plugins = [
+    "tests.plugins.factories",
+    "tests.plugins.fakes",
+    "tests.plugins.agents",
+    "tests.plugins.intake",
+    "tests.plugins.promql",
+    "tests.plugins.sim",
+]
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import yaml
 
 from app.metrics import METRICS
 from app.settings import PROJECT_ROOT
-from tests.deploy.promql import BUILTIN, metric_names
+from tests.plugins.promql import BUILTIN, metric_names
 
 GRAFANA = PROJECT_ROOT / "deploy" / "grafana"
 

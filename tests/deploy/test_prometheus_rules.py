@@ -12,7 +12,7 @@ import yaml
 
 from app.metrics import METRICS
 from app.settings import PROJECT_ROOT
-from tests.deploy.promql import BUILTIN, metric_names
+from tests.plugins.promql import BUILTIN, metric_names
 
 PROM = PROJECT_ROOT / "deploy" / "prometheus"
 PROMTOOL = shutil.which("promtool")

@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from sim_helpers import FakeClock, Proc, Sim, free_port, spawn
 
 from simulator.provider import STATE_KEY, ProviderConfig, create_app
 from simulator.smtp_sink import RunningSink, SinkConfig, start_sink
+from tests.plugins.sim import FakeClock, Proc, Sim, free_port, spawn
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import aiosmtplib
 import httpx
 import pytest
 from aiohttp.test_utils import TestServer
-from sim_helpers import Proc
 
 from simulator.client import (
     SimulatorClient,
@@ -31,6 +30,7 @@ from simulator.provider import (
     validate_mail,
 )
 from simulator.smtp_sink import RunningSink
+from tests.plugins.sim import Proc
 
 AUTH = {"Authorization": "Bearer sim-key"}
 

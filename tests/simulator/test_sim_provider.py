@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
-from sim_helpers import T0, Sim
 
 from simulator.provider import (
     STATE_KEY,
@@ -20,6 +19,7 @@ from simulator.provider import (
     create_app,
     validate_mail,
 )
+from tests.plugins.sim import T0, Sim
 
 AUTH = {"Authorization": "Bearer sim-key"}
 SEND = "/v3/mail/send"

@@ -15,7 +15,6 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
-from sim_helpers import T0, Sim
 
 from simulator.client import (
     NO_IDEMPOTENCY_KEY,
@@ -27,6 +26,7 @@ from simulator.client import (
     requests_per_key,
 )
 from simulator.provider import STATE_KEY, ProviderConfig, ProviderState, create_app
+from tests.plugins.sim import T0, Sim
 
 SEND = "/v3/mail/send"
 AUTH = {"Authorization": "Bearer sim-key"}

@@ -22,7 +22,7 @@ from app.errors import IntakeError, SchemaError
 from app.intake import Intake, key_of
 from app.intake_body import DEFAULT_MAX_DEPTH, event_problems, parse_batch, parse_object
 from app.serde import raw_event_from_json
-from tests.unit.intake_server import MemorySink, Serve, intakes, read_answer
+from tests.plugins.intake import MemorySink, Serve, intakes, read_answer
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from app.intake import (
     with_source,
 )
 from app.settings import Settings
-from tests.unit.intake_server import Serve, intakes
+from tests.plugins.intake import Serve, intakes
 
 SHOP = "shop-secret-0123456789"
 NEWS = "news-secret-0123456789"

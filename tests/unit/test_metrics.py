@@ -29,6 +29,7 @@ from app.runtime import Runtime
 from app.settings import Settings
 from app.stages.common import Emission
 from app.topology import Topology
+from tests.plugins.factories import bare_dead_letter, dispatch_request, send_result
 
 
 @pytest.fixture
@@ -41,37 +42,11 @@ def value(m: Metrics, name: str, **labels: str) -> float | None:
 
 
 def sent(priority: str = "critical", ms: float = 1500.0, replay: bool = False) -> SendResult:
-    return SendResult(
-        event_id="e1",
-        priority=priority,
-        provider="sim-http",
-        provider_message_id="m1",
-        attempts=1,
-        provider_latency_ms=12.0,
-        time_to_send_ms=ms,
-        template="password_reset",
-        template_version="v1",
-        source="s",
-        accepted_at=1,
-        sent_at=2,
-        replay=replay,
-    )
+    return send_result(priority=priority, time_to_send_ms=ms, replay=replay)
 
 
 def dead(stage: str = "render", reason: str = "render_error") -> DeadLetter:
-    return DeadLetter(
-        stage=stage,
-        error_class="RenderError",
-        reason=reason,
-        message="x",
-        retriable=False,
-        original_topic="t",
-        original_partition=0,
-        original_offset=1,
-        payload=b"",
-        payload_format="json",
-        dead_at=1,
-    )
+    return bare_dead_letter(stage=stage, reason=reason)
 
 
 def test_provider_hooks(m: Metrics) -> None:
@@ -157,11 +132,7 @@ def test_emitted_records(m: Metrics) -> None:
 
 
 def test_stage_of_in_dev_mode() -> None:
-    req = DispatchRequest(
-        event_id="e", priority="normal", to="a@b.example", from_address="s@b.example",
-        subject="s", html="h", text="t", template="x", template_version="v1", source="s",
-        accepted_at=1, rendered_at=2,
-    )  # fmt: skip
+    req = dispatch_request("e", template="x")
     assert stage_of(Emission("rendered", None, None), "render") == "render"
     assert stage_of(Emission("rendered", None, None), "all") == "render"
     assert stage_of(Emission("dispatch.normal", None, req), "all") == "route"

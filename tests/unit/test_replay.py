@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-from dataclasses import dataclass, field
 from typing import Any
 
 import fastavro
@@ -15,50 +14,14 @@ from confluent_kafka.schema_registry import Schema
 from app.errors import DecodeError
 from app.replay import Backend, ReplayError, SyncDecoder, replay
 from app.serde import SCHEMAS_DIR, Serde, to_avro
-from app.settings import Settings
 from app.stages.common import REPLAY_HEADER
 from app.stages.deadletters import DeadLetterFilter, StoredDeadLetter
-from tests.unit.stages.test_deadletters import T0, letter, request, stored
+from tests.plugins.factories import T0, stored
+from tests.plugins.factories import dead_letter as letter
+from tests.plugins.factories import failed_request as request
+from tests.plugins.fakes import NS_SETTINGS, FakeSink, backend
 
-SETTINGS = Settings(topic_namespace="ns.")
-
-
-@dataclass
-class FakeSink:
-    records: list[tuple[str, bytes | None, bytes, dict[str, bytes]]] = field(default_factory=list)
-    flushed: int = 0
-    fail: bool = False
-
-    def produce(
-        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
-    ) -> None:
-        self.records.append((topic, key, value, dict(headers)))
-
-    def flush(self) -> None:
-        self.flushed += 1
-        if self.fail:
-            raise ReplayError("broker did not ack")
-
-
-def backend(serde: Serde, letters: list[StoredDeadLetter], sink: FakeSink) -> Backend:
-    def read(since_ms: int | None) -> list[StoredDeadLetter]:
-        return [s for s in letters if since_ms is None or s.letter.dead_at >= since_ms]
-
-    return Backend(SETTINGS, serde, read=read, sink=lambda: sink)
-
-
-def make_ns_serde(registry: Any) -> Serde:
-    """A serde for the topics of namespace ``ns.``."""
-    from app.topology import TOPICS
-
-    s = Serde(registry, {SETTINGS.topic(t): schema for t, schema in TOPICS.values()})
-    s.register()
-    return s
-
-
-@pytest.fixture
-def ns_serde(registry: Any) -> Serde:
-    return make_ns_serde(registry)
+SETTINGS = NS_SETTINGS
 
 
 def dead_letters(serde: Serde) -> list[StoredDeadLetter]:

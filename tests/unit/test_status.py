@@ -21,6 +21,7 @@ from app.status import (
     render_html,
     summarise,
 )
+from tests.plugins.factories import bare_dead_letter, send_result
 
 
 def worker(stage: str) -> Metrics:
@@ -57,19 +58,12 @@ def dispatch_worker() -> Metrics:
 
 
 def sent(ms: float) -> SendResult:
-    return SendResult(
-        event_id="e", priority="critical", provider="sim-http", provider_message_id="m",
-        attempts=1, provider_latency_ms=1.0, time_to_send_ms=ms, template="t",
-        template_version="v1", source="s", accepted_at=1, sent_at=2,
-    )  # fmt: skip
+    return send_result(event_id="e", provider_message_id="m", provider_latency_ms=1.0,
+                       time_to_send_ms=ms, template="t")  # fmt: skip
 
 
 def dead(reason: str) -> DeadLetter:
-    return DeadLetter(
-        stage="render", error_class="E", reason=reason, message="m", retriable=False,
-        original_topic="t", original_partition=0, original_offset=0, payload=b"",
-        payload_format="json", dead_at=1,
-    )  # fmt: skip
+    return bare_dead_letter(error_class="E", reason=reason, message="m", original_offset=0)
 
 
 def model(now: float = 1000.0, rates: RateBook | None = None) -> dict:

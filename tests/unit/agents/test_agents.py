@@ -8,38 +8,11 @@ from typing import Any
 
 import pytest
 
-from app.agents import delivery
 from app.factory import create_app
 from app.settings import Settings
-from app.stages.common import Emission
 from app.templating import TemplateStore
-
-
-def make_app(
-    stage: str, registry: Any, monkeypatch: pytest.MonkeyPatch | None = None
-) -> tuple[Any, list[Emission]]:
-    app = create_app(
-        Settings(stage=stage, store="memory://"),  # type: ignore[arg-type]
-        registry=registry,
-    )
-    runtime = app.spillway  # type: ignore[attr-defined]
-    runtime.serde.register()
-    runtime._started = True  # schemas registered; the test context needs no topics
-    captured: list[Emission] = []
-
-    async def emit(emission: Emission) -> None:
-        runtime.encode(emission)  # must encode for its topic
-        captured.append(emission)
-
-    runtime.emit = emit
-    if monkeypatch is not None:  # render and route produce through delivery.deliver
-
-        async def deliver(rt: Any, emissions: list[Emission], *, stage: str) -> None:
-            for emission in emissions:
-                await emit(emission)
-
-        monkeypatch.setattr(delivery, "deliver", deliver)
-    return app, captured
+from tests.plugins.agents import make_app
+from tests.plugins.factories import rendered_email
 
 
 async def test_render_agent_renders_and_dead_letters(
@@ -64,22 +37,7 @@ async def test_render_agent_renders_and_dead_letters(
 async def test_route_agent_picks_lane(registry: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     app, out = make_app("route", registry, monkeypatch)
     serde = app.spillway.serde  # type: ignore[attr-defined]
-    from app.models import RenderedEmail
-
-    email = RenderedEmail(
-        event_id="r1",
-        priority="critical",
-        to="a@b.example",
-        from_address="s@b.example",
-        subject="s",
-        html="h",
-        text="t",
-        template="password_reset",
-        template_version="v1",
-        source="x",
-        accepted_at=1,
-        rendered_at=2,
-    )
+    email = rendered_email(event_id="r1", priority="critical", template="password_reset")
     async with app.agents["route"].test_context() as agent:
         await agent.put(serde.encode("email.rendered", email), key=b"r1")
     assert [e.topic for e in out] == ["dispatch.critical"]
@@ -95,7 +53,8 @@ async def test_dispatch_agent_sends_through_the_provider(
     registry: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from app.agents import dispatch as dispatch_module
-    from tests.unit.stages.test_dispatch import FakeProvider, request
+    from tests.plugins.factories import dispatch_request as request
+    from tests.plugins.fakes import FakeProvider
 
     class Owner:
         def __init__(self, app: Any) -> None:

@@ -12,8 +12,8 @@ from app.agents.deadletters import AnalyserMetrics
 from app.settings import Settings
 from app.stages.common import now_ms
 from app.stages.deadletters import parse_count_key
-from tests.unit.agents.test_agents import make_app
-from tests.unit.stages.test_deadletters import letter
+from tests.plugins.agents import make_app
+from tests.plugins.factories import dead_letter as letter
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
 from click.testing import CliRunner
 
 from app.cli import EXIT_INVALID
@@ -15,15 +14,12 @@ from app.replay import Backend
 from app.serde import Serde
 from app.stages.common import REPLAY_HEADER, now_ms
 from app.stages.deadletters import StoredDeadLetter
-from tests.unit.stages.test_deadletters import letter, request, stored
-from tests.unit.test_replay import FakeSink, backend, make_ns_serde
+from tests.plugins.factories import dead_letter as letter
+from tests.plugins.factories import failed_request as request
+from tests.plugins.factories import stored
+from tests.plugins.fakes import FakeSink, backend
 
 NOW = now_ms()
-
-
-@pytest.fixture
-def ns_serde(registry: Any) -> Serde:
-    return make_ns_serde(registry)
 
 
 def letters(serde: Serde) -> list[StoredDeadLetter]:

@@ -25,6 +25,7 @@ from app.stages.lanes import LaneGate
 from app.stages.pressure import PressureBoard
 from app.tables.ledger import Ledger
 from app.tables.pressure import key_for
+from tests.plugins.factories import dispatch_request
 
 ORIGIN = Origin("email.dispatch.critical", 1, 3, None, b"e-1")
 
@@ -126,20 +127,7 @@ async def serve(made: list[Adversary], *script: str) -> Adversary:
 
 
 def request(event_id: str, priority: str = "critical") -> DispatchRequest:
-    return DispatchRequest(
-        event_id=event_id,
-        priority=priority,
-        to="a@b.example",
-        from_address="Sender\u2028Name <s@b.example>",
-        subject="s",
-        html="<p>h</p>",
-        text="h",
-        template="t",
-        template_version="v1",
-        source="src",
-        accepted_at=1_000,
-        rendered_at=1_100,
-    )
+    return dispatch_request(event_id, priority, from_address="Sender\u2028Name <s@b.example>")
 
 
 def stage_for(serde: Serde, *pairs: tuple[Adversary, ProviderPolicy]) -> DispatchStage:

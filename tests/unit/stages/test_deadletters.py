@@ -4,7 +4,6 @@ from typing import Any
 
 import pytest
 
-from app.models import Attempt, DeadLetter, DispatchRequest
 from app.serde import Serde
 from app.settings import Settings
 from app.stages.common import REPLAY_HEADER, Origin, replay_number
@@ -26,35 +25,9 @@ from app.stages.deadletters import (
 from app.stages.render import RenderStage
 from app.tables.deadletters import DeadLetterCounts
 from app.templating import TemplateStore
-
-T0 = 1_700_000_000_000  # epoch ms, on a minute boundary + 20 s
-
-
-def letter(**over: Any) -> DeadLetter:
-    fields: dict[str, Any] = {
-        "stage": "render",
-        "error_class": "RenderError",
-        "reason": "render_error",
-        "message": "template 'order_confirmation' v2: 'customer' is undefined",
-        "retriable": False,
-        "original_topic": "email.raw-events",
-        "original_partition": 1,
-        "original_offset": 7,
-        "payload": b'{"event_id": "e1"}',
-        "payload_format": "json",
-        "dead_at": T0,
-        "event_id": "e1",
-        "template": "order_confirmation",
-        "template_version": "v2",
-        "source": "shop",
-    }
-    fields.update(over)
-    return DeadLetter(**fields)
-
-
-def stored(dl: DeadLetter, partition: int = 0, offset: int = 0) -> StoredDeadLetter:
-    return StoredDeadLetter(partition, offset, (dl.event_id or "").encode() or None, dl)
-
+from tests.plugins.factories import T0, stored
+from tests.plugins.factories import dead_letter as letter
+from tests.plugins.factories import failed_request as request
 
 # --- filters --------------------------------------------------------------------------
 
@@ -219,38 +192,6 @@ def test_render_dead_letter_replays_raw_payload_with_header(serde: Serde) -> Non
 def test_route_dead_letter_replays_to_rendered(serde: Serde) -> None:
     item = plan(stored(letter(stage="route", original_topic="email.rendered")), serde)
     assert isinstance(item, ReplayItem) and item.topic == "rendered"
-
-
-def request(**over: Any) -> DispatchRequest:
-    fields: dict[str, Any] = {
-        "event_id": "d1",
-        "priority": "critical",
-        "to": "a@example.com",
-        "from_address": "s@example.com",
-        "subject": "s",
-        "html": "h",
-        "text": "t",
-        "template": "password_reset",
-        "template_version": "v1",
-        "source": "accounts",
-        "accepted_at": T0,
-        "rendered_at": T0,
-        "attempts": 3,
-        "not_before": T0 + 9000,
-        "history": [
-            Attempt(
-                at=T0,
-                stage="dispatch",
-                error_class="E",
-                reason="provider_unavailable",
-                message="503",
-                retriable=True,
-                provider="sim-http",
-            ),
-        ],
-    }
-    fields.update(over)
-    return DispatchRequest(**fields)
 
 
 def test_dispatch_dead_letter_replays_to_its_lane_with_attempts_reset(serde: Serde) -> None:

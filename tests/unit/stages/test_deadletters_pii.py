@@ -30,7 +30,8 @@ from app.stages.deadletters import (
     redact_text,
 )
 from app.tables.deadletters import DeadLetterCounts
-from tests.unit.stages.test_deadletters import T0, letter
+from tests.plugins.factories import T0
+from tests.plugins.factories import dead_letter as letter
 
 TEMPLATES = {"order_confirmation": frozenset({"v1", "v2"}), "password_reset": frozenset({"v1"})}
 

@@ -11,6 +11,7 @@ from app.settings import Settings
 from app.stages.common import Origin
 from app.stages.render import RenderStage, default_sealer
 from app.templating import TemplateStore
+from tests.plugins.factories import raw_event as reset_event
 
 ORIGIN = Origin("email.raw-events", 2, 41, 1_700_000_000_000, b"k1")
 STORE = TemplateStore(Settings().templates_dir)
@@ -21,17 +22,6 @@ def stage(serde: Serde) -> RenderStage:
     return RenderStage(serde, STORE, "Shop <no-reply@shop.example>", clock=lambda: 1_700_000_001.0)
 
 
-def reset_event(**over: object) -> dict[str, object]:
-    event: dict[str, object] = {
-        "event_id": "e-1",
-        "template": "password_reset",
-        "to": "ann@example.com",
-        "priority": "critical",
-        "source": "accounts",
-        "data": STORE.sample_data("password_reset"),
-    }
-    event.update(over)
-    return event
 
 
 async def test_json_event_is_rendered(stage: RenderStage) -> None:

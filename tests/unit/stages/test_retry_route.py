@@ -10,28 +10,14 @@ from app.serde import Serde
 from app.stages.common import Origin
 from app.stages.dispatch import retry_route
 from app.topology import DEAD, LANES
+from tests.plugins.factories import dispatch_request
 
 ORIGIN = Origin("email.dispatch.retry-1", 2, 7, None, b"e-9")
 NOW_S = 1_700_000_000.0
 
 
 def request(priority: str, not_before: int | None) -> DispatchRequest:
-    return DispatchRequest(
-        event_id="e-9",
-        priority=priority,
-        to="a@example.com",
-        from_address="shop@example.com",
-        subject="s",
-        html="<p>h</p>",
-        text="t",
-        template="order_confirmation",
-        template_version="1",
-        source="shop",
-        accepted_at=1,
-        rendered_at=2,
-        attempts=1,
-        not_before=not_before,
-    )
+    return dispatch_request("e-9", priority, attempts=1, not_before=not_before)
 
 
 @pytest.mark.parametrize("priority", ["critical", "normal", "bulk"])

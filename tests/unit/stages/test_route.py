@@ -7,25 +7,13 @@ from app.serde import Serde
 from app.stages.common import Origin
 from app.stages.render import default_sealer
 from app.stages.route import RouteStage
+from tests.plugins.factories import rendered_email
 
 ORIGIN = Origin("email.rendered", 0, 7, None, b"e")
 
 
 def rendered(priority: str) -> RenderedEmail:
-    return RenderedEmail(
-        event_id="e",
-        priority=priority,
-        to="a@b.example",
-        from_address="s@b.example",
-        subject="s",
-        html="<p>h</p>",
-        text="h",
-        template="t",
-        template_version="v1",
-        source="src",
-        accepted_at=1,
-        rendered_at=2,
-    )
+    return rendered_email(priority=priority)
 
 
 @pytest.mark.parametrize("priority", ["critical", "normal", "bulk"])

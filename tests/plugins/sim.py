@@ -1,4 +1,4 @@
-"""Helpers shared by the simulator tests (a unique module name: no clash with others)."""
+"""Helpers shared by the simulator tests: a fake clock, in-process servers, subprocesses."""
 
 from __future__ import annotations
 

@@ -1,0 +1,16 @@
+"""Test fixtures and helpers in one place (issue 16 point 8).
+
+Every module here is a pytest plugin registered by ``pytest_plugins`` in
+``tests/conftest.py``; its fixtures are available in every test, and its plain helpers
+are imported as ``from tests.plugins.<module> import ...``. A test module never imports
+another test module (``tests/test_layout.py`` checks it).
+
+- ``factories``: records with sensible defaults (RawEvent dict, RenderedEmail,
+  DispatchRequest, SendResult, DeadLetter, StoredDeadLetter).
+- ``fakes``: fake provider, recording metrics, replay sink and backend.
+- ``agents``: a Spillway Faust app in Faust's test context with outputs captured.
+- ``intake``: a real intake on an ephemeral port with an in-memory sink.
+- ``promql``: metric names used by PromQL expressions (deploy tests).
+- ``simulator``: a fake clock and process helpers for the simulator tests.
+- ``stack``: the integration tier (shared stack, per-test namespace ``Env``, own simulator).
+"""

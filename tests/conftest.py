@@ -21,6 +21,10 @@ pytest_plugins = [
     "tests.plugins.intake",
     "tests.plugins.promql",
     "tests.plugins.sim",
+    "tests.plugins.stack",
+    "tests.plugins.traffic",
+    "tests.plugins.providers",
+    "tests.plugins.scram",
 ]
 
 

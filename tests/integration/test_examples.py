@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from app.settings import PROJECT_ROOT
-from tests.integration.conftest import Env
+from tests.plugins.stack import Env
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 
 from app.intake import INTEGRATION_HEADER, sign
 from harness.workers import Worker, wait_until
-from tests.integration.conftest import Env
+from tests.plugins.stack import Env
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from harness.workers import Worker, wait_until
-from tests.integration.conftest import Env
+from tests.plugins.stack import Env
 
 pytestmark = pytest.mark.integration
 

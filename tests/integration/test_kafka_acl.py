@@ -28,7 +28,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from tests.integration.scram_broker import ScramBroker
+from tests.plugins.scram import ScramBroker
 
 pytestmark = pytest.mark.integration
 

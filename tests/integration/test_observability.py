@@ -27,7 +27,7 @@ from harness import burst
 from harness.observe import percentile
 from harness.workers import Worker, free_port, wait_until
 from simulator.client import SyncSimulatorClient
-from tests.integration.conftest import Env, artifacts_dir
+from tests.plugins.stack import Env, artifacts_dir
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from app.serde import SCHEMAS_DIR, wrap_json
 from harness import burst
 from harness.observe import end_offsets
 from harness.workers import wait_until
-from tests.integration.conftest import Env
+from tests.plugins.stack import Env
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from app.models import RawEvent
-from tests.integration.conftest import Env
+from tests.plugins.stack import Env
 
 pytestmark = pytest.mark.integration
 

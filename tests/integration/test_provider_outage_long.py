@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Env
-from tests.integration.test_pressure import policy, produce, providers_env
+from tests.plugins.stack import Env
+from tests.plugins.traffic import policy, produce, providers_env
 
 pytestmark = [
     pytest.mark.integration,

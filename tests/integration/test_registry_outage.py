@@ -37,7 +37,7 @@ from app.settings import PROJECT_ROOT, Settings
 from app.topology import TOPICS
 from harness.observe import Observer
 from harness.workers import free_port, wait_until
-from tests.integration.conftest import Env
+from tests.plugins.stack import Env
 
 pytestmark = [
     pytest.mark.integration,

@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 from app.cli.dead import dead
 from harness.observe import end_offsets
 from harness.workers import wait_until
-from tests.integration.conftest import Env
+from tests.plugins.stack import Env
 
 pytestmark = pytest.mark.integration
 

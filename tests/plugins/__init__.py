@@ -13,4 +13,7 @@ another test module (``tests/test_layout.py`` checks it).
 - ``promql``: metric names used by PromQL expressions (deploy tests).
 - ``simulator``: a fake clock and process helpers for the simulator tests.
 - ``stack``: the integration tier (shared stack, per-test namespace ``Env``, own simulator).
+- ``traffic``: provider policies for a worker's environment; events produced into the lanes.
+- ``providers``: the reliability tests' provider modes (with and without idempotency keys).
+- ``scram``: a private SASL/SCRAM broker with ACLs for the Kafka security tests.
 """

@@ -1,0 +1,164 @@
+"""The integration tier's fixtures: the real broker, registry, provider simulator and
+SMTP sink.
+
+``stack`` (session) runs ``scripts/stack up`` (idempotent) and, if it started the stack,
+stops it at the end. ``env`` gives each test its own topic namespace and app ids (an
+``Env``), so tests never see each other's messages. ``own_sim`` starts provider
+simulators of the test's own (quotas, outages, error injection).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from app.runtime import registry_client
+from app.serde import Serde
+from app.settings import PROJECT_ROOT, Settings
+from app.templating import TemplateStore
+from app.topology import TOPICS
+from harness.observe import Observer
+from harness.workers import Workers
+from simulator.client import SyncSimulatorClient, SyncSmtpSinkClient, provider_command
+
+STACK = [sys.executable, str(PROJECT_ROOT / "scripts" / "stack")]
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[None]:
+    running = subprocess.run([*STACK, "status"], capture_output=True).returncode == 0
+    if not running:
+        subprocess.run([*STACK, "up"], check=True)
+    yield
+    if not running:
+        subprocess.run([*STACK, "down"], check=False)
+
+
+class Env:
+    """One test's namespace: settings, serde, producer, observer, workers."""
+
+    def __init__(self, name: str) -> None:
+        ns = f"t{uuid.uuid4().hex[:8]}"
+        self.ns = ns
+        self.overrides = {
+            "SPILLWAY_TOPIC_NAMESPACE": f"{ns}.",
+            "SPILLWAY_APP_ID_PREFIX": ns,
+            # the shared simulator honours idempotency keys (24 h) unless told otherwise
+            "SPILLWAY_PROVIDER_IDEMPOTENCY_KEY_TTL_S": "86400",
+        }
+        self.settings = Settings(topic_namespace=f"{ns}.", app_id_prefix=ns)
+        registry = registry_client(self.settings)
+        self.serde = Serde(registry, {self.topic(t): s for t, s in TOPICS.values()})
+        self.serde.register()
+        self.producer = Producer(
+            {"bootstrap.servers": self.settings.kafka_bootstrap, "linger.ms": 5, "acks": "all"}
+        )
+        self.samples = {
+            n: TemplateStore(self.settings.templates_dir).sample_data(n)
+            for n in ("password_reset", "order_confirmation", "newsletter")
+        }
+        self.workers = Workers(self.overrides, ARTIFACTS / name / ns)
+        self.observer: Observer | None = None
+        self.sim = SyncSimulatorClient("http://127.0.0.1:8030")
+        self.sink = SyncSmtpSinkClient("http://127.0.0.1:8031")
+
+    def topic(self, name: str) -> str:
+        return self.settings.topic(name)
+
+    def produce(self, key: bytes | None, value: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(self.topic("email.raw-events"), key=key, value=value)
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    def observe(self) -> Observer:
+        self.observer = Observer(
+            self.settings.kafka_bootstrap,
+            self.serde,
+            self.topic("email.sent"),
+            self.topic("email.dead"),
+        ).start()
+        return self.observer
+
+    def ledger(self) -> list[dict[str, Any]]:
+        """The simulator's accepted messages that belong to this test."""
+        entries = self.sim.ledger(limit=1_000_000)["entries"]
+        return [e for e in entries if str(e["key"]).startswith(self.ns)]
+
+    def close(self) -> None:
+        self.workers.stop()
+        if self.observer:
+            self.observer.stop()
+        self.producer.flush(10)
+        self.sim.close()
+        self.sink.close()
+        self.serde.registry.close()
+
+
+@pytest.fixture
+def env(stack: None, request: pytest.FixtureRequest) -> Iterator[Env]:
+    e = Env(request.node.name.replace("/", "_")[:60])
+    yield e
+    e.close()
+
+
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+class OwnSimulator:
+    """A provider simulator process of a test's own, for configs that must not leak
+    into other tests (quotas, outages, error injection)."""
+
+    def __init__(self, log_dir: Path, **config: Any) -> None:
+        from harness.workers import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        sets = [f"{key}={json.dumps(value)}" for key, value in config.items()]
+        args = provider_command(self.port, *(arg for s in sets for arg in ("--set", s)))
+        with (log_dir / f"simulator-{self.port}.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                args, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.client = SyncSimulatorClient(self.url)
+        self.client.wait_ready(timeout=20)
+
+    def entries(self) -> list[dict[str, Any]]:
+        return list(self.client.ledger(limit=1_000_000)["entries"])
+
+    def per_second(self) -> list[dict[str, Any]]:
+        return list(self.client.stats()["per_second"])
+
+    def close(self) -> None:
+        self.client.close()
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def own_sim(env: Env, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Factory: ``own_sim(quota=..., ...)`` starts a simulator; all stop at the end."""
+    sims: list[OwnSimulator] = []
+
+    def start(**config: Any) -> OwnSimulator:
+        sim = OwnSimulator(env.workers.log_dir, **config)
+        sims.append(sim)
+        return sim
+
+    yield start
+    for sim in sims:
+        sim.close()

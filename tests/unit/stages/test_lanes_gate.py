@@ -1,0 +1,57 @@
+"""LaneGate counts concurrent sends and recovers from a figure that changed without a
+wake-up (issue 17 pt 5: survivors of the mutation run)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from app.stages.lanes import LaneGate
+
+
+def test_each_send_in_flight_holds_lower_lanes() -> None:
+    gate = LaneGate()
+    gate.enter("critical")
+    gate.enter("critical")
+    gate.leave("critical")
+    assert gate.active["critical"] == 1
+    assert not gate.clear_for("normal")  # one critical send is still in flight
+    gate.leave("critical")
+    assert gate.active["critical"] == 0
+    assert gate.clear_for("normal") and gate.clear_for("bulk")
+
+
+async def test_a_waiter_sees_a_figure_that_changed_without_a_wake_up() -> None:
+    # A figure written directly (no set_backlog/leave, so no notification) is still
+    # picked up by the waiter's polling: wait_turn returns instead of waiting for ever
+    # or failing on its poll timeout.
+    gate = LaneGate()
+    gate.set_backlog("critical", 2)
+    waiter = asyncio.create_task(gate.wait_turn("bulk", poll_s=0.001))
+    for _ in range(20):  # let it poll (and time out) several times while blocked
+        await asyncio.sleep(0.002)
+        assert not waiter.done()
+    gate.backlog["critical"] = 0  # stale figure corrected behind the gate's back
+    await asyncio.wait_for(waiter, 5)
+    assert waiter.exception() is None
+
+
+async def test_a_waiter_with_the_default_poll_also_recovers_from_a_silent_change() -> None:
+    gate = LaneGate()
+    gate.enter("normal")
+    waiter = asyncio.create_task(gate.wait_turn("bulk"))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    gate.active["normal"] = 0  # no leave(): nothing wakes the waiter but its poll
+    await asyncio.wait_for(waiter, 5)
+    assert waiter.exception() is None
+
+
+async def test_lower_lanes_are_never_held_by_a_lower_lane() -> None:
+    gate = LaneGate()
+    gate.set_backlog("bulk", 5)
+    gate.enter("bulk")
+    gate.set_backlog("normal", 5)
+    # critical has nothing above it; normal is not held by bulk
+    await asyncio.wait_for(gate.wait_turn("critical"), 5)
+    await asyncio.wait_for(gate.wait_turn("normal"), 5)
+    assert not gate.clear_for("bulk")

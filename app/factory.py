@@ -14,8 +14,10 @@ from typing import Any
 import faust
 
 from app import consumer as gapless
-from app import faust_adapter, intake, metrics, startup_checks
+from app import faust_adapter, intake, startup_checks
+from app import metrics as prometheus
 from app.agents import deadletters, dispatch, render, route
+from app.observability import StageMetrics
 from app.runtime import Runtime
 from app.settings import Settings
 from app.stages.deadletters import install_log_redaction
@@ -31,8 +33,12 @@ WEB_PORTS = {
 }
 
 
-def create_app(settings: Settings | None = None, *, registry: Any = None) -> faust.App:
-    """Build the app for ``settings.stage``; ``registry`` overrides the registry client."""
+def create_app(
+    settings: Settings | None = None, *, registry: Any = None, metrics: StageMetrics | None = None
+) -> faust.App:
+    """Build the app for ``settings.stage``; ``registry`` overrides the registry client,
+    ``metrics`` what the stages report to (default: the process's Prometheus registry,
+    served at ``/metrics``)."""
     settings = settings or Settings()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request
     if settings.redact_pii:
@@ -84,9 +90,12 @@ def create_app(settings: Settings | None = None, *, registry: Any = None) -> fau
             guard.install(asyncio.get_running_loop())
     topology = declare(app, settings)
     startup_checks.install(app, settings, topology)  # existing topics match the topology
-    runtime = Runtime(settings, topology, registry=registry)
+    runtime = Runtime(
+        settings, topology, registry=registry,
+        metrics=prometheus.DEFAULT if metrics is None else metrics,
+    )
     app.spillway = runtime  # type: ignore[attr-defined]
-    metrics.attach(app, runtime)  # /metrics, /status, lag sampling (app/metrics.py)
+    prometheus.attach(app, runtime)  # /metrics, /status, lag sampling (app/metrics.py)
     for stage in stages_of(settings.stage):
         if stage == "intake":
             intake.attach(app, runtime)

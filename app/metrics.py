@@ -12,15 +12,19 @@ Where each figure comes from:
   group's committed offsets; the slope is a least-squares fit over the samples of the
   last ``metrics_slope_window_s`` (messages per second, > 0: falling behind);
 - events in: a Faust sensor, one count per consumed message of a stage topic;
-- events out, time-to-send, sends by provider, dead letters: :func:`emitted`, called
+- events out, time-to-send, sends by provider, dead letters: ``emitted``, called
   by ``Runtime.emit`` with every record a stage produces;
-- render time and agent busy time: the agents (:func:`render_time`, :func:`busy`);
+- render time and agent busy time: the agents (``render_time``, ``busy``);
   event-loop busy fraction: a timing wrapper around the loop's selector;
-- provider figures, breaker, quota, retries, duplicates: the hook functions below,
-  called by the dispatch stage.
+- provider figures, breaker, quota, retries, duplicates: the dispatch operations below.
 
-Hooks for the dispatch stage (module functions; cheap, never raise, safe to call
-before the app starts):
+Stages and agents report through the ``app.observability.StageMetrics`` protocol;
+:class:`PrometheusMetrics` implements it on a :class:`Metrics` registry and the app
+factory hands the worker's one instance (:data:`DEFAULT`, on ``REGISTRY``) to the
+runtime (``Runtime.metrics``). The module-level functions of the same names call
+``DEFAULT``, for the callers not yet handed the object (the dispatch path).
+
+The operations (cheap, never raise, safe to call before the app starts):
 
 - ``provider_response(provider, status_class, latency_s)``: after every provider
   request; ``status_class`` is one of ``2xx 4xx 429 5xx timeout error`` (anything
@@ -48,7 +52,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec
 
@@ -291,7 +295,7 @@ ProcessCollector(registry=REGISTRY)  # process_resident_memory_bytes, cpu second
 METRICS = Metrics(REGISTRY)
 
 
-# --- hooks (module level: the dispatch stage calls these) ---------------------------------
+# --- the StageMetrics protocol (app.observability) on Prometheus: the edge ---------------
 P = ParamSpec("P")
 _failed: set[str] = set()
 
@@ -306,85 +310,128 @@ def never_raises(fun: Callable[P, None]) -> Callable[P, None]:
         except Exception:
             if fun.__name__ not in _failed:
                 _failed.add(fun.__name__)
-                log.warning("metrics: %s%r failed", fun.__name__, args, exc_info=True)
+                log.warning("metrics: %s%r failed", fun.__name__, args[1:], exc_info=True)
 
     return safe
 
 
-@never_raises
+class PrometheusMetrics:
+    """``app.observability.StageMetrics`` on a :class:`Metrics` registry. The app
+    factory builds the worker's one instance (:data:`DEFAULT`, on ``REGISTRY``) and
+    hands it to the runtime; stages and agents call it, never this module."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def __repr__(self) -> str:
+        return "PrometheusMetrics()"
+
+    @never_raises
+    def emitted(self, emission: Emission, worker_stage: str) -> None:
+        self.metrics.emitted(emission, worker_stage)
+
+    @never_raises
+    def produce_failed(self, stage: str, topic: str, error: str) -> None:
+        self.metrics.produce_failures.labels(stage, topic, error).inc()
+
+    @contextmanager
+    def busy(self, stage: str) -> Iterator[None]:
+        meter = self.metrics.busy_meter(stage)
+        meter.enter()
+        try:
+            yield
+        finally:
+            meter.leave()
+
+    @never_raises
+    def render_time(self, template: str, seconds: float) -> None:
+        self.metrics.render_duration.labels(template).observe(seconds)
+
+    @never_raises
+    def provider_response(self, provider: str, status_class: str, latency_s: float) -> None:
+        self.metrics.provider_response(provider, status_class, latency_s)
+
+    @never_raises
+    def breaker_state(self, provider: str, state: str) -> None:
+        self.metrics.breaker_state(provider, state)
+
+    @never_raises
+    def rate_limit_remaining(self, provider: str, remaining: int) -> None:
+        self.metrics.ratelimit_remaining.labels(provider).set(remaining)
+
+    @never_raises
+    def bucket_level(self, provider: str, tokens: float) -> None:
+        self.metrics.bucket_tokens.labels(provider).set(tokens)
+
+    @never_raises
+    def quota(self, provider: str, per_second: float) -> None:
+        self.metrics.quota.labels(provider).set(per_second)
+
+    @never_raises
+    def retry(self, attempt: int) -> None:
+        self.metrics.retry(attempt)
+
+    @never_raises
+    def missing_message_id(self, provider: str) -> None:
+        self.metrics.missing_message_ids.labels(provider).inc()
+
+    @never_raises
+    def duplicate_suppressed(self) -> None:
+        self.metrics.duplicates.inc()
+
+
+DEFAULT = PrometheusMetrics(METRICS)
+
+
+# --- module-level hooks: DEFAULT's operations, for callers not yet handed a StageMetrics --
+# (the dispatch path: app/agents/dispatch.py and app/agents/delivery.py; issue 16 pt 4).
+# Each looks DEFAULT up at call time. Remove them once nothing imports them.
 def provider_response(provider: str, status_class: str, latency_s: float) -> None:
-    """One provider request ended: ``status_class`` 2xx|4xx|429|5xx|timeout|error."""
-    METRICS.provider_response(provider, status_class, latency_s)
+    DEFAULT.provider_response(provider, status_class, latency_s)
 
 
-@never_raises
 def breaker_state(provider: str, state: str) -> None:
-    """The provider's breaker is now ``closed``, ``open`` or ``half_open``."""
-    METRICS.breaker_state(provider, state)
+    DEFAULT.breaker_state(provider, state)
 
 
-@never_raises
 def rate_limit_remaining(provider: str, remaining: int) -> None:
-    """``X-RateLimit-Remaining`` as last seen."""
-    METRICS.ratelimit_remaining.labels(provider).set(remaining)
+    DEFAULT.rate_limit_remaining(provider, remaining)
 
 
-@never_raises
 def bucket_level(provider: str, tokens: float) -> None:
-    """Requests the rate limiter would let through now (tokens in the bucket)."""
-    METRICS.bucket_tokens.labels(provider).set(tokens)
+    DEFAULT.bucket_level(provider, tokens)
 
 
-@never_raises
 def quota(provider: str, per_second: float) -> None:
-    """The provider's quota in requests per second (global, not this worker's share)."""
-    METRICS.quota.labels(provider).set(per_second)
+    DEFAULT.quota(provider, per_second)
 
 
-@never_raises
 def retry(attempt: int) -> None:
-    """A message goes to a retry topic after failing its ``attempt``-th time."""
-    METRICS.retry(attempt)
+    DEFAULT.retry(attempt)
 
 
-@never_raises
 def missing_message_id(provider: str) -> None:
-    """A provider accepted an email (2xx) without a message id."""
-    METRICS.missing_message_ids.labels(provider).inc()
+    DEFAULT.missing_message_id(provider)
 
 
-@never_raises
 def duplicate_suppressed() -> None:
-    """The sent-ledger skipped an event that was sent already."""
-    METRICS.duplicates.inc()
+    DEFAULT.duplicate_suppressed()
 
 
-@never_raises
 def emitted(emission: Emission, worker_stage: str) -> None:
-    """A stage produced ``emission`` (called by ``Runtime.emit``)."""
-    METRICS.emitted(emission, worker_stage)
+    DEFAULT.emitted(emission, worker_stage)
 
 
-@never_raises
 def produce_failed(stage: str, topic: str, error: str) -> None:
-    """A produce of ``stage`` to logical ``topic`` failed with error class ``error``."""
-    METRICS.produce_failures.labels(stage, topic, error).inc()
+    DEFAULT.produce_failed(stage, topic, error)
 
 
-@never_raises
 def render_time(template: str, seconds: float) -> None:
-    METRICS.render_duration.labels(template).observe(seconds)
+    DEFAULT.render_time(template, seconds)
 
 
-@contextmanager
-def busy(stage: str) -> Iterator[None]:
-    """Wrap the handling of a message (or batch) by an agent of ``stage``."""
-    meter = METRICS.busy_meter(stage)
-    meter.enter()
-    try:
-        yield
-    finally:
-        meter.leave()
+def busy(stage: str) -> AbstractContextManager[None]:
+    return DEFAULT.busy(stage)
 
 
 def status_class_of(status: int | None) -> str:

@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from app import metrics
+from app.observability import NullMetrics, StageMetrics
 from app.providers.base import Provider
 from app.serde import Serde
 from app.settings import ProviderPolicy, Settings
@@ -62,10 +62,13 @@ class Runtime:
         topology: Topology,
         *,
         registry: Any = None,
+        metrics: StageMetrics | None = None,
         start_timeout_s: float = 120.0,
     ) -> None:
         self.settings = settings
         self.topology = topology
+        #: what stages and agents report to (the factory passes the Prometheus one)
+        self.metrics: StageMetrics = metrics if metrics is not None else NullMetrics()
         self.serde = Serde(
             registry or registry_client(settings),
             topology.topic_schemas(),
@@ -114,5 +117,5 @@ class Runtime:
         """Produce (buffered; the ack is awaited before the source offset commits)."""
         topic = self.topology.topics[emission.topic]
         result = await topic.send(key=emission.key, value=self.encode(emission))
-        metrics.emitted(emission, self.settings.stage)  # events out, time-to-send, dead letters
+        self.metrics.emitted(emission, self.settings.stage)  # events out, time-to-send, dead
         return result

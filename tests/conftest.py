@@ -17,6 +17,7 @@ from app.topology import TOPICS
 pytest_plugins = [
     "tests.plugins.factories",
     "tests.plugins.fakes",
+    "tests.plugins.metrics",
     "tests.plugins.agents",
     "tests.plugins.intake",
     "tests.plugins.promql",

@@ -7,7 +7,8 @@ another test module (``tests/test_layout.py`` checks it).
 
 - ``factories``: records with sensible defaults (RawEvent dict, RenderedEmail,
   DispatchRequest, SendResult, DeadLetter, StoredDeadLetter).
-- ``fakes``: fake provider, recording metrics, replay sink and backend.
+- ``fakes``: fake provider, replay sink and backend.
+- ``metrics``: ``RecordingMetrics``, the test implementation of ``app.observability.StageMetrics``.
 - ``agents``: a Spillway Faust app in Faust's test context with outputs captured.
 - ``intake``: a real intake on an ephemeral port with an in-memory sink.
 - ``promql``: metric names used by PromQL expressions (deploy tests).

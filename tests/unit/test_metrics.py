@@ -134,7 +134,7 @@ def test_emitted_records(m: Metrics) -> None:
 def test_stage_of_in_dev_mode() -> None:
     req = dispatch_request("e", template="x")
     assert stage_of(Emission("rendered", None, None), "render") == "render"
-    assert stage_of(Emission("rendered", None, None), "all") == "render"
+    assert stage_of(Emission("rendered.normal", None, None), "all") == "render"
     assert stage_of(Emission("dispatch.normal", None, req), "all") == "route"
     retry = DispatchRequest(**{**req.asdict(), "attempts": 1})
     assert stage_of(Emission("dispatch.normal", None, retry), "all") == "dispatch"
@@ -151,7 +151,7 @@ async def test_runtime_emit_counts_what_it_produced(registry: Any) -> None:
             produced.append(value)
 
     topology = Topology(settings, {"dead": FakeTopic()})
-    runtime = Runtime(settings, topology, registry=registry)
+    runtime = Runtime(settings, topology, registry=registry, metrics=metrics.DEFAULT)
     runtime.serde.register()
     labels = {"stage": "render", "reason": "undecodable"}
     before = REGISTRY.get_sample_value("spillway_dead_letters_total", labels) or 0.0
@@ -344,7 +344,7 @@ def test_hooks_never_raise_into_the_pipeline(
 ) -> None:
     monkeypatch.setattr(metrics, "_failed", set())  # "logged once" is per process
     fresh = Metrics(CollectorRegistry())
-    monkeypatch.setattr(metrics, "METRICS", fresh)
+    monkeypatch.setattr(metrics, "DEFAULT", metrics.PrometheusMetrics(fresh))
     caplog.set_level("WARNING", logger=metrics.log.name)
 
     def warned() -> list[str]:

@@ -33,6 +33,7 @@ Faust's own handling.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,13 +124,76 @@ class GapTracker:
         return skipped_from(self.expected.get(tp), offset) is not None
 
 
+def dropped_from(expected: int | None, position: int | None) -> int | None:
+    """The first offset the client handed out that never reached the stream, if any:
+    the client's ``position`` (next offset it hands out) is past ``expected`` (next
+    offset due at the stream) between two fetches."""
+    if expected is None or position is None or position <= expected:
+        return None
+    return expected
+
+
 class GaplessConsumer(faust_aiokafka.Consumer):
     _gaps: GapTracker
+    _iterating: bool = False
+    _behind: dict[Any, tuple[int, int, float]]  # tp -> (expected, position, since)
 
     def tracker(self) -> GapTracker:
         if not hasattr(self, "_gaps"):
             self._gaps = GapTracker()
         return self._gaps
+
+    async def unstick(self, idle_s: float = 2.0, now: float | None = None) -> list[TP]:
+        """Seek back partitions whose records were fetched and then dropped before
+        reaching the stream, with no later record to show the gap.
+
+        Faust drops the rest of a fetched batch when the partition is paused (a
+        rebalance, a held-back lane) or the generation changes while it iterates; the
+        client's position is past them. A later record of the partition makes
+        ``getmany`` rewind (``GapTracker.check``); at the end of a partition none
+        comes, and those records were never read again (a whole bulk tail stalled
+        after a rebalance). Call it from a timer: between two fetches, a position
+        past the next offset due, unchanged for ``idle_s``, is such a drop."""
+        if self._iterating or not faust_adapter.may_pause(self.app):
+            return []
+        now = time.monotonic() if now is None else now
+        behind = self.__dict__.setdefault("_behind", {})
+        tracker = self.tracker()
+        acks_enabled: Callable[[str], bool] = self.app.topics.acks_enabled_for
+        sought: list[TP] = []
+        try:
+            assigned = set(self.assignment())
+        except Exception:
+            return []
+        for tp in list(behind):
+            if tp not in assigned:
+                del behind[tp]
+        for tp in assigned:
+            if not acks_enabled(tp.topic):
+                continue
+            expected = tracker.expected.get(tp)
+            position = faust_adapter.fetch_position(self, tp)
+            first = dropped_from(expected, position)
+            if first is None or expected is None or position is None:
+                behind.pop(tp, None)
+                continue
+            seen = behind.get(tp)
+            if seen is None or seen[:2] != (expected, position):
+                behind[tp] = (expected, position, now)
+                continue
+            if now - seen[2] < idle_s:
+                continue
+            log.warning(
+                "%s: offsets %d..%d were fetched but never reached the stream; "
+                "fetching them again",
+                tp,
+                first,
+                position - 1,
+            )
+            del behind[tp]
+            await self.seek(tp, first)
+            sought.append(tp)
+        return sought
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         offsets = await super().seek_to_committed()
@@ -206,13 +270,23 @@ class GaplessConsumer(faust_aiokafka.Consumer):
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109 (Faust's signature)
         acks_enabled: Callable[[str], bool] = self.app.topics.acks_enabled_for
+        rewound: set[TP] = set()
+        self._iterating = True
+        try:
+            async for tp, message in self._getmany_checked(timeout, acks_enabled, rewound):
+                yield tp, message
+        finally:
+            self._iterating = False
+
+    async def _getmany_checked(
+        self, wait_s: float, acks_enabled: Callable[[str], bool], rewound: set[TP]
+    ) -> AsyncIterator[tuple[TP, Message]]:
         tracker = self.tracker()
 
         def generation() -> int:
             return faust_adapter.generation(self.app)
 
-        rewound: set[TP] = set()
-        async for tp, message in super().getmany(timeout):
+        async for tp, message in super().getmany(wait_s):
             if tp in rewound:
                 continue  # fetched again after the rewind
             if acks_enabled(message.topic):  # stream topics, not changelogs
@@ -242,6 +316,17 @@ class GaplessTransport(faust_aiokafka.Transport):
     Consumer = GaplessConsumer
 
 
+UNSTICK_EVERY_S = 1.0
+UNSTICK_IDLE_S = 2.0
+
+
 def install(app: Any) -> None:
-    """Use ``GaplessConsumer`` (before anything touches ``app.transport``)."""
+    """Use ``GaplessConsumer`` (before anything touches ``app.transport``), and look
+    for records dropped at the end of a partition every ``UNSTICK_EVERY_S``."""
     app.transport = GaplessTransport(app.conf.broker_consumer, app)
+
+    @app.timer(UNSTICK_EVERY_S, name="gapless-unstick")
+    async def unstick() -> None:
+        consumer = app.consumer
+        if isinstance(consumer, GaplessConsumer):
+            await consumer.unstick(UNSTICK_IDLE_S)

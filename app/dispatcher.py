@@ -118,6 +118,13 @@ class Dispatcher:
     leave: Callable[[str], None] = lambda lane: None
     on_fatal: Callable[[BaseException], None] | None = None
     clock: Callable[[], float] = time.monotonic
+    # Lane admission (H1b): a lane takes its next message off its stream only while
+    # ``may_take`` (LaneGate: its priority turn) says so and fewer than ``lookahead``
+    # of its messages wait before the wire; ``take`` tells the gate one was taken.
+    # So nothing taken waits on priority: commits of a held-back lane keep advancing.
+    may_take: Callable[[str], bool] = lambda lane: True
+    take: Callable[[str], None] = lambda lane: None
+    lookahead: int = 32
     stats: DispatcherStats = field(default_factory=DispatcherStats)
 
     def __post_init__(self) -> None:
@@ -125,6 +132,7 @@ class Dispatcher:
         self.tasks: dict[Any, dict[int, asyncio.Task[None]]] = {}
         self.works: dict[asyncio.Task[None], Work] = {}
         self.on_wire: set[Work] = set()
+        self.wire: dict[str, int] = dict.fromkeys(self.lanes, 0)  # on_wire, per lane
         self.closed: set[Any] = set()  # partitions revoked: admit nothing of them
         self.stopping = False
         self.suspect_since: float | None = None
@@ -143,6 +151,28 @@ class Dispatcher:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def pending(self, lane: str) -> int:
+        """Messages of ``lane`` taken and not yet on the wire (waiting for the meter,
+        a connection slot or a breaker)."""
+        return self.active[lane] - self.wire[lane]
+
+    def can_take(self, lane: str) -> bool:
+        return (
+            not self.stopping
+            and self.active[lane] < self.lane_in_flight
+            and self.pending(lane) < self.lookahead
+            and self.may_take(lane)
+        )
+
+    async def turn(self, lane: str, poll_s: float = 0.05) -> None:
+        """Wait until ``lane`` may take its next message off its stream, and count it
+        taken. Polls too: the gate's figures change without telling us."""
+        while not self.can_take(lane):
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), poll_s)
+        self.take(lane)
 
     async def admit(self, lane: str, work: Work) -> bool:
         """Start handling ``work`` once its lane has a free slot. False: dropped
@@ -173,7 +203,9 @@ class Dispatcher:
         work = self.works.pop(task)
         if task.cancelled():  # also when cancelled before it ever ran
             self.stats.abandoned += 1
-        self.on_wire.discard(work)
+        if work in self.on_wire:
+            self.on_wire.discard(work)
+            self.wire[work.lane] -= 1
         by_offset = self.tasks.get(work.tp)
         if by_offset is not None and by_offset.get(work.offset) is task:
             del by_offset[work.offset]
@@ -226,7 +258,10 @@ class Dispatcher:
             self.suspect_since = now
         if self.suspect_since is not None or not self.admissible(work):
             raise Fenced(f"{work.tp}:{work.offset}: not owned by this member now")
-        self.on_wire.add(work)
+        if work not in self.on_wire:
+            self.on_wire.add(work)
+            self.wire[work.lane] += 1
+            self._notify()  # one fewer pending: its lane may take another
 
     def fenced_provider(self, provider: Any) -> Any:
         """``provider`` with the fence checked again right before each send (after the

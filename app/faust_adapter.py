@@ -178,3 +178,54 @@ def revive_buffered(app: Any, tps: Any, has_room: Any) -> list[Any]:
     for tp in revived:
         consumer.on_buffer_drop(tp)
     return revived
+
+
+def may_pause(app: Any) -> bool:
+    """Fetching may be paused and resumed by us now: not during a rebalance or a
+    table recovery (Faust pauses and resumes partitions itself then) and not while
+    its flow is suspended."""
+    if getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False):
+        return False
+    return flow_active(app)
+
+
+def pause_fetch(app: Any, tps: Any) -> None:
+    """Stop fetching ``tps`` (records already fetched are still delivered)."""
+    if tps:
+        app.consumer.pause_partitions(tps)
+
+
+def resume_fetch(app: Any, tps: Any) -> None:
+    """Fetch ``tps`` again (only partitions this module paused: see ``may_pause``)."""
+    if tps:
+        app.consumer.resume_partitions(tps)
+
+
+def fetch_position(consumer: Any, tp: Any) -> int | None:
+    """The aiokafka client's position for ``tp``: the next offset it will hand out
+    (records it fetched but has not handed out yet are below it only once handed
+    out). None when unknown (not assigned, awaiting a reset)."""
+    try:
+        client = consumer._thread._ensure_consumer()
+        assignment = client._subscription.subscription.assignment
+    except Exception:
+        return None
+    if assignment is None:
+        return None
+    state = assignment.state_value(_aiokafka_tp(tp))
+    if state is None or not state.has_valid_position:
+        return None
+    return int(state.position)
+
+
+def fetch_paused(consumer: Any, tp: Any) -> bool:
+    """Faust's own pause (``pause_partitions``), or stopped for a full buffer."""
+    return tp in getattr(consumer, "_paused_partitions", ()) or tp in getattr(
+        consumer, "_buffered_partitions", ()
+    )
+
+
+def _aiokafka_tp(tp: Any) -> Any:
+    from aiokafka import TopicPartition
+
+    return TopicPartition(tp.topic, tp.partition)

@@ -34,6 +34,7 @@ from app.tables.ledger import Ledger
 from app.topology import LANES, RETRIES, SENT
 
 BACKLOG_EVERY_S = 0.1
+HOLD_BUFFERED = 64  # a held-back lane keeps this many messages buffered for its turns
 LEDGER_SWEEP_EVERY_S = 10.0
 LEDGER_SWEEP_BUDGET = 5_000  # keys looked at per sweep: a few ms
 log = logging.getLogger(__name__)
@@ -137,6 +138,8 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
         enter=gate.enter,
         leave=gate.leave,
         on_fatal=fatal,
+        may_take=gate.may_take,
+        take=gate.take,
     )
     ledger.guard = dispatcher.fence
     app.spillway_dispatcher = dispatcher
@@ -149,7 +152,16 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             await runtime.start()
             await tables_ready()
             stage()
-            async for event in stream.events():
+            events = stream.events().__aiter__()
+            while True:
+                # Take the next message only when this lane may start it (its priority
+                # turn, a free slot): nothing taken waits for another lane, so this
+                # lane's commits keep advancing while it is held back.
+                await dispatcher.turn(lane)
+                try:
+                    event = await events.__anext__()
+                except StopAsyncIteration:
+                    return
                 message = event.message
                 tp = message.tp
                 next_offset[tp] = max(next_offset.get(tp, 0), message.offset + 1)
@@ -209,14 +221,40 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
     async def report_state() -> None:
         if dispatcher.stats.admitted:
             log.info(
-                "dispatch: active %s, backlog %s, gate active %s, tasks %d, parked %d, %s",
+                "dispatch: active %s, backlog %s, gate active %s, taken %s (by turns earned %s), "
+                "held %d partitions, tasks %d, parked %d, %s",
                 dispatcher.active,
                 gate.backlog,
                 gate.active,
+                gate.taken,
+                gate.by_credit,
+                len(held),
                 len(dispatcher.works),
                 len(dispatcher.parked),
                 dispatcher.stats,
             )
+
+    held: set[Any] = set()  # lane partitions paused by us: their lane may not take now
+
+    def hold_lanes(assigned: set[Any], buffers: dict[str, list[Any]]) -> None:
+        """A lane whose turn it is not stops fetching once its buffer holds a few
+        messages to take when a turn comes: held-back messages wait in Kafka, not in
+        this worker's buffers (a full buffer stops the consumer for every lane).
+        Never during a rebalance or recovery, when Faust pauses and resumes itself."""
+        if not faust_adapter.may_pause(app):
+            held.clear()  # Faust resumes every stream partition after its recovery
+            return
+        for lane in PRIORITIES[1:]:
+            name = topology.name(LANES[lane])
+            tps = {tp for tp in assigned if tp.topic == name}
+            buffered = sum(q.qsize() for q in buffers[lane])
+            if not gate.may_take(lane) and buffered >= HOLD_BUFFERED:
+                faust_adapter.pause_fetch(app, tps)  # again each tick: a buffer drop undoes it
+                held.update(tps)
+            elif tps & held:
+                faust_adapter.resume_fetch(app, tps & held)
+                held.difference_update(tps)
+        held.intersection_update(assigned)
 
     def lane_buffers() -> dict[str, list[Any]]:
         """Each lane's buffers: the queues the consumer delivers its messages into."""
@@ -265,6 +303,7 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                 backlog += max(0, end - start)
             buffered = sum(q.qsize() for q in buffers[lane]) if buffers[lane] else backlog
             gate.set_backlog(lane, waiting_work(backlog, buffered, stalled))
+        hold_lanes(assigned, buffers)
 
     @app.timer(settings.state_flush_s, name="dispatch-pressure-flush")
     async def flush_pressure() -> None:

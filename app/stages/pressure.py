@@ -390,13 +390,16 @@ class PressureBoard:
         meters = [st.total] if lane == "critical" else [st.total, st.non_critical]
         return max([wait, *(m.wait(now, cost) for m in meters if st.limited)])
 
-    async def acquire(self, provider: str, partition: int, lane: str, gate: Any) -> None:
+    async def acquire(self, provider: str, partition: int, lane: str, gate: Any = None) -> None:
         """Wait for a slot at the provider's pace, then take it. One waiter per
-        (provider, partition, lane) polls the meters; the lane's others queue behind it."""
+        (provider, partition, lane) polls the meters; the lane's others queue behind it.
+
+        ``gate`` is not asked: priority between lanes is decided before a message is
+        taken off its stream (``LaneGate.may_take``, ``Dispatcher.turn``); a message
+        taken and then held back for priority would hold its partition's commit."""
         lock = self._locks.setdefault((provider, partition, lane), asyncio.Lock())
         async with lock:
             while True:
-                await gate.wait_turn(lane)
                 wait = self.wait_s(provider, partition, lane)
                 if wait <= 0:
                     break

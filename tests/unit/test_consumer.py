@@ -13,7 +13,14 @@ from faust.types import TP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.consumer import GaplessConsumer, GaplessTransport, GapTracker, next_commit, skipped_from
+from app.consumer import (
+    GaplessConsumer,
+    GaplessTransport,
+    GapTracker,
+    dropped_from,
+    next_commit,
+    skipped_from,
+)
 from app.factory import create_app
 from app.settings import Settings
 
@@ -264,3 +271,101 @@ def test_a_new_assignment_forgets_acks_left_from_the_rebalance_window() -> None:
     consumer._acked_index[T0].add(7)
     faust_adapter.forget_acks(consumer)
     assert consumer._acked[T0] == [] and consumer._acked_index[T0] == set()
+
+
+def test_dropped_from_is_the_next_offset_due_when_the_client_is_past_it() -> None:
+    assert dropped_from(5, 9) == 5
+    assert dropped_from(5, 5) is None and dropped_from(5, 3) is None
+    assert dropped_from(None, 9) is None and dropped_from(5, None) is None
+
+
+def unstick_rig(
+    monkeypatch: pytest.MonkeyPatch, positions: dict[TP, int | None]
+) -> tuple[GaplessConsumer, list[tuple[TP, int]]]:
+    from app import faust_adapter
+
+    consumer, seeks = make_consumer()
+    consumer.__dict__["assignment"] = lambda: set(positions)
+    monkeypatch.setattr(faust_adapter, "may_pause", lambda app: True)
+    monkeypatch.setattr(faust_adapter, "fetch_position", lambda c, tp: positions[tp])
+    return consumer, seeks
+
+
+async def test_records_dropped_at_the_end_of_a_partition_are_fetched_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Faust dropped offsets 5..8 (the partition was paused while its batch was being
+    delivered) and no later record comes to show the gap: after ``idle_s`` with the
+    client's position past the next offset due, the partition is sought back."""
+    positions: dict[TP, int | None] = {T0: 9}
+    consumer, seeks = unstick_rig(monkeypatch, positions)
+    consumer.tracker().positioned(T0, 5)
+    assert await consumer.unstick(2.0, now=100.0) == []  # first seen
+    assert await consumer.unstick(2.0, now=101.0) == []  # not idle long enough
+    assert await consumer.unstick(2.0, now=102.5) == [T0]
+    assert seeks == [(T0, 5)]
+
+
+async def test_a_partition_that_moves_or_is_caught_up_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    positions: dict[TP, int | None] = {T0: 9}
+    consumer, seeks = unstick_rig(monkeypatch, positions)
+    consumer.tracker().positioned(T0, 5)
+    await consumer.unstick(2.0, now=100.0)
+    consumer.tracker().check(T0, 5)  # a record was delivered: progress, clock restarts
+    assert await consumer.unstick(2.0, now=103.0) == []
+    assert await consumer.unstick(2.0, now=104.0) == []
+    positions[T0] = 6  # caught up
+    assert await consumer.unstick(2.0, now=110.0) == []
+    positions[T0] = None  # awaiting a reset: unknown
+    assert await consumer.unstick(2.0, now=120.0) == []
+    assert seeks == []
+
+
+async def test_nothing_is_sought_while_a_batch_is_being_delivered_or_in_a_rebalance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app import faust_adapter
+
+    positions: dict[TP, int | None] = {T0: 9}
+    consumer, seeks = unstick_rig(monkeypatch, positions)
+    consumer.tracker().positioned(T0, 5)
+    consumer._iterating = True  # the rest of the batch is still on its way
+    for t in (100.0, 105.0, 110.0):
+        assert await consumer.unstick(2.0, now=t) == []
+    consumer._iterating = False
+    monkeypatch.setattr(faust_adapter, "may_pause", lambda app: False)
+    for t in (200.0, 205.0):
+        assert await consumer.unstick(2.0, now=t) == []
+    assert seeks == []
+
+
+async def test_getmany_then_unstick_delivers_a_dropped_tail_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """End to end through getmany: the first batch's records 5..8 never reach the
+    stream (Faust dropped them), the client stands at 9; unstick seeks back and the
+    next fetch delivers exactly 5..8."""
+    positions: dict[TP, int | None] = {T0: 9}
+    batches: list[list[int]] = [[], [5, 6, 7, 8]]
+
+    async def fake_getmany(self: Any, timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109
+        for offset in batches.pop(0):
+            yield T0, SimpleNamespace(topic=T0.topic, offset=offset)
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "getmany", fake_getmany)
+    consumer, seeks = unstick_rig(monkeypatch, positions)
+    consumer.tracker().positioned(T0, 5)
+    assert [m.offset async for _, m in consumer.getmany(1.0)] == []
+    await consumer.unstick(2.0, now=0.0)
+    assert await consumer.unstick(2.0, now=3.0) == [T0]
+    positions[T0] = 5
+    assert [m.offset async for _, m in consumer.getmany(1.0)] == [5, 6, 7, 8]
+    assert seeks == [(T0, 5)] and consumer.tracker().expected[T0] == 9
+
+
+def test_the_app_looks_for_dropped_tails_on_a_timer() -> None:
+    app = create_app(Settings(stage="dispatch"))
+    names = [getattr(getattr(t, "fun", t), "__name__", "") for t in app._app_tasks]
+    assert "unstick" in names, names

@@ -185,3 +185,49 @@ def test_a_cleared_buffer_never_fires_its_pressure_drop_so_we_revive_the_partiti
     assert app.consumer.dropped == [T0]
     app.rebalancing = True
     assert faust_adapter.revive_buffered(app, room, room.get) == []
+
+
+async def test_fetch_position_reads_the_aiokafka_client_state() -> None:
+    """Pins aiokafka 0.14's ``_subscription.subscription.assignment.state_value``
+    (and Faust's ``Consumer._thread``) used by the dropped-tail watchdog."""
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+    from aiokafka.consumer.subscription_state import SubscriptionState
+    from faust.types import TP
+
+    from app import faust_adapter
+
+    state = SubscriptionState()
+    tp = TopicPartition("t", 0)
+    client = SimpleNamespace(_subscription=state)
+    consumer = SimpleNamespace(_thread=SimpleNamespace(_ensure_consumer=lambda: client))
+    assert faust_adapter.fetch_position(consumer, TP("t", 0)) is None  # nothing assigned
+    state.assign_from_user({tp})
+    assert faust_adapter.fetch_position(consumer, TP("t", 0)) is None  # awaiting a reset
+    state.seek(tp, 7)
+    assert faust_adapter.fetch_position(consumer, TP("t", 0)) == 7
+    assert faust_adapter.fetch_position(consumer, TP("t", 1)) is None  # not ours
+    assert faust_adapter.fetch_position(SimpleNamespace(), TP("t", 0)) is None  # no client
+
+
+def test_pause_and_resume_fetch_use_faust_pause_partitions() -> None:
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from app import faust_adapter
+
+    calls: list[tuple[str, set[Any]]] = []
+    consumer = SimpleNamespace(
+        pause_partitions=lambda tps: calls.append(("pause", set(tps))),
+        resume_partitions=lambda tps: calls.append(("resume", set(tps))),
+    )
+    app = SimpleNamespace(consumer=consumer, rebalancing=False, in_recovery=False)
+    faust_adapter.pause_fetch(app, {TP("t", 0)})
+    faust_adapter.resume_fetch(app, {TP("t", 0)})
+    faust_adapter.pause_fetch(app, set())  # nothing to do: no call
+    assert calls == [("pause", {TP("t", 0)}), ("resume", {TP("t", 0)})]
+    assert faust_adapter.may_pause(app)
+    assert not faust_adapter.may_pause(SimpleNamespace(rebalancing=True))
+    assert not faust_adapter.may_pause(SimpleNamespace(rebalancing=False, in_recovery=True))

@@ -12,7 +12,8 @@ of its lane's in-flight slots (``lane_in_flight``), so a slow request costs one
 slot while the lane's other messages keep flowing. A message is acked (Faust may
 then commit its offset; ``app.consumer`` commits only a contiguous prefix) only
 once its output was acknowledged by Kafka; a ``sent`` ledger mark is written only
-after its ``email.sent`` record was acknowledged.
+after its ``email.sent`` record was acknowledged, and the message is acked only once
+that mark was acknowledged too.
 
 Revocation (``revoke``): at once, nothing more of those partitions is admitted,
 and every task of theirs that has no request on the wire is cancelled, wherever it
@@ -41,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -112,7 +114,9 @@ class Dispatcher:
     revoke_bound_s: float = 5.0
     stall_s: float = 3.0  # a loop stall longer than this fences sending
     session_timeout_s: float = 10.0
-    confirm: Callable[[Iterable[str]], None] = lambda ids: None  # ledger.confirm
+    #: ledger.confirm: writes the held ``sent`` marks; awaited (when it returns an
+    #: awaitable) until Kafka acknowledged them, before the message is acked
+    confirm: Callable[[Iterable[str]], Awaitable[None] | None] = lambda ids: None
     sent_topic: str = "sent"
     enter: Callable[[str], None] = lambda lane: None  # LaneGate.enter/leave
     leave: Callable[[str], None] = lambda lane: None
@@ -224,7 +228,11 @@ class Dispatcher:
             if emission is not None:
                 await self.deliver(emission)  # returns once Kafka acknowledged it
                 if emission.topic == self.sent_topic:
-                    self.confirm([emission.value.event_id])
+                    # the sent mark in Kafka before the offset may be committed: else a
+                    # crash redelivers it as in_flight (resent with its key, or parked)
+                    confirmed = self.confirm([emission.value.event_id])
+                    if inspect.isawaitable(confirmed):
+                        await confirmed
             work.release()
             self.stats.done += 1
         except Fenced:

@@ -6,7 +6,11 @@ Per message:
    have been accepted: it is sent again with the same idempotency key only to a
    provider that honours keys and while the key lives (``idempotency_ttl``); else it
    is parked as a dead letter with reason ``ambiguous`` (or resent, when the
-   provider's policy says ``ambiguous_resend``: at least once).
+   provider's policy says ``ambiguous_resend``: at least once). An id parked
+   ``ambiguous`` is parked again, never sent, unless the request is an operator
+   replay newer than the mark (``Ledger``). Marks that a send relies on are acked by
+   Kafka first: ``in_flight`` before a request to a provider without keys,
+   ``ambiguous`` before its dead letter is returned.
 2. A provider is chosen: the primary, or its fallback while the primary's breaker is
    open; a retry after an ambiguous failure is pinned to the provider that may hold
    it (never failed over). With none available the message waits (not an attempt).
@@ -58,10 +62,11 @@ from app.stages.common import (
     dead_letter,
     decode_or_dead,
     now_ms,
+    replay_number,
 )
 from app.stages.lanes import LaneGate
 from app.stages.pressure import PressureBoard, backoff_s
-from app.tables.ledger import Ledger
+from app.tables.ledger import Ledger, LedgerWriteError
 from app.topology import DEAD, LANES, SENT, retry_topic
 
 log = logging.getLogger(__name__)
@@ -104,30 +109,6 @@ def outbound(req: DispatchRequest) -> OutboundEmail:
     )
 
 
-class GroupFlush:
-    """Coalesces concurrent ``durable`` calls (a group commit). A caller's write is
-    buffered before it calls; any flush that *starts* after that covers it. So a caller
-    joins the next flush not yet started, or starts one once the running flush ends:
-    at most one flush runs and one waits, however many messages are being sent.
-    One flush per send halved throughput (200/s quota: 79/s instead of 167/s)."""
-
-    def __init__(self, flush: Callable[[], Awaitable[None]]) -> None:
-        self._flush = flush
-        self._running: asyncio.Future[None] | None = None
-        self._next: asyncio.Future[None] | None = None
-
-    async def __call__(self) -> None:
-        if self._next is None:
-            self._next = asyncio.ensure_future(self._run(self._running))
-        await asyncio.shield(self._next)
-
-    async def _run(self, previous: asyncio.Future[None] | None) -> None:
-        if previous is not None:
-            await asyncio.wait([previous])
-        self._running, self._next = self._next, None
-        await self._flush()
-
-
 @dataclass
 class DispatchStats:
     sent: int = 0
@@ -165,16 +146,14 @@ class DispatchStage:
     clock: Clock = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     hooks: Hooks = field(default_factory=Hooks)
-    #: Makes ledger writes durable (the worker's producer flush); awaited after the
-    #: in-flight mark for providers without idempotency keys (SMTP), so a crash can
-    #: never lead to a blind resend.
+    #: Unused (ignored). The in_flight mark before a send without a key is awaited on
+    #: its own ack (``Ledger.settled``); a producer flush did not prove it reached
+    #: Kafka. Kept while app/agents/dispatch.py still passes it.
     durable: Callable[[], Awaitable[None]] | None = None
     stats: DispatchStats = field(default_factory=DispatchStats)
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
-        if self.durable is not None:
-            self.durable = GroupFlush(self.durable)
         self._slots = {
             name: asyncio.Semaphore(policy.max_in_flight) for name, policy in self.policies.items()
         }
@@ -206,6 +185,28 @@ class DispatchStage:
             self.stats.duplicates_suppressed += 1
             self.hooks.duplicate()
             return None
+        if (
+            entry is not None
+            and entry.state in ("ambiguous", "in_flight")
+            and replay_of(req, origin) > entry.replay
+        ):
+            entry = None  # an operator replay, on purpose (they checked the provider's log)
+        if entry is not None and entry.state == "ambiguous":
+            # Parked before: never resent. Parked again (the first dead letter may
+            # not have reached Kafka before a crash); the mark stays.
+            self.stats.duplicates_suppressed += 1
+            self.hooks.duplicate()
+            return await self._ambiguous(
+                req,
+                payload,
+                origin,
+                AmbiguousDelivery(
+                    f"{event_id} was parked as ambiguous before (to {entry.provider}): not "
+                    "resent; check the provider's log, then replay or drop it"
+                ),
+                entry.provider,
+                req.history,
+            )
         pinned: str | None = None
         if entry is not None and entry.state == "in_flight":
             # A worker stopped between the in_flight mark and the answer: the provider
@@ -214,7 +215,7 @@ class DispatchStage:
             if self.key_valid(provider, self.clock() - entry.at):
                 pinned = provider  # the same key, to the provider that knows it
             elif not self.resend_ambiguous(provider):
-                return self._ambiguous(
+                return await self._ambiguous(
                     req,
                     payload,
                     origin,
@@ -295,11 +296,13 @@ class DispatchStage:
                         continue  # tripped while this waited for its pace or a slot
                     admitted = True
                     before = breaker.state  # admit may have made it half-open
-                    self.ledger.mark_in_flight(req.event_id, name)
-                    if self.durable is not None and self.key_ttl(name) <= 0:
+                    self.ledger.mark_in_flight(req.event_id, name, replay_of(req, origin))
+                    if self.key_ttl(name) <= 0:
+                        # No key to make a resend harmless: the mark must be in Kafka
+                        # before the request, so a crash can never forget it was made.
                         try:
-                            await self.durable()
-                        except Exception as exc:  # our producer, not the provider:
+                            await self.ledger.settled(req.event_id)
+                        except LedgerWriteError as exc:  # Kafka's fault, not the provider's:
                             breaker.release_probe()  # nothing was sent; retry later
                             log.warning("dispatch: in_flight mark not durable: %s", exc)
                             return self._fail(req, payload, origin, exc, name, final=False)
@@ -326,11 +329,11 @@ class DispatchStage:
                 # 409: a request with this key exists at the provider: an answer (healthy),
                 # and maybe accepted, so never failed over.
                 self._record(name, partition, True, before, "4xx", started)
-                return self._after_ambiguous(req, payload, origin, exc, name)
+                return await self._after_ambiguous(req, payload, origin, exc, name)
             except TransientProviderError as exc:
                 self._record(name, partition, False, before, _status_class(exc), started)
                 if exc.ambiguous:
-                    return self._after_ambiguous(req, payload, origin, exc, name)
+                    return await self._after_ambiguous(req, payload, origin, exc, name)
                 if breaker.state != "closed" and pinned is None:
                     continue  # the outage is the provider's: wait for it, or fail over
                 # a pinned email (it may already be at ``name``) stays pinned: a later
@@ -342,7 +345,7 @@ class DispatchStage:
                 log.warning("dispatch: unexpected error for %s", req.event_id, exc_info=exc)
                 breaker.release_probe()
                 self._record(name, partition, None, before, "error", started)
-                return self._after_ambiguous(req, payload, origin, exc, name)
+                return await self._after_ambiguous(req, payload, origin, exc, name)
             except BaseException:
                 if admitted:  # fenced or cancelled before an answer
                     breaker.release_probe()
@@ -447,7 +450,7 @@ class DispatchStage:
         )
         return Emission(retry_topic(attempts), req.event_id.encode(), retry)
 
-    def _after_ambiguous(
+    async def _after_ambiguous(
         self, req: DispatchRequest, payload: bytes, origin: Origin, exc: Exception, name: str
     ) -> Emission:
         """The request went out and its answer was lost (or 409): the provider may have
@@ -462,7 +465,7 @@ class DispatchStage:
             *req.history,
             attempt_of(exc, stage="dispatch", at_ms=now_ms(self.clock), provider=name),
         ]
-        return self._ambiguous(
+        return await self._ambiguous(
             req,
             payload,
             origin,
@@ -475,7 +478,7 @@ class DispatchStage:
             history,
         )
 
-    def _ambiguous(
+    async def _ambiguous(
         self,
         req: DispatchRequest,
         payload: bytes,
@@ -484,9 +487,15 @@ class DispatchStage:
         provider: str | None,
         history: list[Attempt],
     ) -> Emission:
-        """Parked: a dead letter with reason ``ambiguous``; the ledger says ``failed``
-        so an operator's replay sends it."""
-        self.ledger.mark_failed(req.event_id, provider)
+        """Parked: a dead letter with reason ``ambiguous``. The ledger says
+        ``ambiguous`` (a redelivered copy is parked again, never sent; an operator's
+        replay sends it), and Kafka has acknowledged that mark before the dead letter
+        is returned, so its input offset can never be committed without it.
+        ``LedgerWriteError`` (not acked) is raised: an infrastructure fault."""
+        entry = self.ledger.get(req.event_id)
+        if entry is None or entry.state != "ambiguous":
+            self.ledger.mark_ambiguous(req.event_id, provider, replay_of(req, origin))
+        await self.ledger.settled(req.event_id)
         self.stats.ambiguous += 1
         return self._dead(req, payload, origin, exc, provider, history)
 
@@ -500,6 +509,10 @@ class DispatchStage:
         history: list[Attempt],
     ) -> Emission:
         self.stats.dead += 1
+        # The replay count the next operator replay starts from: at least the ledger's
+        # (a retry copy of a replay carries no replay header), so that replay is newer.
+        entry = self.ledger.get(req.event_id)
+        replayed = max(replay_number(origin), entry.replay if entry is not None else 0)
         return Emission(
             DEAD,
             req.event_id.encode(),
@@ -517,6 +530,7 @@ class DispatchStage:
                 provider=provider,
                 priority=req.priority,
                 history=history,
+                replayed=replayed,
             ),
         )
 
@@ -537,6 +551,13 @@ def first_failure_ms(req: DispatchRequest, default: int) -> int:
         return default
     run = req.history[-req.attempts :]
     return min((a.at for a in run if a.stage == "dispatch"), default=default)
+
+
+def replay_of(req: DispatchRequest, origin: Origin) -> int:
+    """The operator replay this request is (its ``spillway-replay`` number), or 0: not
+    a replay, or a copy the dispatch stage made (a retry keeps ``replay`` but not the
+    header, and is no new decision of the operator's)."""
+    return replay_number(origin) if req.replay else 0
 
 
 def lane_of(req: DispatchRequest) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from typing import Any
 
 import faust
@@ -27,6 +29,35 @@ class KeyHashedTable(faust.Table):
     def partition_for_key(self, key: Any) -> int | None:
         assert self.partitions, "declared with an explicit partition count"
         return key_partition(key, self.partitions)
+
+    def send_changelog(self, partition: Any, key: Any, value: Any, *args: Any, **kw: Any) -> Any:
+        """Faust's changelog send (a set or a delete of ``key``), keeping its future
+        until the broker acknowledged it (``written``). Faust itself discards it."""
+        future = super().send_changelog(partition, key, value, *args, **kw)
+        writes = self._spillway_writes()
+        writes[key] = future
+        future.add_done_callback(functools.partial(self._forget_write, key))
+        return future
+
+    def _spillway_writes(self) -> dict[Any, asyncio.Future[Any]]:
+        writes: dict[Any, asyncio.Future[Any]] | None = self.__dict__.get("spillway_writes")
+        if writes is None:
+            writes = self.__dict__["spillway_writes"] = {}
+        return writes
+
+    def _forget_write(self, key: Any, done: asyncio.Future[Any]) -> None:
+        """A write acknowledged is forgotten; a failed one stays (``written`` shows
+        it) until the next write of the key."""
+        writes = self._spillway_writes()
+        if writes.get(key) is done and not done.cancelled() and done.exception() is None:
+            del writes[key]
+
+    def written(self, key: Any) -> asyncio.Future[Any] | None:
+        """The future of the last changelog write of ``key`` in this process that has
+        not succeeded yet: it resolves once the broker acknowledged the record (the
+        producer runs with acks=all), or holds the error that stopped it. None: every
+        write of ``key`` made here was acknowledged (or none was made)."""
+        return self._spillway_writes().get(key)
 
 
 def declare_bytes_table(

@@ -5,15 +5,37 @@ Kept in a changelog-backed Faust table keyed by the event id (bytes), key-hashed
 partition number as the dispatch messages keyed by that id: the worker that owns
 a dispatch partition also owns its ledger entries, after any rebalance.
 
-States: ``in_flight`` (marked before the provider call), ``sent`` (after it),
-``failed`` (gave up: a replay may send it). Only ``sent`` suppresses a send.
+States:
+
+- ``in_flight``: marked before the provider call. Found after a crash, the
+  provider may have accepted the email: resent with the same idempotency key (a
+  keyed provider, key alive), else parked as ``ambiguous``.
+- ``sent``: after it. Suppresses every later copy, replays included.
+- ``ambiguous``: parked (a dead letter with reason ``ambiguous``): the provider may
+  have accepted it and honours no key. Suppresses a send like ``sent`` (a
+  redelivered copy is parked again, never sent) unless the request is an operator
+  replay newer than the mark (``replay``: the replay number, ``spillway-replay``
+  header, written with the mark; a redelivered copy of the same replay finds its own
+  number and is parked again).
+- ``failed``: gave up or will retry (a clean failure: nothing was accepted); a retry
+  or a replay sends it.
+
+Durable before it counts: a write returns before Kafka has it (Faust buffers
+changelog records). ``settled(event_id)`` waits for the broker's ack of the last
+write of that id (``KeyHashedTable.written``; acks=all) and raises
+``LedgerWriteError`` if it failed or took longer than ``ack_timeout_s``. The
+dispatch stage awaits it after an ``in_flight`` mark before a request to a provider
+without keys, and after an ``ambiguous`` mark before its dead letter goes out; the
+dispatcher awaits ``confirm`` (the ``sent`` mark's ack) before the input offset
+may be committed.
 
 A ``sent`` mark is held back in the worker (``pending``, already visible to
 ``get``) until the SendResult it stands for is acked by the broker, then written
 by ``confirm``. Written at once, a crash could keep the mark and lose the
 SendResult: the redelivered message would be suppressed and ``email.sent`` would
-never hear of it. Held back, the worst case is an ``in_flight`` entry, which
-HTTP resends with the same idempotency key.
+never hear of it. Held back, the worst case is an ``in_flight`` entry, which a
+keyed provider gets again with the same idempotency key (the window: from the
+SendResult's ack to the mark's ack).
 
 Bounded: an entry older than the dedupe horizon (``horizon_s``, default 7 days and
 never shorter than the longest idempotency-key lifetime of a configured provider:
@@ -28,6 +50,7 @@ longer send the message, before anything is written.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
@@ -35,9 +58,16 @@ from typing import Any, Literal
 
 from app.tables import declare_bytes_table
 
-State = Literal["in_flight", "sent", "failed"]
+State = Literal["in_flight", "sent", "failed", "ambiguous"]
 TABLE_NAME = "sent-ledger"
 DEFAULT_HORIZON_S = 7 * 24 * 3600.0
+#: How long ``settled`` waits for the broker's ack of a ledger write.
+DEFAULT_ACK_TIMEOUT_S = 30.0
+
+
+class LedgerWriteError(Exception):
+    """A ledger write was not acknowledged by Kafka (failed, or not in time): an
+    infrastructure fault. Nothing that relies on the mark may happen."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +76,7 @@ class Entry:
     provider: str | None
     message_id: str | None
     at: float
+    replay: int = 0  # the replay number of the request that wrote it (0: not a replay)
 
 
 class Ledger:
@@ -58,8 +89,10 @@ class Ledger:
         horizon_s: float = DEFAULT_HORIZON_S,
         clock: Callable[[], float] = time.time,
         guard: Callable[[], None] | None = None,
+        ack_timeout_s: float = DEFAULT_ACK_TIMEOUT_S,
     ) -> None:
         self.table = table
+        self.ack_timeout_s = ack_timeout_s
         self.pending: dict[str, Entry] = {}
         self.horizon_s = horizon_s
         self.clock = clock
@@ -73,7 +106,7 @@ class Ledger:
         raw = self.table.get(event_id.encode())
         if not raw:
             return None
-        return Entry(raw["s"], raw.get("p"), raw.get("m"), raw.get("t", 0.0))
+        return Entry(raw["s"], raw.get("p"), raw.get("m"), raw.get("t", 0.0), raw.get("r", 0))
 
     def _expired(self, raw: Any) -> bool:
         try:
@@ -100,37 +133,85 @@ class Ledger:
         return deleted
 
     def _put(
-        self, event_id: str, state: State, provider: str | None, message_id: str | None
+        self,
+        event_id: str,
+        state: State,
+        provider: str | None,
+        message_id: str | None,
+        replay: int = 0,
     ) -> None:
+        replay = self._replayed(event_id, replay)
         self.pending.pop(event_id, None)
-        self._write(event_id, Entry(state, provider, message_id, self.clock()))
+        self._write(event_id, Entry(state, provider, message_id, self.clock(), replay))
+
+    def _replayed(self, event_id: str, replay: int) -> int:
+        """The replay number a new mark keeps: never lower than the entry's (a retry
+        copy of a replay carries no number; it must not let that replay's redelivered
+        copy pass as a newer one)."""
+        entry = self.get(event_id)
+        return max(replay, entry.replay if entry is not None else 0)
 
     def _write(self, event_id: str, entry: Entry) -> None:
-        self.table[event_id.encode()] = {
+        value: dict[str, Any] = {
             "s": entry.state,
             "p": entry.provider,
             "m": entry.message_id,
             "t": entry.at,
         }
+        if entry.replay:
+            value["r"] = entry.replay
+        self.table[event_id.encode()] = value
 
-    def mark_in_flight(self, event_id: str, provider: str) -> None:
+    async def settled(self, event_id: str) -> None:
+        """Return once Kafka acknowledged the last write of ``event_id`` made in this
+        process (at once if there is none pending, or the table is a plain mapping);
+        raise ``LedgerWriteError`` if that write failed or is not acked in time."""
+        written = getattr(self.table, "written", None)
+        future = written(event_id.encode()) if written is not None else None
+        if future is None:
+            return
+        try:
+            # shielded: a timeout here must not cancel Faust's own future
+            await asyncio.wait_for(asyncio.shield(future), self.ack_timeout_s)
+        except TimeoutError as exc:
+            raise LedgerWriteError(
+                f"ledger write of {event_id} not acknowledged within {self.ack_timeout_s:.0f} s"
+            ) from exc
+        except asyncio.CancelledError:
+            if future.cancelled():  # Faust dropped the record, not we were cancelled
+                raise LedgerWriteError(f"ledger write of {event_id} was dropped") from None
+            raise
+        except Exception as exc:
+            raise LedgerWriteError(f"ledger write of {event_id} failed: {exc!r}") from exc
+
+    def mark_in_flight(self, event_id: str, provider: str, replay: int = 0) -> None:
         if self.guard is not None:
             self.guard()  # the fence: raises before anything is written or sent
-        self._put(event_id, "in_flight", provider, None)
+        self._put(event_id, "in_flight", provider, None, replay)
 
     def mark_sent(self, event_id: str, provider: str, message_id: str) -> None:
         """Held until ``confirm``: call that once the SendResult is acked."""
-        self.pending[event_id] = Entry("sent", provider, message_id, self.clock())
+        replay = self._replayed(event_id, 0)
+        self.pending[event_id] = Entry("sent", provider, message_id, self.clock(), replay)
 
-    def confirm(self, event_ids: Iterable[str]) -> None:
-        """Write the held ``sent`` marks of these ids (their SendResults are acked)."""
-        for event_id in event_ids:
+    async def confirm(self, event_ids: Iterable[str]) -> None:
+        """Write the held ``sent`` marks of these ids (their SendResults are acked) and
+        return once Kafka acknowledged them (``settled``)."""
+        ids = list(event_ids)
+        for event_id in ids:
             entry = self.pending.pop(event_id, None)
             if entry is not None:
                 self._write(event_id, entry)
+        for event_id in ids:
+            await self.settled(event_id)
 
     def mark_failed(self, event_id: str, provider: str | None) -> None:
         self._put(event_id, "failed", provider, None)
+
+    def mark_ambiguous(self, event_id: str, provider: str | None, replay: int = 0) -> None:
+        """Parked: never sent again except by an operator replay newer than ``replay``.
+        Await ``settled`` before the dead letter's input may be committed."""
+        self._put(event_id, "ambiguous", provider, None, replay)
 
 
 def declare_table(app: Any, partitions: int) -> Any:
@@ -138,6 +219,9 @@ def declare_table(app: Any, partitions: int) -> Any:
         app,
         TABLE_NAME,
         partitions,
-        help="Sent-ledger: event id -> in_flight | sent | failed, for effectively-once sends.",
+        help=(
+            "Sent-ledger: event id -> in_flight | sent | failed | ambiguous, for "
+            "effectively-once sends."
+        ),
         key_hashed=True,
     )

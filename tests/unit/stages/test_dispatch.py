@@ -18,6 +18,7 @@ from app.stages.lanes import LaneGate
 from app.stages.pressure import PressureBoard
 from app.tables.ledger import Ledger
 from app.tables.pressure import key_for
+from tests.plugins.ledger import AckedTable
 
 ORIGIN = Origin("email.dispatch.normal", 1, 3, None, b"e-1")
 
@@ -151,7 +152,7 @@ async def test_in_flight_without_a_valid_key_is_parked_ambiguous(
     stage = make(serde, provider, table=table, policies=policies)
     out = await stage.handle(encode(serde, request()), ORIGIN, "normal")
     assert out is not None and (out.topic, out.value.reason) == ("dead", "ambiguous")
-    assert not provider.calls and stage.ledger.get("e-1").state == "failed"  # type: ignore[union-attr]
+    assert not provider.calls and stage.ledger.get("e-1").state == "ambiguous"  # type: ignore[union-attr]
 
 
 async def test_in_flight_is_resent_when_the_policy_chooses_at_least_once(serde: Serde) -> None:
@@ -297,12 +298,14 @@ async def test_lanes_share_the_stage(serde: Serde, lane: str) -> None:
     assert out is not None and out.topic == "sent"
 
 
-@pytest.mark.parametrize(("kind", "flushes"), [("smtp", 1), ("http", 1), ("keyed", 0)])
-async def test_in_flight_mark_is_durable_before_a_send_without_a_key(
-    serde: Serde, kind: str, flushes: int
+@pytest.mark.parametrize(("kind", "waits"), [("smtp", True), ("http", True), ("keyed", False)])
+async def test_in_flight_mark_is_acked_by_kafka_before_a_send_without_a_key(
+    serde: Serde, kind: str, waits: bool
 ) -> None:
-    # The order matters: a flush after the send would leave a window where a crash
-    # loses the in_flight mark of an email the provider may have accepted.
+    # The order matters: a send before the mark's ack leaves a window where a crash
+    # loses the in_flight mark of an email the provider may have accepted (a producer
+    # flush did not prove it: the mark's own ack is awaited).
+    table = AckedTable()
     events: list[str] = []
     provider = FakeProvider(name="p")
     policy = (
@@ -310,20 +313,48 @@ async def test_in_flight_mark_is_durable_before_a_send_without_a_key(
         if kind == "keyed"
         else ProviderPolicy(name="p", kind=kind)
     )
-    stage = make(serde, provider, policies=[policy])
+    stage = make(serde, provider, table=table, policies=[policy])
     real_send = provider.send
 
     async def send(email: OutboundEmail) -> SendReceipt:
-        events.append("send")
+        events.append("send:" + ("acked" if table.acked(b"e-1") else "pending"))
         return await real_send(email)
 
-    async def durable() -> None:
-        events.append("durable:" + stage.ledger.get("e-1").state)  # type: ignore[union-attr]
-
     provider.send = send  # type: ignore[method-assign]
-    stage.durable = durable
-    await stage.handle(encode(serde, request()), ORIGIN, "normal")
-    assert events == ["durable:in_flight"] * flushes + ["send"]
+    task = asyncio.ensure_future(stage.handle(encode(serde, request()), ORIGIN, "normal"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert table.writes == [(b"e-1", "in_flight")]
+    if waits:
+        assert events == [] and not task.done()  # holds the request until the ack
+        table.ack(b"e-1")
+    out = await asyncio.wait_for(task, 5)
+    assert out is not None and out.topic == "sent"
+    assert events == ["send:acked" if waits else "send:pending"]
+
+
+async def test_an_in_flight_mark_kafka_refused_sends_nothing_and_retries(serde: Serde) -> None:
+    table = AckedTable()
+    provider = FakeProvider(name="p")
+    stage = make(
+        serde, provider, table=table, policies=[ProviderPolicy(name="p", breaker_min_requests=1)]
+    )
+    task = asyncio.ensure_future(stage.handle(encode(serde, request()), ORIGIN, "normal"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    table.fail(b"e-1")
+    out = await asyncio.wait_for(task, 5)
+    assert out is not None and out.topic == "dispatch.retry-1" and not provider.calls
+    assert stage.board.state("p", ORIGIN.partition).breaker.state == "closed"
+
+
+async def test_an_in_flight_mark_never_acked_sends_nothing(serde: Serde) -> None:
+    table = AckedTable()
+    provider = FakeProvider(name="p")
+    stage = make(serde, provider, table=table, policies=[ProviderPolicy(name="p")])
+    stage.ledger.ack_timeout_s = 0.05
+    out = await asyncio.wait_for(stage.handle(encode(serde, request()), ORIGIN, "normal"), 5)
+    assert out is not None and out.topic == "dispatch.retry-1" and not provider.calls
 
 
 async def test_a_429_pauses_the_provider_for_its_retry_after(serde: Serde) -> None:
@@ -413,53 +444,6 @@ async def test_a_replay_starts_a_new_run_of_failures(serde: Serde) -> None:
         payload = encode(serde, out.value)
 
 
-async def test_durable_flushes_are_coalesced_and_each_covers_its_callers() -> None:
-    from app.stages.dispatch import GroupFlush
-
-    started: list[int] = []  # writes buffered when each flush started
-    done: list[int] = []
-    writes = 0
-    release = asyncio.Event()
-
-    async def flush() -> None:
-        started.append(writes)
-        await release.wait()
-        done.append(started[-1])
-
-    group = GroupFlush(flush)
-
-    async def caller() -> int:
-        nonlocal writes
-        writes += 1
-        mine = writes
-        await group()
-        return mine
-
-    first = asyncio.ensure_future(caller())
-    await asyncio.sleep(0.01)  # the first flush is running
-    rest = [asyncio.ensure_future(caller()) for _ in range(50)]
-    await asyncio.sleep(0.01)
-    assert len(started) == 1 and not any(t.done() for t in [first, *rest])
-    release.set()
-    mines = await asyncio.gather(first, *rest)
-    assert len(started) == 2  # 51 callers, two flushes
-    # every caller returned after a completed flush that started after its write
-    assert all(any(d >= m for d in done) for m in mines)
-
-
-async def test_a_failed_durable_flush_sends_nothing_and_retries(serde: Serde) -> None:
-    provider = FakeProvider(name="p")
-    stage = make(serde, provider, policies=[ProviderPolicy(name="p", breaker_min_requests=1)])
-
-    async def durable() -> None:
-        raise RuntimeError("producer gone")
-
-    stage.durable = durable
-    out = await stage.handle(encode(serde, request()), ORIGIN, "normal")
-    assert out is not None and out.topic == "dispatch.retry-1" and not provider.calls
-    assert stage.board.state("p", ORIGIN.partition).breaker.state == "closed"
-
-
 async def test_a_pinned_email_stays_pinned_after_a_clean_failure(serde: Serde) -> None:
     # e-1 may already be at "a" (an earlier ambiguous failure): a 503 from "a" now does
     # not prove "a" never accepted it, so it must not move to the fallback
@@ -473,3 +457,162 @@ async def test_a_pinned_email_stays_pinned_after_a_clean_failure(serde: Serde) -
     out = await stage.handle(encode(serde, request(provider="a")), ORIGIN, "normal")
     assert out is not None and out.topic == "dispatch.retry-1" and out.value.provider == "a"
     assert not b.calls
+
+
+# -- parked as ambiguous: never sent again by a redelivery, sent by an operator replay --
+
+
+def replayed(n: int) -> Origin:
+    """The origin of a record the replay tool produced (its n-th replay of the email)."""
+    header = ("spillway-replay", str(n).encode())
+    return Origin("email.dispatch.normal", 1, 3, None, b"e-1", (header,))
+
+
+@pytest.mark.parametrize("kind", ["http", "smtp", "expired-key"])
+async def test_a_redelivered_parked_email_is_parked_again_and_never_sent(
+    serde: Serde, kind: str
+) -> None:
+    # a crash after parking, before the lane offset was committed: the redelivered
+    # copy must not find "failed" (which sends) but "ambiguous" (issue 13)
+    at = 2.5 - 86_401.0 if kind == "expired-key" else 2.0
+    table = {b"e-1": {"s": "in_flight", "p": "p", "m": None, "t": at}}
+    policy = {
+        "http": ProviderPolicy(name="p"),
+        "smtp": ProviderPolicy(name="p", kind="smtp"),
+        "expired-key": ProviderPolicy(name="p", idempotency_ttl_s=86_400),
+    }[kind]
+    provider = FakeProvider(name="p")
+    stage = make(serde, provider, table=table, policies=[policy])
+    payload = encode(serde, request())
+    for _ in range(3):
+        out = await stage.handle(payload, ORIGIN, "normal")
+        assert out is not None and (out.topic, out.value.reason) == ("dead", "ambiguous")
+        assert out.value.event_id == "e-1" and out.value.provider == "p"
+    assert provider.calls == []
+    assert stage.ledger.get("e-1").state == "ambiguous"  # type: ignore[union-attr]
+
+
+async def test_an_answer_lost_on_the_wire_is_parked_and_its_redelivery_is_not_sent(
+    serde: Serde,
+) -> None:
+    lost = TransientProviderError("read timeout", provider="p", ambiguous=True)
+    provider = FakeProvider(lost, name="p")
+    stage = make(serde, provider, policies=[ProviderPolicy(name="p")])
+    payload = encode(serde, request())
+    first = await stage.handle(payload, ORIGIN, "normal")
+    assert first is not None and (first.topic, first.value.reason) == ("dead", "ambiguous")
+    again = await stage.handle(payload, ORIGIN, "normal")  # redelivered after a crash
+    assert again is not None and (again.topic, again.value.reason) == ("dead", "ambiguous")
+    assert len(provider.calls) == 1
+
+
+@pytest.mark.parametrize("state", ["ambiguous", "in_flight"])
+async def test_an_operator_replay_sends_a_parked_email(serde: Serde, state: str) -> None:
+    table = {b"e-1": {"s": state, "p": "p", "m": None, "t": 2.0}}
+    provider = FakeProvider(name="p")
+    stage = make(serde, provider, table=table, policies=[ProviderPolicy(name="p")])
+    out = await stage.handle(encode(serde, request(replay=True)), replayed(1), "normal")
+    assert out is not None and out.topic == "sent" and out.value.replay
+    assert [c.event_id for c in provider.calls] == ["e-1"]
+
+
+async def test_a_redelivered_replay_is_parked_again_but_a_newer_replay_sends(serde: Serde) -> None:
+    # replay 1 was parked again (its answer was lost): a redelivered copy of replay 1
+    # is no new decision of the operator's; replay 2 is
+    lost = TransientProviderError("read timeout", provider="p", ambiguous=True)
+    provider = FakeProvider(lost, name="p")
+    table = {b"e-1": {"s": "ambiguous", "p": "p", "m": None, "t": 2.0}}
+    stage = make(serde, provider, table=table, policies=[ProviderPolicy(name="p")])
+    payload = encode(serde, request(replay=True))
+    out = await stage.handle(payload, replayed(1), "normal")
+    assert out is not None and out.value.reason == "ambiguous" and len(provider.calls) == 1
+    assert table[b"e-1"]["s"] == "ambiguous" and table[b"e-1"]["r"] == 1
+    out = await stage.handle(payload, replayed(1), "normal")
+    assert out is not None and out.value.reason == "ambiguous" and len(provider.calls) == 1
+    out = await stage.handle(payload, replayed(2), "normal")
+    assert out is not None and out.topic == "sent" and len(provider.calls) == 2
+
+
+async def test_a_replay_that_crashed_in_flight_is_not_resent_by_its_redelivery(
+    serde: Serde,
+) -> None:
+    # replay 3's in_flight mark carries its number: its redelivery after a crash finds
+    # it and parks, as for any email found in flight
+    table = {b"e-1": {"s": "in_flight", "p": "p", "m": None, "t": 2.0, "r": 3}}
+    provider = FakeProvider(name="p")
+    stage = make(serde, provider, table=table, policies=[ProviderPolicy(name="p")])
+    out = await stage.handle(encode(serde, request(replay=True)), replayed(3), "normal")
+    assert out is not None and out.value.reason == "ambiguous" and provider.calls == []
+    assert out.value.replayed == 3  # the next replay is number 4, which may send
+
+
+async def test_a_retry_copy_of_a_replay_does_not_pass_a_parked_mark(serde: Serde) -> None:
+    # a retry record keeps replay=True but carries no replay header: not an operator's
+    # decision, and it must not lower the mark's number either
+    table = {b"e-1": {"s": "ambiguous", "p": "p", "m": None, "t": 2.0, "r": 2}}
+    provider = FakeProvider(name="p")
+    stage = make(serde, provider, table=table, policies=[ProviderPolicy(name="p")])
+    out = await stage.handle(encode(serde, request(replay=True)), ORIGIN, "normal")
+    assert out is not None and out.value.reason == "ambiguous" and provider.calls == []
+    assert table[b"e-1"]["r"] == 2
+    out = await stage.handle(encode(serde, request(replay=True)), replayed(2), "normal")
+    assert out is not None and out.value.reason == "ambiguous" and provider.calls == []
+
+
+async def test_a_later_mark_never_lowers_the_replay_number(serde: Serde) -> None:
+    # replay 2 fails cleanly (503): its retry copy (no header) writes in_flight and
+    # failed; replay 2's own record redelivered after a crash must not pass as newer
+    err = TransientProviderError("503", provider="p", status=503)
+    provider = FakeProvider(err, err, name="p")
+    table: dict[bytes, Any] = {}
+    stage = make(serde, provider, table=table, policies=[ProviderPolicy(name="p")])
+    out = await stage.handle(encode(serde, request(replay=True)), replayed(2), "normal")
+    assert out is not None and out.topic == "dispatch.retry-1"
+    assert (table[b"e-1"]["s"], table[b"e-1"]["r"]) == ("failed", 2)
+    out = await stage.handle(encode(serde, out.value), ORIGIN, "normal")  # the retry copy
+    assert out is not None and out.topic == "dispatch.retry-2" and table[b"e-1"]["r"] == 2
+
+
+async def test_the_ambiguous_mark_is_acked_by_kafka_before_the_dead_letter_is_returned(
+    serde: Serde,
+) -> None:
+    # else the dead letter could be acked and its input offset committed while the
+    # mark is still in the producer's buffer: a crash loses it, and the retry copy or
+    # a replayed record finds in_flight or nothing
+    table = AckedTable({b"e-1": {"s": "in_flight", "p": "p", "m": None, "t": 2.0}})
+    stage = make(serde, FakeProvider(name="p"), table=table, policies=[ProviderPolicy(name="p")])
+    task = asyncio.ensure_future(stage.handle(encode(serde, request()), ORIGIN, "normal"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert table.writes == [(b"e-1", "ambiguous")] and not task.done()
+    table.ack(b"e-1")
+    out = await asyncio.wait_for(task, 5)
+    assert out is not None and out.value.reason == "ambiguous"
+
+
+async def test_an_ambiguous_mark_kafka_refused_returns_no_dead_letter(serde: Serde) -> None:
+    from app.tables.ledger import LedgerWriteError
+
+    table = AckedTable({b"e-1": {"s": "in_flight", "p": "p", "m": None, "t": 2.0}})
+    stage = make(serde, FakeProvider(name="p"), table=table, policies=[ProviderPolicy(name="p")])
+    task = asyncio.ensure_future(stage.handle(encode(serde, request()), ORIGIN, "normal"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    table.fail(b"e-1")
+    with pytest.raises(LedgerWriteError):  # an infrastructure fault: nothing acked
+        await asyncio.wait_for(task, 5)
+
+
+async def test_the_dead_letter_counts_the_replays_so_the_next_one_is_newer(serde: Serde) -> None:
+    # replay 2 fails cleanly; its retry copy (no replay header) is parked: the dead
+    # letter says 2, so the replay tool's next record (number 3) passes the mark
+    err = TransientProviderError("503", provider="p", status=503)
+    lost = TransientProviderError("read timeout", provider="p", ambiguous=True)
+    provider = FakeProvider(err, lost, name="p")
+    stage = make(serde, provider, policies=[ProviderPolicy(name="p")])
+    out = await stage.handle(encode(serde, request(replay=True)), replayed(2), "normal")
+    assert out is not None and out.topic == "dispatch.retry-1"
+    out = await stage.handle(encode(serde, out.value), ORIGIN, "normal")
+    assert out is not None and out.value.reason == "ambiguous" and out.value.replayed == 2
+    out = await stage.handle(encode(serde, request(replay=True)), replayed(3), "normal")
+    assert out is not None and out.topic == "sent" and len(provider.calls) == 3

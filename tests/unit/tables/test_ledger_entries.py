@@ -14,7 +14,7 @@ def at(now: list[float]) -> Ledger:
     return Ledger({}, horizon_s=100.0, clock=lambda: now[0])
 
 
-def test_every_mark_records_provider_message_id_and_time() -> None:
+async def test_every_mark_records_provider_message_id_and_time() -> None:
     now = [5000.0]
     ledger = at(now)
     ledger.mark_in_flight("a", "sim-a")
@@ -24,7 +24,7 @@ def test_every_mark_records_provider_message_id_and_time() -> None:
     ledger.mark_sent("a", "sim-b", "m-1")
     assert ledger.get("a") == Entry("sent", "sim-b", "m-1", 5001.0)  # held
     now[0] = 5002.0
-    ledger.confirm(["a"])
+    await ledger.confirm(["a"])
     assert ledger.table[b"a"] == {"s": "sent", "p": "sim-b", "m": "m-1", "t": 5001.0}
     ledger.mark_failed("b", "sim-c")
     assert ledger.table[b"b"] == {"s": "failed", "p": "sim-c", "m": None, "t": 5002.0}

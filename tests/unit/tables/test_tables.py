@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -59,3 +60,34 @@ async def test_dead_letter_counts_follow_the_event_partition() -> None:
         await agent.put(b"v", key=b"k", partition=4)
         await agent.put(b"v", key=b"k", partition=2)
     assert written == [(4, b"4|0|reason|x"), (2, b"4|0|reason|x")]
+
+
+async def test_a_key_hashed_table_keeps_each_key_s_changelog_future_until_acked() -> None:
+    """``written`` is what ``Ledger.settled`` awaits: the future Faust's ``on_key_set``
+    and ``on_key_del`` get from ``send_changelog`` (and discard), per key, until the
+    broker acknowledged that record. Pins that a table write reaches our override."""
+    settings = Settings(stage="dispatch", store="memory://")  # type: ignore[arg-type]
+    app = create_app(settings)
+    table: Any = app.tables[ledger.TABLE_NAME]
+    produced: list[Any] = []
+    app.producer.send_soon = produced.append  # type: ignore[method-assign,assignment]
+    assert table.written(b"e1") is None
+    table[b"e1"] = {"s": "in_flight"}
+    first = table.written(b"e1")
+    assert first is not None and produced == [first] and not first.done()
+    assert first.message.partition == key_partition(b"e1", settings.topic_partitions)
+    table[b"e1"] = {"s": "ambiguous"}  # a later write of the key is the one to await
+    second = table.written(b"e1")
+    assert second is produced[1] and second is not first
+    first.set_result(None)
+    await asyncio.sleep(0)
+    assert table.written(b"e1") is second  # an older ack does not clear a newer write
+    second.set_exception(RuntimeError("broker down"))
+    await asyncio.sleep(0)
+    assert table.written(b"e1") is second  # a failed write stays visible
+    del table[b"e1"]  # a delete (expiry) is a changelog write too
+    third = table.written(b"e1")
+    assert third is produced[2]
+    third.set_result(None)
+    await asyncio.sleep(0)
+    assert table.written(b"e1") is None  # acked: nothing to wait for

@@ -1,4 +1,10 @@
-"""HTTP intake: append events to ``email.raw-events`` and answer with their offsets.
+"""HTTP intake: append events to ``email.raw-events.<priority>`` and answer with their
+offsets.
+
+Topic selection (issue 14): a JSON event goes to the raw topic of its ``priority``
+field (``normal`` when it has none), so that render reads a critical event before a
+burst of bulk; an Avro body (intake never decodes it) goes to the catch-all
+``email.raw-events``, which render reads at normal priority.
 
     POST /v1/events         one JSON event, or Avro in Confluent framing
                             (Content-Type: application/vnd.confluent.avro;
@@ -66,9 +72,10 @@ from app import scopes
 from app.errors import IntakeError
 from app.intake_body import Refused, parse_batch, parse_object, read_body
 from app.intake_openapi import document, reason_of
+from app.models import PRIORITIES
 from app.runtime import Runtime
 from app.scopes import OPEN, Scope
-from app.topology import RAW
+from app.topology import RAW, RAW_LANES
 
 __all__ = ["parse_batch", "parse_object", "read_body"]  # re-exported for callers
 
@@ -78,6 +85,12 @@ AVRO_TYPES = ("application/vnd.confluent.avro", "application/octet-stream")
 #: Kafka record header naming the authenticated integration.
 INTEGRATION_HEADER = "spillway-integration"
 MIN_SECRET_CHARS = 16
+
+
+def priority_of(obj: dict[str, Any]) -> str | None:
+    """The raw topic a JSON event goes to, by priority (None: the catch-all)."""
+    priority = obj.get("priority", "normal")
+    return priority if isinstance(priority, str) and priority in PRIORITIES else None
 
 
 def key_of(obj: dict[str, Any]) -> bytes | None:
@@ -283,23 +296,36 @@ class Sink(Protocol):
     max_record_bytes: int
 
     async def send(
-        self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+        self,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        priority: str | None = None,
     ) -> Awaitable[Any]: ...
 
 
 class FaustSink:
-    """A Faust topic (the intake worker's producer)."""
+    """A Faust topic (the intake worker's producer), with the per-priority topics
+    (``lanes``: priority -> Faust topic) when given."""
 
-    def __init__(self, topic: Any, max_record_bytes: int) -> None:
+    def __init__(
+        self, topic: Any, max_record_bytes: int, lanes: Mapping[str, Any] | None = None
+    ) -> None:
         self._topic = topic
+        self._lanes = dict(lanes or {})
         self.topic = topic.get_topic_name()
         self.max_record_bytes = max_record_bytes
 
     async def send(
-        self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+        self,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        priority: str | None = None,
     ) -> Awaitable[Any]:
-        await self._topic.maybe_declare()
-        future: Awaitable[Any] = await self._topic.send(
+        topic = self._lanes.get(priority or "", self._topic)
+        await topic.maybe_declare()
+        future: Awaitable[Any] = await topic.send(
             key=key, value=value, headers=dict(headers) if headers else None
         )
         return future
@@ -307,16 +333,29 @@ class FaustSink:
 
 class ProducerSink:
     """A plain aiokafka producer (acks=all): the intake handlers outside a Faust worker,
-    e.g. the in-process intake of the contract tests. Start and stop it yourself."""
+    e.g. the in-process intake of the contract tests. Start and stop it yourself.
+    ``lanes``: priority -> topic name; without them everything goes to ``topic``."""
 
-    def __init__(self, producer: Any, topic: str, max_record_bytes: int) -> None:
+    def __init__(
+        self,
+        producer: Any,
+        topic: str,
+        max_record_bytes: int,
+        lanes: Mapping[str, str] | None = None,
+    ) -> None:
         self.producer, self.topic, self.max_record_bytes = producer, topic, max_record_bytes
+        self.lanes = dict(lanes or {})
 
     async def send(
-        self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+        self,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        priority: str | None = None,
     ) -> Awaitable[Any]:
+        topic = self.lanes.get(priority or "", self.topic)
         future: Awaitable[Any] = await self.producer.send(
-            self.topic, value=value, key=key, headers=headers or None
+            topic, value=value, key=key, headers=headers or None
         )
         return future
 
@@ -351,13 +390,21 @@ class Intake:
                 )
 
     async def append(
-        self, items: list[tuple[bytes | None, bytes]], integration: str | None = None
+        self,
+        items: list[tuple[bytes | None, bytes]],
+        integration: str | None = None,
+        priorities: list[str | None] | None = None,
     ) -> list[dict[str, Any]]:
-        """Send and wait for every ack; 503 if the broker cannot ack in time."""
+        """Send and wait for every ack; 503 if the broker cannot ack in time.
+        ``priorities[i]`` picks item i's raw topic (None: the catch-all)."""
         self.check_sizes(items, integration)
         headers = _headers(integration)
+        lanes = priorities or [None] * len(items)
         try:
-            futures = [await self.sink.send(k, v, headers) for k, v in items]
+            futures = [
+                await self.sink.send(k, v, headers, p)
+                for (k, v), p in zip(items, lanes, strict=True)
+            ]
             metas = await asyncio.wait_for(
                 asyncio.gather(*futures), timeout=self.ack_timeout_s
             )
@@ -501,13 +548,15 @@ class IntakeService:
                 header = request.headers.get("X-Event-Id")
                 key = header.encode("utf-8", "surrogateescape") if header else None
                 value = body  # appended unchanged: intake never decodes Avro
+                priority: str | None = None  # the catch-all topic
             else:
                 obj = parse_object(body, self.depth, self.values)
                 self.gate.check_scope(integration, [obj])
                 key, value = key_of(obj), with_source(obj, body, integration)
+                priority = priority_of(obj)
             self.intake.check_sizes([(key, value)], integration)
             self.gate.charge(integration, 1)
-            [result] = await self.intake.append([(key, value)], integration)
+            [result] = await self.intake.append([(key, value)], integration, [priority])
         except IntakeError as exc:
             return refuse(request, exc)
         return web.json_response(result, status=202)
@@ -520,7 +569,9 @@ class IntakeService:
             items = [(key_of(e), with_source(e, None, integration)) for e in events]
             self.intake.check_sizes(items, integration)
             self.gate.charge(integration, len(events))
-            results = await self.intake.append(items, integration)
+            results = await self.intake.append(
+                items, integration, [priority_of(e) for e in events]
+            )
         except IntakeError as exc:
             return refuse(request, exc)
         return web.json_response({"accepted": len(results), "results": results}, status=202)
@@ -575,7 +626,8 @@ def attach(app: Any, runtime: Runtime) -> None:
 
     settings = runtime.settings
     topic = runtime.topology.topics[RAW]
-    sink = FaustSink(topic, app.conf.producer_max_request_size)
+    lanes = {p: runtime.topology.topics[logical] for p, logical in RAW_LANES.items()}
+    sink = FaustSink(topic, app.conf.producer_max_request_size, lanes)
     service = IntakeService(settings, sink)
     gate = service.gate
     if not gate.required:

@@ -1,9 +1,21 @@
 """The whole topology in one place: topics, their value schemas, and which stage
 runs which agents.
 
-    email.raw-events --[render]--> email.rendered --[route]--> email.dispatch.{critical,
-    normal,bulk} --[dispatch]--> email.sent; every stage can also emit to email.dead.
+    email.raw-events.{critical,normal,bulk} + email.raw-events (catch-all)
+        --[render]--> email.rendered.{critical,normal,bulk}
+        --[route]--> email.dispatch.{critical,normal,bulk} --[dispatch]--> email.sent;
+    every stage can also emit to email.dead.
     dispatch --(retryable failure)--> email.dispatch.retry-N --(after its delay)--> lane.
+
+Priority travels in the topic from the first hop (issue 14): a producer that knows an
+event's priority writes it to ``email.raw-events.<priority>`` (the HTTP intake does so
+for JSON events), and each stage runs one agent per priority topic, so a critical
+event never waits in a partition behind a burst of bulk. ``email.raw-events`` stays
+the catch-all for producers that don't care: render reads it at normal priority and
+sends each event on by the priority it holds. ``email.rendered`` (no priority) is only
+read, for records written before the per-priority topics and dead-letter replays.
+The rendered topics carry DispatchRequest values with routing headers
+(``app.stages.route.ROUTING_HEADERS``), so route copies bytes to the lanes.
 
 Agents refer to topics by the logical names below, never by strings of their own.
 Every topic carries raw bytes: values are Avro in Confluent framing (JSON is also
@@ -21,6 +33,9 @@ from app.settings import Settings
 
 RAW = "raw"
 RENDERED = "rendered"
+#: Per-priority raw and rendered topics (logical names), by priority.
+RAW_LANES = {p: f"raw.{p}" for p in PRIORITIES}
+RENDERED_LANES = {p: f"rendered.{p}" for p in PRIORITIES}
 SENT = "sent"
 DEAD = "dead"
 LANES = {p: f"dispatch.{p}" for p in PRIORITIES}
@@ -37,7 +52,10 @@ def retry_topic(attempts: int) -> str:
 #: logical name -> (Kafka topic name, value schema file stem)
 TOPICS: dict[str, tuple[str, str]] = {
     RAW: ("email.raw-events", "raw_event"),
+    **{raw: (f"email.raw-events.{p}", "raw_event") for p, raw in RAW_LANES.items()},
     RENDERED: ("email.rendered", "rendered_email"),
+    # DispatchRequest values: route moves their bytes to the lanes unchanged.
+    **{r: (f"email.rendered.{p}", "dispatch_request") for p, r in RENDERED_LANES.items()},
     **{lane: (f"email.{lane}", "dispatch_request") for lane in LANES.values()},
     **{name: (f"email.{name}", "dispatch_request") for name in RETRIES.values()},
     SENT: ("email.sent", "send_result"),
@@ -56,6 +74,7 @@ TABLES: dict[str, str] = {
 RETENTION_CLASS: dict[str, str] = {
     RAW: "events",
     RENDERED: "events",
+    **{name: "events" for name in (*RAW_LANES.values(), *RENDERED_LANES.values())},
     **{lane: "events" for lane in LANES.values()},
     **{name: "events" for name in RETRIES.values()},
     SENT: "sent",
@@ -111,9 +130,9 @@ def subject_of(topic: str) -> str:
 
 #: stage -> (topics it consumes, topics it produces)
 STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "intake": ((), (RAW,)),
-    "render": ((RAW,), (RENDERED, DEAD)),
-    "route": ((RENDERED,), (*LANES.values(), DEAD)),
+    "intake": ((), (RAW, *RAW_LANES.values())),
+    "render": ((*RAW_LANES.values(), RAW), (*RENDERED_LANES.values(), DEAD)),
+    "route": ((*RENDERED_LANES.values(), RENDERED), (*LANES.values(), DEAD)),
     "dispatch": (
         (*LANES.values(), *RETRIES.values()),
         (SENT, DEAD, *LANES.values(), *RETRIES.values()),

@@ -81,7 +81,11 @@ async def deliver(
         for emission in pending:
             topic = runtime.topology.topics[emission.topic]
             try:
-                future = await topic.send(key=emission.key, value=runtime.encode(emission))
+                # routing headers (issue 14), only when the stage set some
+                extra = {"headers": dict(emission.headers)} if emission.headers else {}
+                future = await topic.send(
+                    key=emission.key, value=runtime.encode(emission), **extra
+                )
             except Exception as refused:  # refused before it was queued (size, timeout)
                 failed.append((emission, refused))
             else:

@@ -1,7 +1,14 @@
-"""Render stage agent.
+"""Render stage agents: one per raw topic.
 
-Consumes ``email.raw-events`` (Avro or JSON bytes); produces ``email.rendered``
-(RenderedEmail) and ``email.dead`` (DeadLetter). Keeps no state.
+Consumes ``email.raw-events.{critical,normal,bulk}`` and the catch-all
+``email.raw-events`` (Avro or JSON bytes); produces ``email.rendered.<priority>``
+(DispatchRequest with routing headers, by the event's own priority) and
+``email.dead`` (DeadLetter). Keeps no state.
+
+One agent per priority topic (issue 14), so a critical event has its own partitions
+and stream buffer; the agents share one ``PriorityGate``: when several have a batch,
+critical goes first, then normal (and the catch-all, read at normal priority), then
+bulk, and no lane starves (``app.stages.priority``).
 
 Records are handled in batches (``stage_batch_size``); a batch's input is acked only
 after Kafka acknowledged every output (``app.agents.delivery``). Anything a record
@@ -18,34 +25,69 @@ from app.agents import delivery
 from app.agents.guard import crash_on_error
 from app.runtime import Runtime
 from app.stages.common import Origin, Sealer
-from app.stages.render import RenderStage
+from app.stages.priority import PAUSE_EVERY, PriorityGate
+from app.stages.render import RenderStage, is_rendered
 from app.templating import TemplateStore
-from app.topology import RAW, RENDERED
+from app.topology import RAW, RAW_LANES
+
+#: The catch-all topic's events wait at this priority (they hold their own).
+CATCH_ALL_PRIORITY = "normal"
 
 
-def attach(app: Any, runtime: Runtime) -> Any:
+def attach(app: Any, runtime: Runtime) -> list[Any]:
     settings = runtime.settings
     templates = TemplateStore(settings.templates_dir)
+    gate = PriorityGate()
+    stages: list[RenderStage] = []
 
-    async def render(stream: Any) -> None:
-        with crash_on_error("render"):  # registry unreachable at start: one clear exit
-            await runtime.start()
-        stage = RenderStage(
-            runtime.serde,
-            templates,
-            settings.default_sender,
-            sealer=Sealer(runtime.encode_record, settings.max_output_bytes),
+    def stage_of() -> RenderStage:
+        if not stages:
+            stages.append(
+                RenderStage(
+                    runtime.serde,
+                    templates,
+                    settings.default_sender,
+                    sealer=Sealer(runtime.encode_record, settings.max_output_bytes),
+                )
+            )
+        return stages[0]
+
+    def agent_for(lane: str) -> Any:
+        async def render(stream: Any) -> None:
+            with crash_on_error("render"):  # registry unreachable at start: one clear exit
+                await runtime.start()
+            stage = stage_of()
+            async for events in stream.take_events(
+                settings.stage_batch_size, settings.stage_batch_within_s
+            ):
+                with crash_on_error("render"):
+                    out = []
+                    async with gate.turn(lane):
+                        with metrics.busy("render"):
+                            for i, event in enumerate(events):
+                                if i and i % PAUSE_EVERY == 0:
+                                    await gate.pause(lane)
+                                emission = await stage.handle(
+                                    event.value, Origin.of(event.message)
+                                )
+                                if is_rendered(emission.topic):
+                                    metrics.render_time(
+                                        emission.value.template, stage.last_render_s
+                                    )
+                                out.append(emission)
+                    await delivery.deliver(runtime, out, stage="render")
+
+        return render
+
+    agents = [
+        app.agent(runtime.topology.topics[topic], name=f"render-{lane}", concurrency=1)(
+            agent_for(lane)
         )
-        async for events in stream.take_events(
-            settings.stage_batch_size, settings.stage_batch_within_s
-        ):
-            with crash_on_error("render"), metrics.busy("render"):
-                out = []
-                for event in events:
-                    emission = await stage.handle(event.value, Origin.of(event.message))
-                    if emission.topic == RENDERED:
-                        metrics.render_time(emission.value.template, stage.last_render_s)
-                    out.append(emission)
-                await delivery.deliver(runtime, out, stage="render")
-
-    return app.agent(runtime.topology.topics[RAW], name="render", concurrency=1)(render)
+        for lane, topic in RAW_LANES.items()
+    ]
+    agents.append(
+        app.agent(runtime.topology.topics[RAW], name="render", concurrency=1)(
+            agent_for(CATCH_ALL_PRIORITY)
+        )
+    )
+    return agents

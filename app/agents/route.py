@@ -1,10 +1,13 @@
-"""Route agent.
+"""Route stage agents: one per rendered topic.
 
-Consumes ``email.rendered``; produces ``email.dispatch.{critical,normal,bulk}``
-(DispatchRequest, by priority) and ``email.dead``. Keeps no state.
+Consumes ``email.rendered.{critical,normal,bulk}`` (and ``email.rendered``, written
+before issue 14 or by dead-letter replays); produces
+``email.dispatch.{critical,normal,bulk}`` (DispatchRequest, by priority) and
+``email.dead``. Keeps no state. Moves bytes: the lane comes from the routing headers
+(``app.stages.route``).
 
-Batched like render: a batch's input is acked only after Kafka acknowledged every
-output (``app.agents.delivery``).
+Like render: one agent per priority sharing a ``PriorityGate``, batched, a batch's
+input acked only after Kafka acknowledged every output (``app.agents.delivery``).
 """
 
 from __future__ import annotations
@@ -16,24 +19,49 @@ from app.agents import delivery
 from app.agents.guard import crash_on_error
 from app.runtime import Runtime
 from app.stages.common import Origin, Sealer
+from app.stages.priority import PAUSE_EVERY, PriorityGate
 from app.stages.route import RouteStage
-from app.topology import RENDERED
+from app.topology import RENDERED, RENDERED_LANES
+
+#: ``email.rendered`` (no priority in its name) waits at this priority.
+CATCH_ALL_PRIORITY = "normal"
 
 
-def attach(app: Any, runtime: Runtime) -> Any:
+def attach(app: Any, runtime: Runtime) -> list[Any]:
     settings = runtime.settings
+    gate = PriorityGate()
 
-    async def route(stream: Any) -> None:
-        with crash_on_error("route"):  # registry unreachable at start: one clear exit
-            await runtime.start()
-        stage = RouteStage(
-            runtime.serde, sealer=Sealer(runtime.encode_record, settings.max_output_bytes)
+    def agent_for(lane: str) -> Any:
+        async def route(stream: Any) -> None:
+            with crash_on_error("route"):  # registry unreachable at start: one clear exit
+                await runtime.start()
+            stage = RouteStage(
+                runtime.serde, sealer=Sealer(runtime.encode_record, settings.max_output_bytes)
+            )
+            async for events in stream.take_events(
+                settings.stage_batch_size, settings.stage_batch_within_s
+            ):
+                with crash_on_error("route"):
+                    out = []
+                    async with gate.turn(lane):
+                        with metrics.busy("route"):
+                            for i, e in enumerate(events):
+                                if i and i % PAUSE_EVERY == 0:
+                                    await gate.pause(lane)
+                                out.append(await stage.handle(e.value, Origin.of(e.message)))
+                    await delivery.deliver(runtime, out, stage="route")
+
+        return route
+
+    agents = [
+        app.agent(runtime.topology.topics[topic], name=f"route-{lane}", concurrency=1)(
+            agent_for(lane)
         )
-        async for events in stream.take_events(
-            settings.stage_batch_size, settings.stage_batch_within_s
-        ):
-            with crash_on_error("route"), metrics.busy("route"):
-                out = [await stage.handle(e.value, Origin.of(e.message)) for e in events]
-                await delivery.deliver(runtime, out, stage="route")
-
-    return app.agent(runtime.topology.topics[RENDERED], name="route", concurrency=1)(route)
+        for lane, topic in RENDERED_LANES.items()
+    ]
+    agents.append(
+        app.agent(runtime.topology.topics[RENDERED], name="route", concurrency=1)(
+            agent_for(CATCH_ALL_PRIORITY)
+        )
+    )
+    return agents

@@ -100,6 +100,8 @@ class Emission:
     value: Any  # a Record; the agent encodes it for the topic
     #: The value already encoded by the stage (``Sealer``): produced as is.
     encoded: bytes | None = None
+    #: Kafka record headers to produce with it (issue 14: routing headers).
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class TooLargeError(EventError):

@@ -1,4 +1,8 @@
-"""Render stage logic: raw event bytes -> a RenderedEmail, or a dead letter.
+"""Render stage logic: raw event bytes -> a rendered email, or a dead letter.
+
+The output goes to ``email.rendered.<priority>`` as a DispatchRequest (attempt 0)
+with the routing headers route reads instead of the value (``app.stages.route``),
+whichever raw topic the event came from: its own ``priority`` field decides.
 
 Plain functions with their collaborators passed in; the Faust agent in
 ``app/agents/render.py`` only feeds messages through and produces the result.
@@ -17,11 +21,12 @@ import time
 from dataclasses import dataclass, field
 
 from app.errors import SchemaError, UnknownTemplateError
-from app.models import RawEvent, RenderedEmail
+from app.models import PRIORITIES, DispatchRequest, RawEvent, RenderedEmail
 from app.serde import PayloadFormat, Serde, check_json_value, sniff_format
 from app.stages.common import (
     DEAD_TOPIC,
     INFRASTRUCTURE_ERRORS,
+    REPLAY_HEADER,
     Clock,
     Emission,
     Origin,
@@ -31,6 +36,7 @@ from app.stages.common import (
     now_ms,
     replay_number,
 )
+from app.stages.route import routing_headers
 from app.templating import TemplateStore, header_values, validate_address, validate_sender
 from app.topology import TOPICS
 
@@ -38,6 +44,15 @@ log = logging.getLogger(__name__)
 
 RENDERED = "rendered"
 DEAD = DEAD_TOPIC
+
+
+def rendered_topic(priority: str) -> str:
+    """Logical name of a priority's rendered topic (``app.topology.RENDERED_LANES``)."""
+    return f"{RENDERED}.{priority}"
+
+
+def is_rendered(topic: str) -> bool:
+    return topic.startswith(f"{RENDERED}.")
 
 
 def default_sealer(serde: Serde, max_bytes: int = 990_000) -> Sealer:
@@ -79,7 +94,14 @@ class RenderStage:
         raw = payload or b""
         try:
             rendered = self.render(event, origin)
-            emission = Emission(RENDERED, rendered.event_id.encode(), rendered)
+            if rendered.priority not in PRIORITIES:  # Avro's enum and JSON's check hold it
+                raise SchemaError(f"priority {rendered.priority!r} has no lane")
+            emission = Emission(
+                rendered_topic(rendered.priority),
+                rendered.event_id.encode(),
+                DispatchRequest(**rendered.asdict()),
+                headers=_headers_of(rendered, origin),
+            )
         except INFRASTRUCTURE_ERRORS:
             raise
         except Exception as exc:
@@ -168,6 +190,14 @@ class RenderStage:
             rendered_at=now_ms(self.clock),
             replay=replay_number(origin) > 0,
         )
+
+
+def _headers_of(email: RenderedEmail, origin: Origin) -> tuple[tuple[str, bytes], ...]:
+    """Routing headers for route (priority, event id, template), and the replay count
+    so that dispatch still knows it (``replay_number``)."""
+    headers = routing_headers(email.priority, email.event_id, email.template)
+    replay = origin.header(REPLAY_HEADER)
+    return headers if replay is None else (*headers, (REPLAY_HEADER, replay))
 
 
 def _parse_data_json(text: str) -> dict[str, object]:

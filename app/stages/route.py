@@ -1,8 +1,16 @@
-"""Route logic: a RenderedEmail -> a DispatchRequest on its priority's lane.
+"""Route logic: a rendered email -> a DispatchRequest on its priority's lane.
 
-Like render, ``handle`` never raises for anything one record can cause: an empty,
-undecodable or oversized value, or header values that a provider would refuse (a
-record produced by another tool, a replay), ends as a dead letter.
+Render writes DispatchRequest values with routing headers (``ROUTING_HEADERS``:
+priority, event id, template) to ``email.rendered.<priority>``. Route reads only
+the headers and moves the value's bytes to the lane unchanged (issue 14): no
+decoding, no re-encoding, no registry.
+
+A record without valid routing headers (written before them, by another tool, a
+dead-letter replay to ``email.rendered``), or whose value is not framed Avro, takes
+the slow path: decoded (RenderedEmail or DispatchRequest, by its writer schema),
+checked and re-encoded. Like render, ``handle`` never raises for anything one record
+can cause: an empty, undecodable or oversized value, or header values that a
+provider would refuse, ends as a dead letter (``decode_or_dead``).
 """
 
 from __future__ import annotations
@@ -10,8 +18,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from app.models import DispatchRequest, RenderedEmail
-from app.serde import Serde
+from app.errors import ValidationError
+from app.models import PRIORITIES, DispatchRequest, RenderedEmail
+from app.serde import MAGIC, Serde
 from app.stages.common import (
     DEAD_TOPIC,
     INFRASTRUCTURE_ERRORS,
@@ -24,10 +33,70 @@ from app.stages.common import (
     now_ms,
     replay_number,
 )
-from app.stages.render import default_sealer
-from app.templating import header_values
+from app.templating import check_event_id, header_values
 
 DEAD = DEAD_TOPIC
+
+#: Kafka record headers render writes on every rendered record, and route routes by.
+PRIORITY_HEADER = "spillway-priority"
+EVENT_ID_HEADER = "spillway-event-id"
+TEMPLATE_HEADER = "spillway-template"
+ROUTING_HEADERS = (PRIORITY_HEADER, EVENT_ID_HEADER, TEMPLATE_HEADER)
+MAX_TEMPLATE_CHARS = 255
+_PRIORITY_VALUES = {p.encode(): p for p in PRIORITIES}
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """What route needs from a record's headers."""
+
+    priority: str
+    event_id: str
+    template: str
+
+    def headers(self) -> tuple[tuple[str, bytes], ...]:
+        return (
+            (PRIORITY_HEADER, self.priority.encode()),
+            (EVENT_ID_HEADER, self.event_id.encode()),
+            (TEMPLATE_HEADER, self.template.encode()),
+        )
+
+
+def routing_headers(priority: str, event_id: str, template: str) -> tuple[tuple[str, bytes], ...]:
+    """The routing headers of a rendered record (render's side of ``parse_routing``)."""
+    return Routing(priority, event_id, template).headers()
+
+
+def _one(headers: tuple[tuple[str, bytes], ...], name: str) -> bytes | None:
+    """The value of header ``name``: None if missing or given twice with two values."""
+    values = {value for key, value in headers if key == name}
+    return values.pop() if len(values) == 1 else None
+
+
+def parse_routing(headers: tuple[tuple[str, bytes], ...]) -> Routing | None:
+    """The routing headers, or None if one is missing, repeated with another value,
+    or invalid: a priority other than critical/normal/bulk (exact bytes), an event id
+    outside what ``check_event_id`` takes (it goes into provider headers), a template
+    name that is empty, longer than 255 characters or not printable ASCII. Never raises."""
+    try:
+        priority = _PRIORITY_VALUES.get(_one(headers, PRIORITY_HEADER) or b"")
+        raw_id = _one(headers, EVENT_ID_HEADER)
+        raw_template = _one(headers, TEMPLATE_HEADER)
+        if priority is None or raw_id is None or raw_template is None:
+            return None
+        event_id = raw_id.decode("ascii")
+        template = raw_template.decode("ascii")
+        check_event_id(event_id)
+    except (UnicodeDecodeError, ValidationError, TypeError):
+        return None
+    if not 0 < len(template) <= MAX_TEMPLATE_CHARS or not template.isprintable():
+        return None
+    return Routing(priority, event_id, template)
+
+
+def _framed(payload: bytes | None) -> bool:
+    """Looks like Confluent-framed Avro (what render writes); checked, not decoded."""
+    return payload is not None and len(payload) > 5 and payload[0] == MAGIC
 
 
 def lane_topic(priority: str) -> str:
@@ -35,7 +104,9 @@ def lane_topic(priority: str) -> str:
     return f"dispatch.{priority}"
 
 
-def to_dispatch_request(email: RenderedEmail) -> DispatchRequest:
+def to_dispatch_request(email: RenderedEmail | DispatchRequest) -> DispatchRequest:
+    if isinstance(email, DispatchRequest):
+        return email
     return DispatchRequest(**email.asdict())
 
 
@@ -47,10 +118,17 @@ class RouteStage:
 
     def __post_init__(self) -> None:
         if self.sealer is None:
+            from app.stages.render import default_sealer  # render imports this module
+
             self.sealer = default_sealer(self.serde)
 
-    async def _decode(self, payload: bytes) -> RenderedEmail:
-        email: RenderedEmail = await self.serde.decode(payload, "rendered_email")
+    async def _decode(self, payload: bytes) -> RenderedEmail | DispatchRequest:
+        # email.rendered.<priority> holds DispatchRequests; email.rendered (written
+        # before issue 14, replays) RenderedEmails: read each with its own schema.
+        writer = await self.serde.writer_schema(self.serde._schema_id(payload))
+        name = writer.get("name") if isinstance(writer, dict) else None
+        reader = "dispatch_request" if name == "dev.spillway.DispatchRequest" else "rendered_email"
+        email: RenderedEmail | DispatchRequest = await self.serde.decode(payload, reader)
         # Cheap for the ASCII values render produces; catches hand-made records.
         header_values(
             event_id=email.event_id, to=email.to, sender=email.from_address, subject=email.subject
@@ -58,7 +136,21 @@ class RouteStage:
         return email
 
     async def handle(self, payload: bytes | None, origin: Origin) -> Emission:
-        """The sealed lane message, or a dead letter; never raises for a record."""
+        """The lane message (its bytes: moved, or sealed on the slow path), or a
+        dead letter; never raises for a record."""
+        assert self.sealer is not None
+        routing = parse_routing(origin.headers)
+        if routing is not None and _framed(payload):
+            assert payload is not None
+            key = routing.event_id.encode()
+            if len(payload) + len(key) <= self.sealer.max_bytes:
+                return Emission(
+                    lane_topic(routing.priority), key, routing, payload, origin.headers
+                )
+        return await self._slow(payload, origin)
+
+    async def _slow(self, payload: bytes | None, origin: Origin) -> Emission:
+        """Decode, check and re-encode: a record without (valid) routing headers."""
         assert self.sealer is not None
         decoded = await decode_or_dead(
             payload, self._decode, stage="route", origin=origin, at_ms=now_ms(self.clock)
@@ -89,8 +181,15 @@ class RouteStage:
             )
 
         try:
+            if email.priority not in PRIORITIES:
+                raise ValidationError(f"priority {email.priority!r} has no lane")
+            request = to_dispatch_request(email)
             emission = Emission(
-                lane_topic(email.priority), email.event_id.encode(), to_dispatch_request(email)
+                lane_topic(email.priority),
+                email.event_id.encode(),
+                request,
+                headers=routing_headers(email.priority, email.event_id, email.template)
+                + tuple((k, v) for k, v in origin.headers if k not in ROUTING_HEADERS),
             )
         except INFRASTRUCTURE_ERRORS:
             raise

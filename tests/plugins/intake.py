@@ -28,11 +28,18 @@ class MemorySink:
     def __init__(self, max_record_bytes: int = MAX_RECORD) -> None:
         self.max_record_bytes = max_record_bytes
         self.records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
+        #: The priority topic each record went to (None: the catch-all), issue 14.
+        self.priorities: list[str | None] = []
 
     async def send(
-        self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+        self,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        priority: str | None = None,
     ) -> Awaitable[Any]:
         self.records.append((key, value, headers))
+        self.priorities.append(priority)
         future = asyncio.get_running_loop().create_future()
         offset = len(self.records) - 1
         future.set_result(SimpleNamespace(topic=self.topic, partition=0, offset=offset))

@@ -378,7 +378,11 @@ def test_the_shape_check_agrees_with_render(obj: dict[str, Any]) -> None:
 
 class StuckSink(MemorySink):
     async def send(
-        self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+        self,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        priority: str | None = None,
     ) -> Awaitable[Any]:
         return asyncio.get_running_loop().create_future()  # the broker never acknowledges
 

@@ -30,7 +30,7 @@ async def test_render_agent_renders_and_dead_letters(
     async with app.agents["render"].test_context() as agent:
         await agent.put(json.dumps(good).encode(), key=b"n1")
         await agent.put(b"not an event", key=b"n2")
-    assert [e.topic for e in out] == ["rendered", "dead"]
+    assert [e.topic for e in out] == ["rendered.bulk", "dead"]  # by the event's priority
     assert out[1].value.reason == "undecodable" and out[1].value.event_id == "n2"
 
 

@@ -60,8 +60,8 @@ class FakeAdmin:
             else [
                 TopicPartition(topic, p, offset)
                 for topic in {
-                    "spillway-render": ["email.raw-events"],
-                    "spillway-route": ["email.rendered"],
+                    "spillway-render": consumed_topics("render"),  # per-priority topics too
+                    "spillway-route": consumed_topics("route"),
                 }.get(group, [])
                 for p in range(4)
             ]
@@ -86,7 +86,8 @@ def test_lag_per_stage_and_down_stages(admin: dict[str, FakeAdmin]) -> None:
     assert result.exit_code == EXIT_FAILURE  # dispatch has no worker
     report = json.loads(result.output[: result.output.rindex("}") + 1])
     stages = {s["stage"]: s for s in report["stages"]}
-    assert stages["render"]["lag"] == 40  # 4 partitions x (110 - 100)
+    # each topic render reads (issue 14: per priority + the catch-all): 4 x (110 - 100)
+    assert stages["render"]["lag"] == len(consumed_topics("render")) * 40
     assert stages["route"]["lag"] == 0
     # nothing committed: every retained record of every topic dispatch consumes
     assert stages["dispatch"]["lag"] == len(consumed_topics("dispatch")) * 4 * 100

@@ -233,7 +233,7 @@ async def test_render_marks_replays_and_counts_them_when_they_die_again(serde: S
     event = {"event_id": "e1", "template": "password_reset", "to": "a@example.com",
              "data": STORE.sample_data("password_reset")}  # fmt: skip
     out = await stage.handle(json.dumps(event).encode(), replayed)
-    assert out.topic == "rendered" and out.value.replay is True
+    assert out.topic == "rendered.normal" and out.value.replay is True
     plain = await stage.handle(json.dumps(event).encode(), Origin("email.raw-events", 0, 6))
     assert plain.value.replay is False
     dead = await stage.handle(json.dumps({**event, "data": {}}).encode(), replayed)

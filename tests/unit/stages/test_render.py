@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from app.models import DeadLetter, RawEvent, RenderedEmail
+from app.models import DeadLetter, DispatchRequest, RawEvent
 from app.serde import Serde
 from app.settings import Settings
 from app.stages.common import Origin
@@ -26,9 +26,14 @@ def stage(serde: Serde) -> RenderStage:
 
 async def test_json_event_is_rendered(stage: RenderStage) -> None:
     out = await stage.handle(json.dumps(reset_event()).encode(), ORIGIN)
-    assert out.topic == "rendered" and out.key == b"e-1"
+    assert out.topic == "rendered.critical" and out.key == b"e-1"
     email = out.value
-    assert isinstance(email, RenderedEmail)
+    assert isinstance(email, DispatchRequest) and email.attempts == 0
+    assert dict(out.headers) == {
+        "spillway-priority": b"critical",
+        "spillway-event-id": b"e-1",
+        "spillway-template": b"password_reset",
+    }
     assert email.priority == "critical" and email.to == "ann@example.com"
     assert email.accepted_at == ORIGIN.timestamp_ms
     assert "reset" in email.subject.lower() and email.html and email.text
@@ -45,7 +50,7 @@ async def test_avro_event_with_nested_order_lines(stage: RenderStage, serde: Ser
         template_version="v1",
     )
     out = await stage.handle(serde.encode("email.raw-events", raw), ORIGIN)
-    assert out.topic == "rendered"
+    assert out.topic == "rendered.normal"  # the event's default priority
     assert out.value.template_version == "v1"
     for line in data["order"]["lines"]:
         assert line["name"] in out.value.text
@@ -54,7 +59,7 @@ async def test_avro_event_with_nested_order_lines(stage: RenderStage, serde: Ser
 async def test_data_json_is_merged(stage: RenderStage) -> None:
     event = reset_event(data={}, data_json=json.dumps(STORE.sample_data("password_reset")))
     out = await stage.handle(json.dumps(event).encode(), ORIGIN)
-    assert out.topic == "rendered"
+    assert out.topic == "rendered.critical"
 
 
 @pytest.mark.parametrize(
@@ -137,7 +142,7 @@ async def test_created_at_outside_a_long_is_dead(
 async def test_created_at_at_the_edges_of_a_long_renders(stage: RenderStage) -> None:
     for created_at in (2**63 - 1, -(2**63)):
         out = await stage.handle(json.dumps(reset_event(created_at=created_at)).encode(), ORIGIN)
-        assert out.topic == "rendered" and out.encoded
+        assert out.topic == "rendered.critical" and out.encoded
 
 
 @pytest.mark.parametrize(
@@ -207,7 +212,7 @@ async def test_header_values_are_encoded_for_providers(stage: RenderStage) -> No
         to="ann@bücher.example", from_address="Jörg Müller <j@münchen.example>"
     )
     out = await stage.handle(json.dumps(event).encode(), ORIGIN)
-    assert out.topic == "rendered"
+    assert out.topic == "rendered.critical"
     assert out.value.to == "ann@xn--bcher-kva.example"
     assert out.value.from_address == "Jörg Müller <j@xn--mnchen-3ya.example>"
 
@@ -216,7 +221,7 @@ async def test_control_characters_in_the_subject_are_dropped(stage: RenderStage)
     data = STORE.sample_data("password_reset")
     data["shop"]["name"] = "Shop\x85\x9f\x00\u2028Name"
     out = await stage.handle(json.dumps(reset_event(data=data)).encode(), ORIGIN)
-    assert out.topic == "rendered", out.value
+    assert out.topic == "rendered.critical", out.value
     assert out.value.subject.isprintable()
 
 
@@ -267,3 +272,29 @@ async def test_huge_addresses_are_refused_before_any_parsing(
         serde,
     )
     assert "longer than" in dl.message
+
+
+# --- issue 14: the output's topic and headers come from the event's own priority ------
+
+
+@pytest.mark.parametrize("priority", ["critical", "normal", "bulk"])
+@pytest.mark.parametrize("source_topic", ["email.raw-events", "email.raw-events.critical"])
+async def test_the_events_priority_picks_the_rendered_topic(
+    stage: RenderStage, serde: Serde, priority: str, source_topic: str
+) -> None:
+    origin = Origin(source_topic, 1, 3, 1_700_000_000_000, b"e-1")
+    out = await stage.handle(json.dumps(reset_event(priority=priority)).encode(), origin)
+    assert out.topic == f"rendered.{priority}" and out.encoded
+    assert dict(out.headers)["spillway-priority"] == priority.encode()
+    # the bytes are a DispatchRequest: route moves them to the lane as they are
+    request = serde.decode_known(out.encoded, "dispatch_request")
+    assert (request.priority, request.attempts, request.event_id) == (priority, 0, "e-1")
+
+
+async def test_a_replay_keeps_its_count_in_a_header(stage: RenderStage) -> None:
+    origin = Origin("email.raw-events", 0, 1, None, b"e-1", (("spillway-replay", b"3"),))
+    out = await stage.handle(json.dumps(reset_event()).encode(), origin)
+    assert out.value.replay is True
+    assert dict(out.headers)["spillway-replay"] == b"3"
+    plain = await stage.handle(json.dumps(reset_event()).encode(), ORIGIN)
+    assert "spillway-replay" not in dict(plain.headers)

@@ -1,0 +1,130 @@
+"""Priority between the per-priority agents of one stage (render, route): issue 14.
+
+Each stage runs one agent per priority topic (``app.topology.RAW_LANES``,
+``RENDERED_LANES``), so a critical record has its own partitions and its own stream
+buffer and never waits in line behind a burst of bulk. The agents share one process
+and one event loop, though: ``PriorityGate`` decides whose batch uses it next.
+
+- One batch's work at a time (the work is CPU: decoding, rendering, encoding); the
+  wait for Kafka's acks happens outside the gate, so lanes overlap their acks.
+- When several lanes wait, the highest priority goes first: critical, normal, bulk.
+- No starvation: a waiting lane passed over ``fair_after`` times in a row goes next
+  (with the default 8, bulk gets at least one batch in nine while higher lanes are
+  saturated).
+- A lane holding the gate hands it over between records when a higher lane waits
+  (``pause``): a critical batch waits for a few records, not a whole bulk batch.
+
+``choose`` is the whole policy, pure, and property-tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+from app.models import PRIORITIES
+
+#: Passes over a waiting lane before it goes next regardless of priority.
+FAIR_AFTER = 8
+
+
+def choose(
+    waiting: Sequence[str],
+    skipped: Mapping[str, int],
+    lanes: Sequence[str] = PRIORITIES,
+    fair_after: int = FAIR_AFTER,
+) -> str | None:
+    """The lane to serve next among ``waiting`` (None if nobody waits).
+
+    ``skipped[lane]``: how many grants went to other lanes while it waited. A lane
+    skipped ``fair_after`` times or more goes first (the most skipped; ties to the
+    higher priority); else the highest-priority waiting lane.
+    """
+    present = [lane for lane in lanes if lane in waiting]
+    if not present:
+        return None
+    starving = [lane for lane in present if skipped.get(lane, 0) >= fair_after]
+    if starving:
+        return max(starving, key=lambda lane: (skipped.get(lane, 0), -lanes.index(lane)))
+    return present[0]
+
+
+class PriorityGate:
+    """One holder at a time; waiters served by ``choose``."""
+
+    def __init__(self, lanes: Sequence[str] = PRIORITIES, fair_after: int = FAIR_AFTER) -> None:
+        self.lanes = tuple(lanes)
+        self.fair_after = fair_after
+        self.holder: str | None = None
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {ln: deque() for ln in lanes}
+        self.skipped: dict[str, int] = dict.fromkeys(lanes, 0)
+        #: Grants per lane (for tests and the status page).
+        self.grants: dict[str, int] = dict.fromkeys(lanes, 0)
+
+    def waiting(self) -> list[str]:
+        return [lane for lane, q in self._waiters.items() if q]
+
+    def higher_waiting(self, lane: str) -> bool:
+        """Whether a lane of higher priority than ``lane`` waits for the gate."""
+        rank = self.lanes.index(lane)
+        return any(self._waiters[h] for h in self.lanes[:rank])
+
+    async def acquire(self, lane: str) -> None:
+        if self.holder is None and not self.waiting():
+            self._grant(lane)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[lane].append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # granted as we were cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters[lane].remove(future)
+            raise
+
+    def release(self) -> None:
+        self.holder = None
+        while True:
+            lane = choose(self.waiting(), self.skipped, self.lanes, self.fair_after)
+            if lane is None:
+                return
+            future = self._waiters[lane].popleft()
+            if future.done():  # cancelled while waiting
+                continue
+            self._grant(lane)
+            future.set_result(None)
+            return
+
+    def _grant(self, lane: str) -> None:
+        for other in self.waiting():
+            if other != lane:
+                self.skipped[other] += 1
+        self.skipped[lane] = 0
+        self.grants[lane] += 1
+        self.holder = lane
+
+    @contextlib.asynccontextmanager
+    async def turn(self, lane: str) -> AsyncIterator[None]:
+        await self.acquire(lane)
+        try:
+            yield
+        finally:
+            self.release()
+
+    async def pause(self, lane: str) -> None:
+        """Between two records of a batch: let the event loop run (the consumer feeds
+        the other lanes' buffers meanwhile), and hand the gate to a higher lane that
+        waits, coming back when ``choose`` says so. Call only while holding it."""
+        await asyncio.sleep(0)
+        if self.higher_waiting(lane):
+            self.release()
+            await self.acquire(lane)
+
+
+#: Records handled between two ``pause`` calls.
+PAUSE_EVERY = 16

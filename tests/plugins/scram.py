@@ -18,36 +18,21 @@ Security set-up, the one docs/security.md describes:
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from app.settings import PROJECT_ROOT
+from harness import stack as harness_stack
 
 HOST = "127.0.0.1"
 MECHANISM = "SCRAM-SHA-512"
-
-
-def _stack_module() -> ModuleType:
-    """scripts/stack, imported read-only for its java finder and paths."""
-    path = PROJECT_ROOT / "scripts" / "stack"
-    loader = importlib.machinery.SourceFileLoader("spillway_stack_script", str(path))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[loader.name] = module  # its dataclasses look their module up
-    loader.exec_module(module)
-    return module
 
 
 def free_port() -> int:
@@ -67,12 +52,11 @@ class ScramBroker:
         self.port = free_port()
         self.controller_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        stack = _stack_module()
         self.lib = PROJECT_ROOT / ".stack" / "lib" / "kafka"
         if not any(self.lib.glob("kafka_2.13-*.jar")):
             raise RuntimeError(f"no Kafka jars in {self.lib}: run scripts/stack fetch")
-        self.java = stack.find_java(stack.KAFKA_MIN_JAVA)
-        self.log4j = stack.LOG4J_CONFIG
+        self.java = harness_stack.find_java(harness_stack.KAFKA_MIN_JAVA)
+        self.log4j = harness_stack.LOG4J_CONFIG
         self.dir = Path(tempfile.mkdtemp(prefix="spillway-scram-"))
 
     @property

@@ -1,0 +1,193 @@
+"""Kafka: a single-node KRaft broker from the jars Maven resolves into <stack>/lib/kafka."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from harness.stack.common import cds_flags, find_java, find_processes, mvn, port_open, rel, say
+from harness.stack.config import (
+    HOST,
+    KAFKA_MIN_JAVA,
+    LOG4J_CONFIG,
+    REPO,
+    Settings,
+    StackError,
+    pom_digest,
+)
+from harness.stack.service import Service
+
+
+def is_kafka(s: Settings) -> Callable[[Sequence[str]], bool]:
+    return lambda argv: "kafka.Kafka" in argv and str(s.kafka_props) in argv
+
+
+def kafka_fetched(s: Settings) -> bool:
+    marker = s.kafka_lib / ".fetched"
+    return marker.is_file() and marker.read_text().strip() == pom_digest()
+
+
+def fetch_kafka(s: Settings) -> bool:
+    """Kafka jars into .stack/lib/kafka. Returns True if anything was done."""
+    if kafka_fetched(s):
+        return False
+    if find_processes(is_kafka(s)):
+        raise StackError("stack/pom.xml changed while Kafka is running: `scripts/stack down` first")
+    say(f"fetching Kafka {s.kafka_version} jars from Maven Central ...")
+    tmp = s.kafka_lib.with_name("kafka.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    # Absolute output path: Maven resolves relative paths against the pom's dir (stack/).
+    mvn(
+        [
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp}",
+            "-DincludeScope=runtime",
+        ],
+        f"Kafka {s.kafka_version}",
+    )
+    if not any(tmp.glob("kafka_2.13-*.jar")):
+        raise StackError(f"mvn finished but no kafka_2.13 jar landed in {tmp}")
+    (tmp / ".fetched").write_text(pom_digest() + "\n")
+    shutil.rmtree(s.kafka_lib, ignore_errors=True)  # never mix two versions on `-cp lib/*`
+    tmp.rename(s.kafka_lib)
+    return True
+
+
+class Kafka(Service):
+    name = "kafka"
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.s.kafka_port, self.s.controller_port]
+
+    @property
+    def log_file(self) -> Path:
+        return self.s.logs / "kafka.out"  # server.log etc. are written by log4j2 next to it
+
+    @property
+    def log_files(self) -> list[Path]:
+        return [self.log_file, self.s.logs / "server.log"]
+
+    def owns(self, argv: Sequence[str]) -> bool:
+        return is_kafka(self.s)(argv)
+
+    def where(self) -> str:
+        return f"bootstrap {HOST}:{self.s.kafka_port}"
+
+    def _jvm(self, xms: str, xmx: str) -> list[str]:
+        return [
+            find_java(KAFKA_MIN_JAVA),
+            f"-Xms{xms}",
+            f"-Xmx{xmx}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:InitiatingHeapOccupancyPercent=35",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            f"-Dkafka.logs.dir={self.s.logs}",
+            "-cp",
+            f"{self.s.kafka_lib}/*",
+        ]
+
+    def command(self) -> list[str]:
+        java = find_java(KAFKA_MIN_JAVA)
+        cds = cds_flags(self.s, "kafka", java, pom_digest())
+        return [*self._jvm("1g", "1g"), *cds, "kafka.Kafka", str(self.s.kafka_props)]
+
+    def _tool(self, *args: str) -> str:
+        res = subprocess.run(
+            [*self._jvm("64m", "256m"), "kafka.tools.StorageTool", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        if res.returncode != 0:
+            out = (res.stdout + res.stderr).strip()
+            raise StackError(f"kafka-storage {args[0]} failed ({res.returncode}):\n{out}")
+        return res.stdout
+
+    def _properties(self) -> str:
+        s = self.s
+        lines = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{HOST}:{s.controller_port}",
+            "listeners": f"PLAINTEXT://{HOST}:{s.kafka_port},CONTROLLER://{HOST}:{s.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{s.kafka_port}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(s.kafka_data),
+            "num.partitions": "4",
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "min.insync.replicas": "1",
+            "default.replication.factor": "1",
+            "group.initial.rebalance.delay.ms": "0",
+        }
+        body = "".join(f"{k}={v}\n" for k, v in lines.items())
+        return f"# Generated by scripts/stack on every start; edits are overwritten.\n{body}"
+
+    def prepare(self) -> None:
+        s = self.s
+        fetch_kafka(s)
+        s.kafka_data.mkdir(parents=True, exist_ok=True)
+        s.kafka_props.write_text(self._properties())
+        meta = s.kafka_data / "meta.properties"
+        if meta.is_file():
+            # Formatted already: meta.properties is the truth for the cluster id.
+            found = re.search(r"^cluster\.id=(\S+)", meta.read_text(), re.M)
+            if found and not s.cluster_id_file.is_file():
+                s.cluster_id_file.write_text(found.group(1) + "\n")
+            return
+        if not s.cluster_id_file.is_file():
+            cluster_id = self._tool("random-uuid").strip()
+            if not re.fullmatch(r"[A-Za-z0-9_-]{22}", cluster_id):
+                raise StackError(f"kafka-storage random-uuid printed {cluster_id!r}")
+            s.cluster_id_file.write_text(cluster_id + "\n")
+        cluster_id = s.cluster_id_file.read_text().strip()
+        # Static quorum (controller.quorum.voters): 4.1 rejects --standalone with it.
+        self._tool("format", "-t", cluster_id, "-c", str(s.kafka_props), "--ignore-formatted")
+
+    def probe(self, timeout: float) -> str | None:
+        if not port_open(self.s.kafka_port):
+            return f"nothing listening on {HOST}:{self.s.kafka_port}"
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(
+            {
+                "bootstrap.servers": f"{HOST}:{self.s.kafka_port}",
+                "log_level": 0,  # no librdkafka "connection refused" noise while polling
+                "reconnect.backoff.ms": 100,
+                "reconnect.backoff.max.ms": 500,
+            }
+        )
+        try:
+            md = admin.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            return f"metadata request failed: {exc}"
+        if not md.brokers:
+            return "metadata has no brokers yet"
+        return None
+
+    def after_ready(self) -> str:
+        server_log = self.s.logs / "server.log"
+        if not server_log.is_file() or server_log.stat().st_size == 0:
+            say(
+                f"  warning: Kafka wrote no {rel(server_log)}: is the log4j SLF4J binding "
+                "(log4j-slf4j-impl) on the classpath?",
+                sys.stderr,
+            )
+        return self.where()

@@ -4,9 +4,11 @@
     python -m app.docs --write    rewrite docs/configuration.md
     python -m app.docs --check    exit 1 if docs/configuration.md is out of date
 
-(``scripts/gen-config-docs`` runs ``--write``; a unit test runs the check.) Sections
-come from the ``# --- name ---`` comments in ``app/settings.py``; everything else
-(names, types, defaults, descriptions) from the pydantic fields themselves.
+(``scripts/gen-config-docs`` runs ``--write``; a unit test runs the check.) The
+top-level fields are grouped by the ``# --- name ---`` comments in ``app/settings.py``;
+each section object (``settings.kafka``, ...) gets its own table with each field's
+variable and attribute; everything else (types, defaults, descriptions) comes from
+the pydantic fields themselves.
 """
 
 from __future__ import annotations
@@ -37,9 +39,13 @@ HEADER = """\
      change the field descriptions in app/settings.py and rerun the script. -->
 
 Every Spillway process (stage workers, the CLI) reads one settings object,
-[`app/settings.py`](../app/settings.py). Each field is an environment variable
-`SPILLWAY_<FIELD NAME>` (upper case); defaults match the local stack started by
-`scripts/stack up`, so nothing needs setting for local development.
+[`app/settings.py`](../app/settings.py): a few process-wide fields plus one section
+each for `kafka`, `registry`, `intake`, `providers`, `policy` and `observability`.
+Each field is an environment variable `SPILLWAY_<NAME>` (upper case), named by its
+flat name (the section's prefix plus the field, as before the sections); in code it is
+`settings.<section>.<field>` (the flat `settings.<name>` still works). Defaults match
+the local stack started by `scripts/stack up`, so nothing needs setting for local
+development.
 
 - Booleans: `true` / `false`. Lists and maps: JSON, e.g.
   `SPILLWAY_INTAKE_API_KEYS='{"shop-backend": "<secret>"}'`.
@@ -128,21 +134,39 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def table(model: type[BaseModel], names: list[str], env: bool) -> list[str]:
-    head = (
-        "| variable | type | default | description |"
-        if env
-        else ("| key | type | default | description |")
-    )
-    lines = [head, "|---|---|---|---|"]
+def table(
+    model: type[BaseModel], names: list[str], env: bool, section: str | None = None
+) -> list[str]:
+    """One row per field: its variable (``env``) or key; in a section, also its
+    attribute (``settings.<section>.<field>``)."""
+    if section is not None:
+        head = "| variable | attribute | type | default | description |"
+    elif env:
+        head = "| variable | type | default | description |"
+    else:
+        head = "| key | type | default | description |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    flat_name = getattr(model, "flat_name", None)
     for name in names:
         field = model.model_fields[name]
-        label = f"`SPILLWAY_{name.upper()}`" if env else f"`{name}`"
+        variable = flat_name(name) if flat_name is not None else name
+        label = f"`SPILLWAY_{variable.upper()}`" if env else f"`{name}`"
+        where = f" `{section}.{name}` |" if section is not None else ""
         lines.append(
-            f"| {label} | {type_name(field.annotation)} | {default_of(field)} | "
+            f"| {label} |{where} {type_name(field.annotation)} | {default_of(field)} | "
             f"{_cell(field.description or '')} |"
         )
     return lines
+
+
+def section_models(model: type[BaseModel]) -> dict[str, type[BaseModel]]:
+    """Fields of ``model`` that are sections (a model with a ``flat_name``)."""
+    found: dict[str, type[BaseModel]] = {}
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel) and hasattr(sub, "flat_name"):
+            found[name] = sub
+    return found
 
 
 def _anchor(title: str) -> str:
@@ -150,19 +174,33 @@ def _anchor(title: str) -> str:
 
 
 def generate(model: type[BaseModel] = Settings) -> str:
+    parts = section_models(model)
     by_section: dict[str, list[str]] = {}
     for name, section in sections(model).items():
-        by_section.setdefault(section, []).append(name)
-    missing = [n for n in model.model_fields if n not in sections(model)]
+        if name not in parts:
+            by_section.setdefault(section, []).append(name)
+    missing = [n for n in model.model_fields if n not in sections(model) and n not in parts]
     if missing:
         by_section.setdefault("other", []).extend(missing)
     out = [HEADER, "## Sections", ""]
     out += [f"- [{title}](#{_anchor(title)}) ({len(names)})" for title, names in by_section.items()]
+    out += [
+        f"- [{name}](#{_anchor(name)}) ({len(sub.model_fields)}): `settings.{name}`"
+        for name, sub in parts.items()
+    ]
     nested: list[tuple[str, type[BaseModel]]] = []
     for title, names in by_section.items():
         out += ["", f"## {title}", "", *table(model, names, env=True)]
         for name in names:
             nested += [(name, m) for m in nested_models(model.model_fields[name].annotation)]
+    for name, sub in parts.items():
+        out += ["", f"## {name}", ""]
+        if sub.__doc__:
+            out += [" ".join(inspect.cleandoc(sub.__doc__).split()), ""]
+        out += table(sub, list(sub.model_fields), env=True, section=name)
+        for short, field in sub.model_fields.items():
+            flat = sub.flat_name(short)  # type: ignore[attr-defined]
+            nested += [(flat, m) for m in nested_models(field.annotation)]
     for name, sub in nested:
         out += ["", f"### {sub.__name__} (in `SPILLWAY_{name.upper()}`)", ""]
         if sub.__doc__:

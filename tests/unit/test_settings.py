@@ -1,0 +1,136 @@
+"""app/settings.py in sections (issue 16 point 6): the variables are the ones of before,
+read into the section objects; flat names keep working as attributes and keywords."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr
+
+from app.settings import FLAT, SECTIONS, IntakeSettings, KafkaSettings, Settings
+
+#: every variable name (SPILLWAY_<NAME>) before the sections: none may be lost
+BEFORE = {
+    "analyser_alert_count", "analyser_alert_count_window", "analyser_alert_rate_per_min",
+    "analyser_alert_rate_window", "analyser_bucket_s", "analyser_metrics_every_s",
+    "analyser_retention_s", "analyser_windows", "app_id_prefix", "commit_interval_s",
+    "data_dir", "dedupe_horizon_s", "default_sender", "dispatch_batch_size",
+    "dispatch_batch_within_s", "dispatch_lane_in_flight", "dispatch_max_in_flight",
+    "dispatch_revoke_bound_s", "intake_ack_timeout_s", "intake_api_keys", "intake_auth",
+    "intake_body_timeout_s", "intake_integrations", "intake_linger_ms", "intake_max_batch",
+    "intake_max_body_bytes", "intake_max_json_depth", "intake_max_json_values",
+    "intake_rate_burst", "intake_rate_limits", "intake_rate_per_s", "intake_retry_after_s",
+    "intake_signature_max_age_s", "kafka_bootstrap", "kafka_sasl_mechanism",
+    "kafka_sasl_password", "kafka_sasl_username", "kafka_security_protocol",
+    "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_check_hostname",
+    "kafka_ssl_key_password", "kafka_ssl_keyfile", "max_attempts", "max_output_bytes",
+    "metrics_lag_every_s", "metrics_peers", "metrics_slope_window_s", "producer_batch_bytes",
+    "producer_compression", "producer_linger_ms", "provider", "provider_api_key",
+    "provider_http_url", "provider_idempotency_key_ttl_s", "provider_idempotency_ttl_s",
+    "provider_name", "provider_timeout_s", "providers", "redact_pii", "registry_outage_max_s",
+    "retention_dead_days", "retention_events_hours", "retention_sent_hours",
+    "schema_registry_basic_auth", "schema_registry_ssl_cafile", "schema_registry_timeout_s",
+    "schema_registry_url", "session_timeout_s", "shutdown_bound_s", "smtp_host",
+    "smtp_password", "smtp_port", "smtp_starttls", "smtp_username", "stage",
+    "stage_batch_size", "stage_batch_within_s", "startup_checks", "state_flush_s", "store",
+    "templates_dir", "topic_namespace", "topic_partitions", "topic_replication", "web_host",
+    "web_port",
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def no_spillway_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.upper().startswith("SPILLWAY_"):
+            monkeypatch.delenv(name)
+
+
+def test_every_variable_of_before_is_still_a_setting() -> None:
+    names = Settings.env_names()
+    assert not BEFORE - set(names), "variables lost"
+    assert len(names) == len(set(names)), "two settings share a variable"
+
+
+def test_the_sections_are_the_six_of_the_issue() -> None:
+    assert list(SECTIONS) == [
+        "kafka", "registry", "intake", "providers", "policy", "observability",
+    ]  # fmt: skip
+    s = Settings()
+    for section, cls in SECTIONS.items():
+        assert isinstance(getattr(s, section), cls)
+
+
+def test_flat_names_read_and_write_the_section_field() -> None:
+    s = Settings()
+    for flat, (section, short) in FLAT.items():
+        if flat == "providers":  # the section itself; the list is providers.policies
+            continue
+        assert getattr(s, flat) == getattr(getattr(s, section), short), flat
+    s.max_attempts = 7
+    s.kafka_bootstrap = "b:1"
+    assert s.policy.max_attempts == 7 and s.kafka.bootstrap == "b:1"
+    assert s.max_attempts == 7
+
+
+def test_an_unknown_attribute_still_raises() -> None:
+    with pytest.raises(AttributeError):
+        Settings().kafka_bootstrapp  # noqa: B018
+
+
+def test_variables_fill_the_sections(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPILLWAY_KAFKA_BOOTSTRAP", "k:9")
+    monkeypatch.setenv("spillway_store", "rocksdb://")  # any case, like pydantic-settings
+    monkeypatch.setenv("SPILLWAY_SCHEMA_REGISTRY_URL", "http://r")
+    monkeypatch.setenv("SPILLWAY_REGISTRY_OUTAGE_MAX_S", "0")
+    monkeypatch.setenv("SPILLWAY_PROVIDER", "smtp")
+    monkeypatch.setenv("SPILLWAY_PROVIDERS", '[{"name": "a"}, {"name": "b", "kind": "smtp"}]')
+    monkeypatch.setenv("SPILLWAY_INTAKE_API_KEYS", '{"shop": "s3cret"}')
+    monkeypatch.setenv("SPILLWAY_REDACT_PII", "true")
+    monkeypatch.setenv("SPILLWAY_METRICS_PEERS", "http://x:1")
+    monkeypatch.setenv("SPILLWAY_STAGE", "dispatch")
+    s = Settings()
+    assert s.kafka.bootstrap == "k:9" and s.kafka.store == "rocksdb://"
+    assert s.registry.url == "http://r" and s.registry.outage_max_s == 0
+    assert s.providers.kind == "smtp"
+    assert [p.name for p in s.provider_policies()] == ["a", "b"]
+    assert s.intake.api_keys == {"shop": SecretStr("s3cret")}
+    assert s.policy.redact_pii is True and s.observability.metrics_peers == "http://x:1"
+    assert s.stage == "dispatch"
+
+
+def test_keywords_win_over_variables_flat_or_by_section(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPILLWAY_KAFKA_BOOTSTRAP", "env:1")
+    monkeypatch.setenv("SPILLWAY_STORE", "rocksdb://")
+    assert Settings(kafka_bootstrap="kw:2").kafka.bootstrap == "kw:2"
+    assert Settings(kafka_bootstrap="kw:2").kafka.store == "rocksdb://"  # rest from env
+    by_section = Settings(kafka=KafkaSettings(bootstrap="sec:3"), store="memory://")
+    assert (by_section.kafka.bootstrap, by_section.kafka.store) == ("sec:3", "memory://")
+    assert Settings(providers=[{"name": "p"}]).provider_policies()[0].name == "p"
+    assert Settings(intake=IntakeSettings(auth="off")).intake_auth == "off"
+
+
+def test_a_bad_json_variable_names_itself_not_its_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPILLWAY_INTAKE_API_KEYS", '{"shop": "hunter2-secret"')
+    with pytest.raises(ValueError, match="SPILLWAY_INTAKE_API_KEYS") as info:
+        Settings()
+    assert "hunter2" not in str(info.value)
+
+
+def test_sections_reject_unknown_fields_and_validate() -> None:
+    with pytest.raises(ValueError):
+        KafkaSettings(bootstrapp="x")  # type: ignore[call-arg]
+    with pytest.raises(ValueError):
+        Settings(topic_partitions=0)
+    with pytest.raises(ValueError):
+        Settings(kafka={"topic_partitions": -1})
+
+
+def test_section_methods_and_their_flat_forms_agree() -> None:
+    s = Settings(schema_registry_basic_auth="u:p", kafka_bootstrap="b:1")
+    assert s.registry_client_config() == s.registry.client_config()
+    assert s.registry.client_config()["basic.auth.user.info"] == "u:p"
+    assert s.kafka_client_config() == s.kafka.client_config() == {
+        "bootstrap.servers": "b:1", "security.protocol": "PLAINTEXT",
+    }  # fmt: skip
+    assert s.revoke_bound() == min(s.policy.dispatch_revoke_bound_s, s.kafka.session_timeout_s / 3)

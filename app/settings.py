@@ -1,8 +1,21 @@
-"""The one settings object.
+"""The one settings object, in sections.
 
-Every field is read from the environment as ``SPILLWAY_<FIELD NAME>`` (for
-example ``SPILLWAY_KAFKA_BOOTSTRAP``); defaults match the local stack started by
-``scripts/stack up``. Field descriptions are the configuration reference.
+``Settings`` holds a few process-wide fields (stage, app id, namespace, web server,
+templates) and one object per section: ``kafka``, ``registry``, ``intake``,
+``providers``, ``policy``, ``observability`` (``settings.kafka.bootstrap``).
+
+Every field is read from the environment as ``SPILLWAY_<FLAT NAME>``, the names of
+before the sections: a section field's flat name is the section's ``PREFIX`` plus its
+name, or the one its ``FLAT_NAMES`` gives (``kafka.bootstrap`` is
+``SPILLWAY_KAFKA_BOOTSTRAP``, ``providers.policies`` is ``SPILLWAY_PROVIDERS``). Flat
+names also work as attributes and keyword arguments (``settings.kafka_bootstrap``,
+``Settings(kafka_bootstrap=...)``) for the callers written before; new code uses the
+sections. Defaults match the local stack started by ``scripts/stack up``. Field
+descriptions are the configuration reference (``scripts/gen-config-docs``).
+
+A new setting goes into the section it belongs to (its flat name must stay unique:
+``tests/unit/test_settings.py``), or at the top level of ``Settings`` in a commented
+block.
 """
 
 from __future__ import annotations

@@ -25,9 +25,11 @@ takes that bookkeeping over for them (``GapTracker``, pure and property-tested):
   or unknown or exactly one below it: with per-message acks out of order (a slow
   request finishing after its neighbours) that commits past a message not done.
 
-A record seen twice is a duplicate, which at-least-once processing and the
-sent-ledger absorb. Changelog topics, read without acks during recovery, keep
-Faust's own handling.
+A record below the next offset due was delivered already and is dropped (only a
+seek moves that offset back). Records Faust fetched and then dropped at the end of
+a partition, with no later record to show the gap, are fetched again by ``unstick``
+(a timer). Changelog topics, read without acks during recovery, keep Faust's own
+handling.
 """
 
 from __future__ import annotations
@@ -120,6 +122,12 @@ class GapTracker:
         self.expected[tp] = max(self.expected.get(tp, 0), offset + 1)
         return None
 
+    def seen(self, tp: Any, offset: int) -> bool:
+        """``offset`` is below the next offset due: delivered already (or committed).
+        Only a seek moves the next offset due back, to what must come again."""
+        expected = self.expected.get(tp)
+        return expected is not None and offset < expected
+
     def skip_detected(self, tp: Any, offset: int) -> bool:
         return skipped_from(self.expected.get(tp), offset) is not None
 
@@ -135,13 +143,34 @@ def dropped_from(expected: int | None, position: int | None) -> int | None:
 
 class GaplessConsumer(faust_aiokafka.Consumer):
     _gaps: GapTracker
-    _iterating: bool = False
     _behind: dict[Any, tuple[int, int, float]]  # tp -> (expected, position, since)
 
     def tracker(self) -> GapTracker:
         if not hasattr(self, "_gaps"):
             self._gaps = GapTracker()
         return self._gaps
+
+    async def find_missing_topics(self, every_s: float = 5.0, now: float | None = None) -> set[str]:
+        """A topic this member subscribed to before it existed (the worker creates its
+        topics while its consumer joins the group) is left out of the assignment and,
+        without a metadata refresh, never read: render and route logged "Ignoring
+        missing topic" and read nothing. While one is missing from the client's
+        metadata, refresh it (at most every ``every_s``); once the topic shows up the
+        client rejoins and the topic is assigned."""
+        missing = faust_adapter.topics_missing_from_metadata(self)
+        if not missing:
+            return missing
+        now = time.monotonic() if now is None else now
+        last = self.__dict__.get("_metadata_asked", -every_s)
+        if now - last < every_s:
+            return missing
+        self.__dict__["_metadata_asked"] = now
+        log.info("subscribed topics %s not in metadata yet: refreshing", sorted(missing))
+        try:
+            await faust_adapter.refresh_metadata(self)
+        except Exception as exc:  # the next tick asks again
+            log.warning("metadata refresh failed: %r", exc)
+        return missing
 
     async def unstick(self, idle_s: float = 2.0, now: float | None = None) -> list[TP]:
         """Seek back partitions whose records were fetched and then dropped before
@@ -153,8 +182,10 @@ class GaplessConsumer(faust_aiokafka.Consumer):
         ``getmany`` rewind (``GapTracker.check``); at the end of a partition none
         comes, and those records were never read again (a whole bulk tail stalled
         after a rebalance). Call it from a timer: between two fetches, a position
-        past the next offset due, unchanged for ``idle_s``, is such a drop."""
-        if self._iterating or not faust_adapter.may_pause(self.app):
+        past the next offset due, unchanged for ``idle_s``, is such a drop. (Or the
+        rest of a batch still waiting for a full stream buffer: fetched again, those
+        records are dropped as duplicates by ``getmany``, so the seek is safe.)"""
+        if not faust_adapter.may_pause(self.app):
             return []
         now = time.monotonic() if now is None else now
         behind = self.__dict__.setdefault("_behind", {})
@@ -271,12 +302,8 @@ class GaplessConsumer(faust_aiokafka.Consumer):
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109 (Faust's signature)
         acks_enabled: Callable[[str], bool] = self.app.topics.acks_enabled_for
         rewound: set[TP] = set()
-        self._iterating = True
-        try:
-            async for tp, message in self._getmany_checked(timeout, acks_enabled, rewound):
-                yield tp, message
-        finally:
-            self._iterating = False
+        async for tp, message in self._getmany_checked(timeout, acks_enabled, rewound):
+            yield tp, message
 
     async def _getmany_checked(
         self, wait_s: float, acks_enabled: Callable[[str], bool], rewound: set[TP]
@@ -294,6 +321,8 @@ class GaplessConsumer(faust_aiokafka.Consumer):
                     # fetched before the last rebalance: the stream would skip it, so it
                     # must not count as delivered (the next record rewinds to it)
                     continue
+                if tracker.seen(tp, message.offset):
+                    continue  # delivered already (fetched again after a seek back)
                 log_start = None
                 if tracker.skip_detected(tp, message.offset):
                     log_start = (await self.earliest_offsets(tp)).get(tp)
@@ -329,4 +358,5 @@ def install(app: Any) -> None:
     async def unstick() -> None:
         consumer = app.consumer
         if isinstance(consumer, GaplessConsumer):
+            await consumer.find_missing_topics()
             await consumer.unstick(UNSTICK_IDLE_S)

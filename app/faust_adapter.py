@@ -189,16 +189,34 @@ def may_pause(app: Any) -> bool:
     return flow_active(app)
 
 
-def pause_fetch(app: Any, tps: Any) -> None:
-    """Stop fetching ``tps`` (records already fetched are still delivered)."""
-    if tps:
-        app.consumer.pause_partitions(tps)
+async def pause_fetch(app: Any, tps: Any) -> None:
+    """Stop fetching ``tps`` in the aiokafka client (in its thread). Not Faust's
+    ``pause_partitions``: Faust drops the rest of a batch being delivered when its
+    partition leaves the active set, and nothing fetches those records again until a
+    later record shows the gap; aiokafka keeps its position at the last record it
+    handed out, so a paused partition resumes exactly there. A rebalance makes fresh,
+    unpaused partition states."""
+    await _client_call(app, "pause", tps)
 
 
-def resume_fetch(app: Any, tps: Any) -> None:
-    """Fetch ``tps`` again (only partitions this module paused: see ``may_pause``)."""
-    if tps:
-        app.consumer.resume_partitions(tps)
+async def resume_fetch(app: Any, tps: Any) -> None:
+    """Fetch ``tps`` again (partitions ``pause_fetch`` paused)."""
+    await _client_call(app, "resume", tps)
+
+
+async def _client_call(app: Any, method: str, tps: Any) -> None:
+    if not tps:
+        return
+    thread = app.consumer._thread
+
+    async def call() -> None:
+        client = thread._ensure_consumer()
+        assigned = client.assignment()
+        parts = [p for p in (_aiokafka_tp(tp) for tp in tps) if p in assigned]
+        if parts:
+            getattr(client, method)(*parts)
+
+    await thread.call_thread(call)
 
 
 def fetch_position(consumer: Any, tp: Any) -> int | None:
@@ -218,14 +236,38 @@ def fetch_position(consumer: Any, tp: Any) -> int | None:
     return int(state.position)
 
 
-def fetch_paused(consumer: Any, tp: Any) -> bool:
-    """Faust's own pause (``pause_partitions``), or stopped for a full buffer."""
-    return tp in getattr(consumer, "_paused_partitions", ()) or tp in getattr(
-        consumer, "_buffered_partitions", ()
-    )
+def fetch_paused(consumer: Any, tp: Any) -> str:
+    """Why Faust does not fetch ``tp`` now: "P" paused (``pause_partitions``), "B"
+    stopped for a full buffer, "" neither."""
+    marks = "P" if tp in getattr(consumer, "_paused_partitions", ()) else ""
+    return marks + ("B" if tp in getattr(consumer, "_buffered_partitions", ()) else "")
 
 
 def _aiokafka_tp(tp: Any) -> Any:
     from aiokafka import TopicPartition
 
     return TopicPartition(tp.topic, tp.partition)
+
+
+def topics_missing_from_metadata(consumer: Any) -> set[str]:
+    """Topics this consumer subscribed to that its client's cluster metadata does not
+    know (no partitions): the group leader's assignor ignores them ("Ignoring missing
+    topic") and nothing asks again before the metadata max age (5 min)."""
+    try:
+        client = consumer._thread._ensure_consumer()
+        subscription = client._subscription.subscription
+        cluster = client._client.cluster
+    except Exception:
+        return set()
+    if subscription is None:
+        return set()
+    return {t for t in subscription.topics if not cluster.partitions_for_topic(t)}
+
+
+async def refresh_metadata(consumer: Any) -> None:
+    """Ask the broker for the consumer client's metadata now (in the client's thread).
+    A subscribed topic's partition count changing makes aiokafka's coordinator rejoin
+    the group, and the new assignment includes the topic."""
+    thread = consumer._thread
+    client = thread._ensure_consumer()._client
+    await thread.call_thread(client.force_metadata_update)

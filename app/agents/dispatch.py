@@ -233,26 +233,55 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                 len(dispatcher.parked),
                 dispatcher.stats,
             )
+            log.info("dispatch fetch state: %s", fetch_state())
+
+    def fetch_state() -> str:
+        """Per lane partition with work left: client position, end, next offset due,
+        Faust's pause / buffer-full marks (what a stalled lane needs to be explained)."""
+        consumer = app.consumer
+        try:
+            assigned = consumer.assignment()
+        except Exception as exc:
+            return repr(exc)
+        tracker = getattr(consumer, "tracker", None)
+        expected = tracker().expected if tracker is not None else {}
+        out = []
+        for tp in sorted(assigned):
+            lane = next((ln for ln in PRIORITIES if topology.name(LANES[ln]) == tp.topic), None)
+            if lane is None:
+                continue
+            end = consumer.highwater(tp)
+            due = expected.get(tp)
+            if end is not None and due is not None and due >= end:
+                continue  # all fetched
+            marks = faust_adapter.fetch_paused(consumer, tp)
+            marks += "H" if tp in held else ""
+            out.append(
+                f"{lane}{tp.partition}:pos={faust_adapter.fetch_position(consumer, tp)}"
+                f",due={due},end={end}{',' + marks if marks else ''}"
+            )
+        return " ".join(out) or "all fetched"
 
     held: set[Any] = set()  # lane partitions paused by us: their lane may not take now
 
-    def hold_lanes(assigned: set[Any], buffers: dict[str, list[Any]]) -> None:
+    async def hold_lanes(assigned: set[Any], buffers: dict[str, list[Any]]) -> None:
         """A lane whose turn it is not stops fetching once its buffer holds a few
         messages to take when a turn comes: held-back messages wait in Kafka, not in
         this worker's buffers (a full buffer stops the consumer for every lane).
         Never during a rebalance or recovery, when Faust pauses and resumes itself."""
         if not faust_adapter.may_pause(app):
-            held.clear()  # Faust resumes every stream partition after its recovery
+            held.clear()  # a rebalance gives the client fresh, unpaused partition states
             return
         for lane in PRIORITIES[1:]:
             name = topology.name(LANES[lane])
             tps = {tp for tp in assigned if tp.topic == name}
             buffered = sum(q.qsize() for q in buffers[lane])
             if not gate.may_take(lane) and buffered >= HOLD_BUFFERED:
-                faust_adapter.pause_fetch(app, tps)  # again each tick: a buffer drop undoes it
-                held.update(tps)
+                if tps - held:
+                    await faust_adapter.pause_fetch(app, tps - held)
+                    held.update(tps)
             elif tps & held:
-                faust_adapter.resume_fetch(app, tps & held)
+                await faust_adapter.resume_fetch(app, tps & held)
                 held.difference_update(tps)
         held.intersection_update(assigned)
 
@@ -303,7 +332,7 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                 backlog += max(0, end - start)
             buffered = sum(q.qsize() for q in buffers[lane]) if buffers[lane] else backlog
             gate.set_backlog(lane, waiting_work(backlog, buffered, stalled))
-        hold_lanes(assigned, buffers)
+        await hold_lanes(assigned, buffers)
 
     @app.timer(settings.state_flush_s, name="dispatch-pressure-flush")
     async def flush_pressure() -> None:

@@ -323,7 +323,7 @@ async def test_a_partition_that_moves_or_is_caught_up_is_left_alone(
     assert seeks == []
 
 
-async def test_nothing_is_sought_while_a_batch_is_being_delivered_or_in_a_rebalance(
+async def test_nothing_is_sought_in_a_rebalance(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from app import faust_adapter
@@ -331,10 +331,6 @@ async def test_nothing_is_sought_while_a_batch_is_being_delivered_or_in_a_rebala
     positions: dict[TP, int | None] = {T0: 9}
     consumer, seeks = unstick_rig(monkeypatch, positions)
     consumer.tracker().positioned(T0, 5)
-    consumer._iterating = True  # the rest of the batch is still on its way
-    for t in (100.0, 105.0, 110.0):
-        assert await consumer.unstick(2.0, now=t) == []
-    consumer._iterating = False
     monkeypatch.setattr(faust_adapter, "may_pause", lambda app: False)
     for t in (200.0, 205.0):
         assert await consumer.unstick(2.0, now=t) == []
@@ -369,3 +365,69 @@ def test_the_app_looks_for_dropped_tails_on_a_timer() -> None:
     app = create_app(Settings(stage="dispatch"))
     names = [getattr(getattr(t, "fun", t), "__name__", "") for t in app._app_tasks]
     assert "unstick" in names, names
+
+
+async def test_a_topic_missing_from_metadata_is_asked_for_at_most_every_few_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app import faust_adapter
+
+    consumer, _ = make_consumer()
+    missing = {"ns.email.rendered"}
+    asked: list[str] = []
+
+    async def refresh(c: Any) -> None:
+        asked.append("refresh")
+
+    monkeypatch.setattr(faust_adapter, "topics_missing_from_metadata", lambda c: set(missing))
+    monkeypatch.setattr(faust_adapter, "refresh_metadata", refresh)
+    assert await consumer.find_missing_topics(5.0, now=100.0) == missing
+    assert await consumer.find_missing_topics(5.0, now=102.0) == missing
+    assert asked == ["refresh"]
+    await consumer.find_missing_topics(5.0, now=105.5)
+    assert asked == ["refresh", "refresh"]
+    missing.clear()  # the topic is known now: nothing more to ask
+    assert await consumer.find_missing_topics(5.0, now=200.0) == set()
+    assert asked == ["refresh", "refresh"]
+
+
+async def test_a_failed_metadata_refresh_is_tried_again_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app import faust_adapter
+
+    consumer, _ = make_consumer()
+    calls: list[float] = []
+
+    async def refresh(c: Any) -> None:
+        calls.append(1.0)
+        raise ConnectionError("broker away")
+
+    monkeypatch.setattr(faust_adapter, "topics_missing_from_metadata", lambda c: {"t"})
+    monkeypatch.setattr(faust_adapter, "refresh_metadata", refresh)
+    await consumer.find_missing_topics(1.0, now=0.0)
+    await consumer.find_missing_topics(1.0, now=2.0)
+    assert len(calls) == 2
+
+
+async def test_a_seek_back_while_the_batch_is_still_delivered_delivers_nothing_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """unstick may seek back while the rest of a batch still waits for a full stream
+    buffer: those records come through, and their second copies are dropped."""
+    batches = [[5, 6, 7, 8], [5, 6, 7, 8, 9]]
+
+    async def fake_getmany(self: Any, timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109
+        for offset in batches.pop(0):
+            yield T0, SimpleNamespace(topic=T0.topic, offset=offset)
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "getmany", fake_getmany)
+    consumer, _ = make_consumer()
+    consumer.tracker().positioned(T0, 5)
+    delivered = []
+    first = consumer.getmany(1.0)
+    delivered.append((await first.__anext__())[1].offset)  # 5 delivered, 6..8 waiting
+    await consumer.seek(T0, 6)  # the watchdog's seek back to the next offset due
+    delivered += [m.offset async for _, m in first]
+    delivered += [m.offset async for _, m in consumer.getmany(1.0)]
+    assert delivered == [5, 6, 7, 8, 9]

@@ -211,23 +211,83 @@ async def test_fetch_position_reads_the_aiokafka_client_state() -> None:
     assert faust_adapter.fetch_position(SimpleNamespace(), TP("t", 0)) is None  # no client
 
 
-def test_pause_and_resume_fetch_use_faust_pause_partitions() -> None:
+async def test_pause_and_resume_fetch_pause_the_aiokafka_client_in_its_thread() -> None:
+    """aiokafka's pause keeps the client's position at the last record handed out
+    (Faust's pause_partitions drops the rest of a batch being delivered)."""
     from types import SimpleNamespace
 
+    from aiokafka import TopicPartition
+    from aiokafka.consumer.subscription_state import SubscriptionState
     from faust.types import TP
 
     from app import faust_adapter
 
-    calls: list[tuple[str, set[Any]]] = []
-    consumer = SimpleNamespace(
-        pause_partitions=lambda tps: calls.append(("pause", set(tps))),
-        resume_partitions=lambda tps: calls.append(("resume", set(tps))),
-    )
-    app = SimpleNamespace(consumer=consumer, rebalancing=False, in_recovery=False)
-    faust_adapter.pause_fetch(app, {TP("t", 0)})
-    faust_adapter.resume_fetch(app, {TP("t", 0)})
-    faust_adapter.pause_fetch(app, set())  # nothing to do: no call
-    assert calls == [("pause", {TP("t", 0)}), ("resume", {TP("t", 0)})]
-    assert faust_adapter.may_pause(app)
+    state = SubscriptionState()
+    mine, other = TopicPartition("t", 0), TopicPartition("t", 1)
+    state.assign_from_user({mine})
+    calls: list[str] = []
+
+    class Client:
+        def assignment(self) -> set[Any]:
+            return state.assigned_partitions()
+
+        def pause(self, *tps: Any) -> None:
+            for tp in tps:
+                state.pause(tp)
+
+        def resume(self, *tps: Any) -> None:
+            for tp in tps:
+                state.resume(tp)
+
+    async def call_thread(fun: Any, *args: Any) -> Any:
+        calls.append(fun.__name__)
+        return await fun(*args)
+
+    thread = SimpleNamespace(_ensure_consumer=Client, call_thread=call_thread)
+    app = SimpleNamespace(consumer=SimpleNamespace(_thread=thread))
+    await faust_adapter.pause_fetch(app, {TP("t", 0), TP("t", 1)})  # t1 is not ours
+    assert state.paused_partitions() == {mine} and other not in state.assigned_partitions()
+    await faust_adapter.resume_fetch(app, {TP("t", 0)})
+    assert state.paused_partitions() == set()
+    await faust_adapter.pause_fetch(app, set())  # nothing to do: no call
+    assert calls == ["call", "call"]
+    assert faust_adapter.may_pause(SimpleNamespace(rebalancing=False, in_recovery=False))
     assert not faust_adapter.may_pause(SimpleNamespace(rebalancing=True))
     assert not faust_adapter.may_pause(SimpleNamespace(rebalancing=False, in_recovery=True))
+
+
+async def test_topics_missing_from_metadata_are_found_and_refreshed() -> None:
+    """Pins aiokafka 0.14's subscription topics, cluster metadata and
+    ``force_metadata_update`` run in Faust's consumer thread (``call_thread``)."""
+    from types import SimpleNamespace
+
+    from aiokafka.cluster import ClusterMetadata
+    from aiokafka.consumer.subscription_state import SubscriptionState
+
+    from app import faust_adapter
+
+    state = SubscriptionState()
+    cluster = ClusterMetadata()
+    refreshed: list[str] = []
+
+    async def force_metadata_update() -> bool:
+        refreshed.append("now")
+        return True
+
+    client = SimpleNamespace(
+        _subscription=state,
+        _client=SimpleNamespace(cluster=cluster, force_metadata_update=force_metadata_update),
+    )
+
+    async def call_thread(fun: Any, *args: Any) -> Any:
+        return await fun(*args)
+
+    consumer = SimpleNamespace(
+        _thread=SimpleNamespace(_ensure_consumer=lambda: client, call_thread=call_thread)
+    )
+    assert faust_adapter.topics_missing_from_metadata(consumer) == set()  # none subscribed
+    state.subscribe(topics={"ns.email.rendered"})
+    assert faust_adapter.topics_missing_from_metadata(consumer) == {"ns.email.rendered"}
+    await faust_adapter.refresh_metadata(consumer)
+    assert refreshed == ["now"]
+    assert faust_adapter.topics_missing_from_metadata(SimpleNamespace()) == set()

@@ -21,7 +21,6 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from app import metrics
 from app.stages.common import Emission
 
 log = logging.getLogger(__name__)
@@ -97,11 +96,11 @@ async def deliver(
                     raise result
                 failed.append((emission, result))
             else:
-                metrics.emitted(emission, runtime.settings.stage)
+                runtime.metrics.emitted(emission, runtime.settings.stage)
         if not failed:
             return
         for emission, error in failed:
-            metrics.produce_failed(stage, emission.topic, type(error).__name__)
+            runtime.metrics.produce_failed(stage, emission.topic, type(error).__name__)
             log.warning(
                 "%s: produce to %s failed (try %d of %d): %s: %s",
                 stage,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from app import metrics
 from app.agents import delivery
 from app.agents.guard import crash_on_error
 from app.runtime import Runtime
@@ -63,7 +62,7 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                 with crash_on_error("render"):
                     out = []
                     async with gate.turn(lane):
-                        with metrics.busy("render"):
+                        with runtime.metrics.busy("render"):
                             for i, event in enumerate(events):
                                 if i and i % PAUSE_EVERY == 0:
                                     await gate.pause(lane)
@@ -71,7 +70,7 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                                     event.value, Origin.of(event.message)
                                 )
                                 if is_rendered(emission.topic):
-                                    metrics.render_time(
+                                    runtime.metrics.render_time(
                                         emission.value.template, stage.last_render_s
                                     )
                                 out.append(emission)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from app import metrics
 from app.agents import delivery
 from app.agents.guard import crash_on_error
 from app.runtime import Runtime
@@ -44,7 +43,7 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                 with crash_on_error("route"):
                     out = []
                     async with gate.turn(lane):
-                        with metrics.busy("route"):
+                        with runtime.metrics.busy("route"):
                             for i, e in enumerate(events):
                                 if i and i % PAUSE_EVERY == 0:
                                     await gate.pause(lane)

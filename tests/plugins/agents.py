@@ -8,16 +8,24 @@ import pytest
 
 from app.agents import delivery
 from app.factory import create_app
+from app.observability import StageMetrics
 from app.settings import Settings
 from app.stages.common import Emission
 
 
 def make_app(
-    stage: str, registry: Any, monkeypatch: pytest.MonkeyPatch | None = None
+    stage: str,
+    registry: Any,
+    monkeypatch: pytest.MonkeyPatch | None = None,
+    metrics: StageMetrics | None = None,
 ) -> tuple[Any, list[Emission]]:
+    """The app of ``stage`` and the list its outputs land in (encoded, not produced);
+    with ``monkeypatch``, render and route deliver there too; ``metrics`` is what the
+    stages report to (default: the process's Prometheus registry)."""
     app = create_app(
         Settings(stage=stage, store="memory://"),  # type: ignore[arg-type]
         registry=registry,
+        metrics=metrics,
     )
     runtime = app.spillway  # type: ignore[attr-defined]
     runtime.serde.register()

@@ -13,12 +13,14 @@ from app.settings import Settings
 from app.templating import TemplateStore
 from tests.plugins.agents import make_app
 from tests.plugins.factories import rendered_email
+from tests.plugins.metrics import RecordingMetrics
 
 
 async def test_render_agent_renders_and_dead_letters(
     registry: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app, out = make_app("render", registry, monkeypatch)
+    recording = RecordingMetrics()
+    app, out = make_app("render", registry, monkeypatch, metrics=recording)
     sample = TemplateStore(Settings().templates_dir).sample_data("newsletter")
     good = {
         "event_id": "n1",
@@ -32,15 +34,21 @@ async def test_render_agent_renders_and_dead_letters(
         await agent.put(b"not an event", key=b"n2")
     assert [e.topic for e in out] == ["rendered.bulk", "dead"]  # by the event's priority
     assert out[1].value.reason == "undecodable" and out[1].value.event_id == "n2"
+    # the agent reports to the metrics it was given (issue 16 pt 4), not a global
+    assert {args for args in recording.of("busy")} == {("render",)}
+    assert recording.open_busy["render"] == 0
+    assert [t for t, _ in recording.of("render_time")] == ["newsletter"]  # rendered only
 
 
 async def test_route_agent_picks_lane(registry: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    app, out = make_app("route", registry, monkeypatch)
+    recording = RecordingMetrics()
+    app, out = make_app("route", registry, monkeypatch, metrics=recording)
     serde = app.spillway.serde  # type: ignore[attr-defined]
     email = rendered_email(event_id="r1", priority="critical", template="password_reset")
     async with app.agents["route"].test_context() as agent:
         await agent.put(serde.encode("email.rendered", email), key=b"r1")
     assert [e.topic for e in out] == ["dispatch.critical"]
+    assert recording.of("busy") == [("route",)] and recording.open_busy["route"] == 0
 
 
 @pytest.mark.parametrize("stage", ["render", "route", "dispatch", "intake", "all"])

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from app import metrics
 from app.agents import delivery, guard
 from app.agents.delivery import ProduceFailedError, deliver
 from app.serde import RegistryUnavailableError
 from app.stages.common import Emission
+from tests.plugins.metrics import RecordingMetrics
 
 
 class FakeTopic:
@@ -48,6 +48,7 @@ class FakeRuntime:
     def __init__(self, topics: dict[str, FakeTopic]) -> None:
         self.topology = FakeTopology(topics)
         self.settings = type("S", (), {"stage": "render"})()
+        self.metrics = RecordingMetrics()
 
     def encode(self, emission: Emission) -> bytes:
         assert emission.encoded is not None
@@ -56,13 +57,6 @@ class FakeRuntime:
 
 def emissions(n: int) -> list[Emission]:
     return [Emission("rendered", f"k{i}".encode(), None, f"v{i}".encode()) for i in range(n)]
-
-
-def failures(stage: str, topic: str, error: str) -> float:
-    value = metrics.METRICS.registry.get_sample_value(
-        "spillway_produce_failures_total", {"stage": stage, "topic": topic, "error": error}
-    )
-    return value or 0.0
 
 
 async def test_returns_only_after_every_output_is_acknowledged() -> None:
@@ -74,13 +68,14 @@ async def test_returns_only_after_every_output_is_acknowledged() -> None:
 async def test_a_failed_produce_is_retried_counted_and_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    before = failures("render", "rendered", "KafkaTimeoutError")
     error = type("KafkaTimeoutError", (Exception,), {})("no ack")
     topic = FakeTopic([None, error, None])  # the 2nd of 3 fails once
+    runtime = FakeRuntime({"rendered": topic})
     with caplog.at_level(logging.WARNING):
-        await deliver(FakeRuntime({"rendered": topic}), emissions(3), stage="render", pause_s=0)
+        await deliver(runtime, emissions(3), stage="render", pause_s=0)
     assert [v for _, v in topic.sent] == [b"v0", b"v1", b"v2", b"v1"]  # only v1 again
-    assert failures("render", "rendered", "KafkaTimeoutError") == before + 1
+    assert runtime.metrics.of("produce_failed") == [("render", "rendered", "KafkaTimeoutError")]
+    assert [e.encoded for e, _ in runtime.metrics.of("emitted")] == [b"v0", b"v2", b"v1"]
     assert "produce to email.rendered failed (try 1 of 3): KafkaTimeoutError: no ack" in caplog.text
 
 

@@ -3,7 +3,8 @@
 //
 //   node produce.js [--avro] [EVENT_ID] [RECIPIENT]
 //
-// Environment: KAFKA_BOOTSTRAP (default 127.0.0.1:9092), TOPIC (default email.raw-events),
+// Environment: KAFKA_BOOTSTRAP (default 127.0.0.1:9092), TOPIC (default: the topic of the
+// event's priority, email.raw-events.normal; the catch-all email.raw-events works too),
 // SCHEMA_REGISTRY_URL (default http://127.0.0.1:8081/apis/ccompat/v7; --avro only).
 // The contract is docs/producing.md. Exit code 0 once the broker has acknowledged (acks=all).
 'use strict';
@@ -16,7 +17,6 @@ const args = process.argv.slice(2);
 const avro = args.includes('--avro');
 const [eventId = `node-${Date.now()}`, to = 'ada@example.com'] = args.filter((a) => a !== '--avro');
 const bootstrap = process.env.KAFKA_BOOTSTRAP || '127.0.0.1:9092';
-const topic = process.env.TOPIC || 'email.raw-events';
 const registryUrl = process.env.SCHEMA_REGISTRY_URL || 'http://127.0.0.1:8081/apis/ccompat/v7';
 
 // The event: plain JSON fields; template variables in `data` may nest freely.
@@ -44,6 +44,9 @@ const event = {
     shop: { name: 'Spillway Shop', url: 'https://shop.example' },
   },
 };
+// One topic per priority (docs/producing.md#priority-topics): a critical event never
+// queues behind a burst of bulk.
+const topic = process.env.TOPIC || `email.raw-events.${event.priority}`;
 
 // Avro has no "any" type: each template variable travels as a JsonValue record {"v": ...}
 // whose field is a union (null, boolean, long, double, string, array, map), nested freely.

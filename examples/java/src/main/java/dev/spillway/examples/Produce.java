@@ -25,7 +25,6 @@ public final class Produce {
     String eventId = args.length > 0 ? args[0] : "java-" + System.currentTimeMillis();
     String to = args.length > 1 ? args[1] : "katherine@example.com";
     String bootstrap = System.getenv().getOrDefault("KAFKA_BOOTSTRAP", "127.0.0.1:9092");
-    String topic = System.getenv().getOrDefault("TOPIC", "email.raw-events");
 
     Map<String, Object> data = new LinkedHashMap<>();
     data.put("subscriber", Map.of("name", "Katherine Johnson"));
@@ -47,6 +46,9 @@ public final class Produce {
     event.put("source", "java-example");
     event.put("created_at", System.currentTimeMillis());
     event.put("data", data);
+    // One topic per priority (docs/producing.md#priority-topics); email.raw-events, the
+    // catch-all, is read at normal priority.
+    String topic = System.getenv().getOrDefault("TOPIC", "email.raw-events." + event.get("priority"));
     byte[] value = new ObjectMapper().writeValueAsBytes(event);
 
     Properties props = new Properties();

@@ -217,9 +217,10 @@ def produce_burst(
     topic: str,
     records: list[tuple[bytes, bytes, str]],
     produced_at: dict[str, float],
+    topics: list[str] | None = None,
 ) -> Intake:
     """As fast as one confluent-kafka producer can (acks=all); ack latency from the
-    delivery callbacks."""
+    delivery callbacks. ``topics[i]``: record i's topic (default ``topic``)."""
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
@@ -241,13 +242,14 @@ def produce_burst(
         latencies.append(now - t)
 
     start = time.perf_counter()
-    for key, value, event_id in records:
+    for i, (key, value, event_id) in enumerate(records):
         produced_at[event_id] = time.time()
         t = time.perf_counter()
+        to = topics[i] if topics else topic
         while True:
             try:
                 producer.produce(
-                    topic, key=key, value=value, on_delivery=functools.partial(on_delivery, t=t)
+                    to, key=key, value=value, on_delivery=functools.partial(on_delivery, t=t)
                 )
                 break
             except BufferError:
@@ -281,12 +283,13 @@ def kafka_sender(bootstrap: str, topic: str, serde: Serde) -> Callable[[dict[str
 
 
 def encode_all(
-    events: list[dict[str, Any]], serde: Serde, raw_topic: str
+    events: list[dict[str, Any]], serde: Serde, raw_topic: str, topics: list[str] | None = None
 ) -> list[tuple[bytes, bytes, str]]:
+    """Half Avro (framed for the record's topic: ``topics[i]`` or ``raw_topic``), half JSON."""
     return [
         (
             e["event_id"].encode(),
-            burst.encode("good", e, serde, raw_topic, use_avro=i % 2 == 0),
+            burst.encode("good", e, serde, topics[i] if topics else raw_topic, use_avro=i % 2 == 0),
             e["event_id"],
         )
         for i, e in enumerate(events)
@@ -421,9 +424,14 @@ def run_spillway(run: Run, sim: Simulator) -> SystemResult:
     serde.register()
     raw_topic = settings.topic("email.raw-events")
     events = run.events(ns)
-    records = encode_all(events, serde, raw_topic)
+    # a priority-aware producer (issue 14): each event to its priority's raw topic
+    topics = [settings.topic(f"email.raw-events.{e.get('priority', 'normal')}") for e in events]
+    records = encode_all(events, serde, raw_topic, topics)
     result = SystemResult(
-        "spillway", "one faust worker per stage: render, route, dispatch", run.n + run.late
+        "spillway",
+        "one faust worker per stage: render, route, dispatch; each event produced to its "
+        "priority's raw topic",
+        run.n + run.late,
     )
     workers = Workers(overrides, run.log_dir / "spillway")
     observer: Observer | None = None
@@ -450,9 +458,12 @@ def run_spillway(run: Run, sim: Simulator) -> SystemResult:
             else None
         )
         produced_at: dict[str, float] = {}
-        result.intake = produce_burst(settings.kafka_bootstrap, raw_topic, records, produced_at)
+        result.intake = produce_burst(
+            settings.kafka_bootstrap, raw_topic, records, produced_at, topics
+        )
+        critical_topic = settings.topic("email.raw-events.critical")
         probe = run.probe(
-            sim, ns, kafka_sender(settings.kafka_bootstrap, raw_topic, serde), produced_at
+            sim, ns, kafka_sender(settings.kafka_bootstrap, critical_topic, serde), produced_at
         )
         obs = observer
         if not wait_drained(

@@ -70,6 +70,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from app.models import PRIORITIES, DeadLetter, DispatchRequest, SendResult
 from app.stages.common import Emission
+from app.stages.deadletters import DIMENSIONS, WindowSummary
 from app.topology import STAGE_ORDER, STAGES, TOPICS, stages_of
 
 log = logging.getLogger(__name__)
@@ -295,6 +296,49 @@ ProcessCollector(registry=REGISTRY)  # process_resident_memory_bytes, cpu second
 METRICS = Metrics(REGISTRY)
 
 
+ANALYSER_TOP_VALUES = 20  # per dimension in the gauges: label sets stay bounded
+
+
+class AnalyserMetrics:
+    """The dead-letter analyser's gauges (app/agents/deadletters.py), made on a registry
+    the first time the analyser reports (other workers' /metrics do not list them)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.count = Gauge(
+            "spillway_dead_letters_window_count", "Dead letters in the sliding window.",
+            ["window"], registry=registry,
+        )  # fmt: skip
+        self.rate = Gauge(
+            "spillway_dead_letters_window_rate_per_minute",
+            "Dead letters per minute over the sliding window.",
+            ["window"], registry=registry,
+        )  # fmt: skip
+        self.by = Gauge(
+            "spillway_dead_letters_window_by",
+            "Dead letters in the sliding window by reason, template (name@version), source, "
+            f"provider and stage (top {ANALYSER_TOP_VALUES} values each).",
+            ["window", "dimension", "value"], registry=registry,
+        )  # fmt: skip
+        self.alert = Gauge(
+            "spillway_dead_letters_alert",
+            "1 while dead letters exceed the configured count or rate threshold.",
+            ["signal"], registry=registry,
+        )  # fmt: skip
+
+    def update(self, summaries: Mapping[str, WindowSummary], alert: Mapping[str, Any]) -> None:
+        self.by.clear()  # values that left the window must not linger
+        for window, s in summaries.items():
+            self.count.labels(window).set(s.total)
+            self.rate.labels(window).set(round(s.rate_per_min, 3))
+            for dimension in DIMENSIONS:
+                for value, c in s.top(dimension, ANALYSER_TOP_VALUES):
+                    if c.count:
+                        self.by.labels(window, dimension, value).set(c.count)
+        self.alert.labels("count").set(int(alert["count"]["firing"]))
+        self.alert.labels("rate").set(int(alert["rate"]["firing"]))
+        self.alert.labels("any").set(int(alert["firing"]))
+
+
 # --- the StageMetrics protocol (app.observability) on Prometheus: the edge ---------------
 P = ParamSpec("P")
 _failed: set[str] = set()
@@ -322,6 +366,7 @@ class PrometheusMetrics:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        self._analyser: AnalyserMetrics | None = None
 
     def __repr__(self) -> str:
         return "PrometheusMetrics()"
@@ -378,6 +423,14 @@ class PrometheusMetrics:
     @never_raises
     def duplicate_suppressed(self) -> None:
         self.metrics.duplicates.inc()
+
+    @never_raises
+    def dead_letter_window(
+        self, summaries: Mapping[str, WindowSummary], alert: Mapping[str, Any]
+    ) -> None:
+        if self._analyser is None:
+            self._analyser = AnalyserMetrics(self.metrics.registry)
+        self._analyser.update(summaries, alert)
 
 
 DEFAULT = PrometheusMetrics(METRICS)

@@ -16,11 +16,12 @@ configured provider name, reason code, status class): never an event id or addre
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from app.stages.common import Emission
+from app.stages.deadletters import WindowSummary
 
 
 @runtime_checkable
@@ -65,6 +66,13 @@ class StageMetrics(Protocol):
     def duplicate_suppressed(self) -> None:
         """The sent-ledger skipped an event that was sent already."""
 
+    # --- dead-letter analyser -----------------------------------------------------------
+    def dead_letter_window(
+        self, summaries: Mapping[str, WindowSummary], alert: Mapping[str, Any]
+    ) -> None:
+        """The analyser's figures per sliding window (name -> summary) and alert state
+        (``{"firing": bool, "count": {"firing": ...}, "rate": {...}}``)."""
+
 
 class NullMetrics:
     """Reports nothing."""
@@ -104,4 +112,9 @@ class NullMetrics:
         pass
 
     def duplicate_suppressed(self) -> None:
+        pass
+
+    def dead_letter_window(
+        self, summaries: Mapping[str, WindowSummary], alert: Mapping[str, Any]
+    ) -> None:
         pass

@@ -9,9 +9,10 @@ template@version, source, provider and stage in ``analyser_bucket_s`` buckets fo
 
 answers the counts in the window and in the window just before (so "a new template
 version started failing" shows as a value with a count and no "previous"), the rate,
-and the alert signal. Every ``analyser_metrics_every_s`` the gauges below are set
-for each of ``analyser_windows`` and the alert windows, in the registry that
-``/metrics`` serves (app/metrics.py):
+and the alert signal. Every ``analyser_metrics_every_s`` the analyser reports each of
+``analyser_windows`` and the alert state to ``runtime.metrics.dead_letter_window``
+(app/observability.py); the Prometheus implementation (app/metrics.py) sets these
+gauges in the registry that ``/metrics`` serves:
 
     spillway_dead_letters_window_count{window}            dead letters in the window
     spillway_dead_letters_window_rate_per_minute{window}
@@ -46,7 +47,6 @@ from app.topology import DEAD
 
 log = logging.getLogger(__name__)
 
-TOP_VALUES = 20  # per dimension in the gauges: label sets stay bounded
 
 
 class Analyser:
@@ -105,47 +105,6 @@ class Analyser:
         return doc
 
 
-class AnalyserMetrics:
-    """The analyser's gauges, in the registry that ``/metrics`` serves."""
-
-    def __init__(self, registry: Any) -> None:
-        from prometheus_client import Gauge
-
-        self.count = Gauge(
-            "spillway_dead_letters_window_count", "Dead letters in the sliding window.",
-            ["window"], registry=registry,
-        )  # fmt: skip
-        self.rate = Gauge(
-            "spillway_dead_letters_window_rate_per_minute",
-            "Dead letters per minute over the sliding window.",
-            ["window"], registry=registry,
-        )  # fmt: skip
-        self.by = Gauge(
-            "spillway_dead_letters_window_by",
-            "Dead letters in the sliding window by reason, template (name@version), source, "
-            f"provider and stage (top {TOP_VALUES} values each).",
-            ["window", "dimension", "value"], registry=registry,
-        )  # fmt: skip
-        self.alert = Gauge(
-            "spillway_dead_letters_alert",
-            "1 while dead letters exceed the configured count or rate threshold.",
-            ["signal"], registry=registry,
-        )  # fmt: skip
-
-    def update(self, summaries: Mapping[str, WindowSummary], alert: Mapping[str, Any]) -> None:
-        self.by.clear()  # values that left the window must not linger
-        for window, s in summaries.items():
-            self.count.labels(window).set(s.total)
-            self.rate.labels(window).set(round(s.rate_per_min, 3))
-            for dimension in DIMENSIONS:
-                for value, c in s.top(dimension, TOP_VALUES):
-                    if c.count:
-                        self.by.labels(window, dimension, value).set(c.count)
-        self.alert.labels("count").set(int(alert["count"]["firing"]))
-        self.alert.labels("rate").set(int(alert["rate"]["firing"]))
-        self.alert.labels("any").set(int(alert["firing"]))
-
-
 async def changelog_known(app: Any, table: Any, timeout_s: float = 30.0) -> bool:
     """Wait until the consumer's metadata gives the table's changelog its partitions.
 
@@ -172,15 +131,6 @@ async def changelog_known(app: Any, table: Any, timeout_s: float = 30.0) -> bool
             client.force_metadata_update()
         await asyncio.sleep(0.2)
     return True
-
-
-_metrics: dict[int, AnalyserMetrics] = {}  # one per registry (each test app has its own app)
-
-
-def metrics_for(registry: Any) -> AnalyserMetrics:
-    if id(registry) not in _metrics:
-        _metrics[id(registry)] = AnalyserMetrics(registry)
-    return _metrics[id(registry)]
 
 
 def attach(app: Any, runtime: Runtime) -> Any:
@@ -234,12 +184,10 @@ def attach(app: Any, runtime: Runtime) -> Any:
 
     @app.timer(settings.analyser_metrics_every_s, name="dead-letter-analyser-metrics")
     async def refresh() -> None:
-        from app.metrics import REGISTRY
-
         now = now_ms()
         summaries = {w: analyser.summary(analyser.window_s(w), now) for w in analyser.windows}
         alert = analyser.alert(now)
-        metrics_for(REGISTRY).update(summaries, alert)
+        runtime.metrics.dead_letter_window(summaries, alert)  # app.observability
         if alert["firing"] != analyser.firing:
             analyser.firing = alert["firing"]
             (log.warning if analyser.firing else log.info)(

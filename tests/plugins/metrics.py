@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from app.stages.common import Emission
+from app.stages.deadletters import WindowSummary
 
 
 class RecordingMetrics:
@@ -66,3 +67,8 @@ class RecordingMetrics:
 
     def duplicate_suppressed(self) -> None:
         self._record("duplicate_suppressed")
+
+    def dead_letter_window(
+        self, summaries: Mapping[str, WindowSummary], alert: Mapping[str, Any]
+    ) -> None:
+        self._record("dead_letter_window", dict(summaries), dict(alert))

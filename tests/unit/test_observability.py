@@ -15,9 +15,10 @@ from app.metrics import Metrics, PrometheusMetrics
 from app.observability import NullMetrics, StageMetrics
 from app.runtime import Runtime
 from app.settings import Settings
-from app.stages.common import Emission
+from app.stages.common import Emission, now_ms
+from app.stages.deadletters import summarize_letters
 from app.topology import Topology
-from tests.plugins.factories import bare_dead_letter, send_result
+from tests.plugins.factories import bare_dead_letter, dead_letter, send_result
 from tests.plugins.metrics import RecordingMetrics
 
 OPERATIONS = sorted(
@@ -29,7 +30,7 @@ def test_the_protocol_has_the_operations_stages_call() -> None:
     called = {
         "emitted", "produce_failed", "busy", "render_time", "provider_response",
         "breaker_state", "rate_limit_remaining", "bucket_level", "quota", "retry",
-        "missing_message_id", "duplicate_suppressed",
+        "missing_message_id", "duplicate_suppressed", "dead_letter_window",
     }  # fmt: skip
     assert set(OPERATIONS) == called
 
@@ -47,7 +48,7 @@ def test_each_implementation_has_every_operation_with_its_parameters(impl: Any) 
 
 
 def test_the_module_hooks_are_the_default_operations() -> None:
-    for name in OPERATIONS:
+    for name in set(OPERATIONS) - {"dead_letter_window"}:  # hooks kept for old callers
         hook = getattr(prometheus, name)
         assert list(inspect.signature(hook).parameters) == list(
             inspect.signature(getattr(prometheus.DEFAULT, name)).parameters
@@ -92,6 +93,20 @@ def test_prometheus_operations_set_the_same_series_as_before() -> None:
     assert value("spillway_retries_total", attempt="3") == 1
     assert value("spillway_provider_missing_message_id_total", provider="sim") == 1
     assert value("spillway_duplicates_suppressed_total") == 1
+
+
+def test_the_analyser_gauges_appear_only_where_the_analyser_reports() -> None:
+    m = Metrics(CollectorRegistry())
+    p = PrometheusMetrics(m)
+    assert b"spillway_dead_letters_window" not in m.exposition()  # other workers: as before
+    now = now_ms()
+    summary = summarize_letters([dead_letter(dead_at=now)], now_ms=now, window_s=300)
+    alert = {"firing": False, "count": {"firing": False}, "rate": {"firing": False}}
+    p.dead_letter_window({"5m": summary}, alert)
+    p.dead_letter_window({"5m": summary}, alert)  # the gauges are made once
+    get = m.registry.get_sample_value
+    assert get("spillway_dead_letters_window_count", {"window": "5m"}) == 1
+    assert get("spillway_dead_letters_alert", {"signal": "any"}) == 0
 
 
 def test_prometheus_operations_never_raise(caplog: pytest.LogCaptureFixture) -> None:

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from app.agents import deadletters as analyser_module
-from app.agents.deadletters import AnalyserMetrics
+from app.metrics import AnalyserMetrics
 from app.settings import Settings
 from app.stages.common import now_ms
 from app.stages.deadletters import parse_count_key

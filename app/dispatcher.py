@@ -12,8 +12,8 @@ of its lane's in-flight slots (``lane_in_flight``), so a slow request costs one
 slot while the lane's other messages keep flowing. A message is acked (Faust may
 then commit its offset; ``app.consumer`` commits only a contiguous prefix) only
 once its output was acknowledged by Kafka; a ``sent`` ledger mark is written only
-after its ``email.sent`` record was acknowledged, and the message is acked only once
-that mark was acknowledged too.
+after its ``email.sent`` record was acknowledged (the stage acked ``accepted`` before
+producing it), and the message is acked only once that mark was acknowledged too.
 
 Revocation (``revoke``): at once, nothing more of those partitions is admitted,
 and every task of theirs that has no request on the wire is cancelled, wherever it
@@ -114,8 +114,8 @@ class Dispatcher:
     revoke_bound_s: float = 5.0
     stall_s: float = 3.0  # a loop stall longer than this fences sending
     session_timeout_s: float = 10.0
-    #: ledger.confirm: writes the held ``sent`` marks; awaited (when it returns an
-    #: awaitable) until Kafka acknowledged them, before the message is acked
+    #: ledger.confirm: turns ``accepted`` marks into ``sent``; awaited (when it returns
+    #: an awaitable) until Kafka acknowledged them, before the message is acked
     confirm: Callable[[Iterable[str]], Awaitable[None] | None] = lambda ids: None
     sent_topic: str = "sent"
     enter: Callable[[str], None] = lambda lane: None  # LaneGate.enter/leave

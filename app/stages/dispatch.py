@@ -2,15 +2,17 @@
 
 Per message:
 1. The sent-ledger is checked: an id already sent (or being sent by this worker) is
-   skipped, counted as a duplicate suppressed. An id left ``in_flight`` by a crash may
-   have been accepted: it is sent again with the same idempotency key only to a
-   provider that honours keys and while the key lives (``idempotency_ttl``); else it
-   is parked as a dead letter with reason ``ambiguous`` (or resent, when the
-   provider's policy says ``ambiguous_resend``: at least once). An id parked
-   ``ambiguous`` is parked again, never sent, unless the request is an operator
-   replay newer than the mark (``Ledger``). Marks that a send relies on are acked by
-   Kafka first: ``in_flight`` before a request to a provider without keys,
-   ``ambiguous`` before its dead letter is returned.
+   skipped, counted as a duplicate suppressed; an id ``accepted`` (by the provider,
+   before a crash) gets its SendResult again from the ledger, with no request. An id
+   left ``in_flight`` by a crash may have been accepted: it is sent again with the
+   same idempotency key only to a provider that honours keys and while the key lives
+   (``idempotency_ttl``); else it is parked as a dead letter with reason
+   ``ambiguous`` (or resent, when the provider's policy says ``ambiguous_resend``: at
+   least once). An id parked ``ambiguous`` is parked again, never sent, unless the
+   request is an operator replay newer than the mark (``Ledger``). Marks that a send
+   relies on are acked by Kafka first: ``in_flight`` before a request to a provider
+   without keys, ``accepted`` before its SendResult and ``ambiguous`` before its dead
+   letter are returned.
 2. A provider is chosen: the primary, or its fallback while the primary's breaker is
    open; a retry after an ambiguous failure is pinned to the provider that may hold
    it (never failed over). With none available the message waits (not an attempt).
@@ -185,6 +187,14 @@ class DispatchStage:
             self.stats.duplicates_suppressed += 1
             self.hooks.duplicate()
             return None
+        if entry is not None and entry.state == "accepted":
+            # Accepted before a crash; its SendResult may not be in Kafka: produce it
+            # again from the ledger (the provider's id), with no request.
+            self.stats.duplicates_suppressed += 1
+            self.hooks.duplicate()
+            return self._result(
+                req, entry.provider or "", entry.message_id or "", 0.0, int(entry.at * 1000)
+            )
         if (
             entry is not None
             and entry.state in ("ambiguous", "in_flight")
@@ -352,7 +362,7 @@ class DispatchStage:
                 raise
             self._record(name, partition, True, before, "2xx", started)
             self.board.succeeded(name)
-            return self._sent(req, receipt)
+            return await self._sent(req, receipt)
 
     def _record(
         self,
@@ -376,7 +386,10 @@ class DispatchStage:
             self.hooks.breaker(name, breaker.state)
 
     # -- outcomes ----------------------------------------------------------------------
-    def _sent(self, req: DispatchRequest, receipt: SendReceipt) -> Emission:
+    async def _sent(self, req: DispatchRequest, receipt: SendReceipt) -> Emission:
+        """Accepted: the ledger's ``accepted`` mark is acknowledged by Kafka before the
+        SendResult is returned (``LedgerWriteError`` otherwise: an infrastructure
+        fault), so a crash after this can produce the result again, never resend."""
         if receipt.rate_limit is not None:
             rl = receipt.rate_limit
             self.board.observe(receipt.provider, rl.limit, rl.remaining, rl.reset_at)
@@ -390,18 +403,25 @@ class DispatchStage:
                 "provider %s accepted %s without a message id", receipt.provider, req.event_id
             )
         self.ledger.mark_sent(req.event_id, receipt.provider, receipt.message_id)
+        await self.ledger.settled(req.event_id)
         self.stats.sent += 1
-        sent_at = now_ms(self.clock)
+        return self._result(
+            req, receipt.provider, receipt.message_id, receipt.latency_s, now_ms(self.clock)
+        )
+
+    def _result(
+        self, req: DispatchRequest, provider: str, message_id: str, latency_s: float, sent_at: int
+    ) -> Emission:
         return Emission(
             SENT,
             req.event_id.encode(),
             SendResult(
                 event_id=req.event_id,
                 priority=req.priority,
-                provider=receipt.provider,
-                provider_message_id=receipt.message_id,
+                provider=provider,
+                provider_message_id=message_id,
                 attempts=req.attempts + 1,
-                provider_latency_ms=receipt.latency_s * 1000.0,
+                provider_latency_ms=latency_s * 1000.0,
                 time_to_send_ms=float(sent_at - req.accepted_at),
                 template=req.template,
                 template_version=req.template_version,

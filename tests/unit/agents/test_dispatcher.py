@@ -223,7 +223,7 @@ async def test_a_failed_produce_is_never_acked_nor_marked_sent() -> None:
     await d.admit("critical", work(P0, 0, acks))
     await until(lambda: len(fatal) == 1)
     assert acks == []
-    assert table[b"e0-0"]["s"] == "in_flight"  # sent mark held back, never written
+    assert table[b"e0-0"]["s"] == "accepted"  # never "sent": its result is produced again
 
 
 async def test_takeover_serves_every_lane() -> None:

@@ -107,15 +107,51 @@ async def test_sends_and_records_result(serde: Serde) -> None:
         1,
         1_500.0,
     )
-    assert stage.ledger.get("e-1").state == "sent"  # type: ignore[union-attr]
+    entry = stage.ledger.get("e-1")  # sent once its SendResult is acked (confirm)
+    assert entry is not None and (entry.state, entry.message_id) == ("accepted", "m-e-1")
 
 
 async def test_already_sent_is_suppressed(serde: Serde) -> None:
     provider = FakeProvider()
     stage = make(serde, provider)
     await stage.handle(encode(serde, request()), ORIGIN, "normal")
+    await stage.ledger.confirm(["e-1"])  # its SendResult was acked
     assert await stage.handle(encode(serde, request()), ORIGIN, "normal") is None
     assert len(provider.calls) == 1 and stage.stats.duplicates_suppressed == 1
+
+
+@pytest.mark.parametrize("replay", [False, True])
+async def test_an_accepted_email_gets_its_result_again_and_no_request(
+    serde: Serde, replay: bool
+) -> None:
+    # a crash after the provider accepted it (mark acked), before its SendResult (or
+    # the sent mark) was acked: the result is produced again from the ledger
+    table = {b"e-1": {"s": "accepted", "p": "p", "m": "m-9", "t": 2.25}}
+    provider = FakeProvider(name="p")
+    stage = make(serde, provider, table=table, policies=[ProviderPolicy(name="p")])
+    origin = replayed(5) if replay else ORIGIN
+    out = await stage.handle(encode(serde, request(replay=replay)), origin, "normal")
+    assert out is not None and out.topic == "sent" and provider.calls == []
+    result = out.value
+    assert (result.event_id, result.provider, result.provider_message_id) == ("e-1", "p", "m-9")
+    assert (result.sent_at, result.time_to_send_ms, result.attempts) == (2_250, 1_250.0, 1)
+
+
+async def test_the_accepted_mark_is_acked_by_kafka_before_the_send_result_is_returned(
+    serde: Serde,
+) -> None:
+    # else email.sent could be acked with the mark still buffered: a crash then finds
+    # in_flight, and an email that was sent is parked (or resent with its key)
+    table = AckedTable()
+    policy = ProviderPolicy(name="p", idempotency_ttl_s=60)
+    stage = make(serde, FakeProvider(name="p"), table=table, policies=[policy])
+    task = asyncio.ensure_future(stage.handle(encode(serde, request()), ORIGIN, "normal"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert table.writes == [(b"e-1", "in_flight"), (b"e-1", "accepted")] and not task.done()
+    table.ack(b"e-1")
+    out = await asyncio.wait_for(task, 5)
+    assert out is not None and out.topic == "sent"
 
 
 async def test_concurrent_duplicates_send_once(serde: Serde) -> None:
@@ -324,10 +360,13 @@ async def test_in_flight_mark_is_acked_by_kafka_before_a_send_without_a_key(
     task = asyncio.ensure_future(stage.handle(encode(serde, request()), ORIGIN, "normal"))
     for _ in range(20):
         await asyncio.sleep(0)
-    assert table.writes == [(b"e-1", "in_flight")]
+    assert table.writes[0] == (b"e-1", "in_flight")
     if waits:
         assert events == [] and not task.done()  # holds the request until the ack
         table.ack(b"e-1")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    table.ack(b"e-1")  # the accepted mark
     out = await asyncio.wait_for(task, 5)
     assert out is not None and out.topic == "sent"
     assert events == ["send:acked" if waits else "send:pending"]

@@ -36,7 +36,8 @@ def setup(
         event_id = payload.decode()
         ledger.mark_in_flight(event_id, "p")
         table.ack(event_id.encode())
-        ledger.mark_sent(event_id, "p", "m")
+        ledger.mark_sent(event_id, "p", "m")  # "accepted" (the stage awaits its ack)
+        table.ack(event_id.encode())
         return Emission("sent", payload, Result(event_id))
 
     async def deliver(emission: Emission) -> None:
@@ -79,7 +80,7 @@ async def test_the_message_is_acked_only_after_its_sent_mark_was_acked() -> None
     await spin()
     # email.sent is acked, the mark written after it, and not acked yet: no release
     assert events == ["email.sent acked"]
-    assert table.writes == [(b"e1", "in_flight"), (b"e1", "sent")]
+    assert table.writes == [(b"e1", "in_flight"), (b"e1", "accepted"), (b"e1", "sent")]
     table.ack(b"e1")
     await spin()
     assert events == ["email.sent acked", "released"] and not fatal
@@ -101,4 +102,5 @@ async def test_no_sent_mark_before_its_email_sent_record_was_acked() -> None:
     d, events, fatal = setup(table, fail_deliver=True)
     assert await d.admit("normal", work(events))
     await spin()
-    assert table.writes == [(b"e1", "in_flight")] and events == [] and len(fatal) == 1
+    assert [state for _, state in table.writes] == ["in_flight", "accepted"]
+    assert events == [] and len(fatal) == 1

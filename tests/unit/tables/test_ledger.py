@@ -1,5 +1,6 @@
-"""The sent-ledger: a sent mark reaches the table only once its SendResult is acked, and
-a mark counts only once Kafka acknowledged it (``settled``)."""
+"""The sent-ledger: the provider's acceptance is written at once (``accepted``), ``sent``
+only once its SendResult is acked, and a mark counts only once Kafka acknowledged it
+(``settled``)."""
 
 from __future__ import annotations
 
@@ -13,23 +14,21 @@ from app.tables.ledger import Entry, Ledger, LedgerWriteError
 from tests.plugins.ledger import AckedTable
 
 
-async def test_sent_mark_is_held_until_confirmed() -> None:
+async def test_acceptance_is_written_at_once_and_sent_once_confirmed() -> None:
     table: dict[bytes, Any] = {}
-    ledger = Ledger(table)
+    ledger = Ledger(table, clock=lambda: 9.0)
     ledger.mark_in_flight("e1", "sim")
     ledger.mark_sent("e1", "sim", "m-1")
-    # Suppresses a second copy at once, but the table (the changelog) still says
-    # in_flight: a crash now resends with the same idempotency key, never drops it.
-    entry = ledger.get("e1")
-    assert entry is not None and entry.state == "sent" and entry.message_id == "m-1"
-    assert table[b"e1"]["s"] == "in_flight"
+    # In the changelog at once: a crash now produces the SendResult again from it,
+    # and makes no second request.
+    assert ledger.get("e1") == Entry("accepted", "sim", "m-1", 9.0)
+    assert table[b"e1"]["s"] == "accepted"
     await ledger.confirm(["e1", "unknown"])
-    assert table[b"e1"]["s"] == "sent" and table[b"e1"]["m"] == "m-1"
-    assert not ledger.pending
-    assert ledger.get("e1") == entry
+    assert ledger.get("e1") == Entry("sent", "sim", "m-1", 9.0)  # the time of acceptance
+    assert b"unknown" not in table
 
 
-async def test_a_later_state_replaces_a_held_sent_mark() -> None:
+async def test_a_later_state_replaces_an_accepted_mark() -> None:
     table: dict[bytes, Any] = {}
     ledger = Ledger(table)
     ledger.mark_sent("e2", "sim", "m-2")
@@ -86,10 +85,11 @@ async def test_confirm_returns_only_once_kafka_acknowledged_the_sent_mark() -> N
     table = AckedTable()
     ledger = Ledger(table)
     ledger.mark_sent("e1", "sim", "m-1")
+    table.ack(b"e1")
     confirming = asyncio.ensure_future(ledger.confirm(["e1"]))
     for _ in range(10):
         await asyncio.sleep(0)
-    assert table.writes == [(b"e1", "sent")] and not confirming.done()
+    assert table.writes == [(b"e1", "accepted"), (b"e1", "sent")] and not confirming.done()
     table.ack(b"e1")
     await asyncio.wait_for(confirming, 5)
 
@@ -131,6 +131,6 @@ def test_ambiguous_marks_keep_the_highest_replay_number() -> None:
     ledger.mark_ambiguous("e1", "sim", replay=0)  # a copy without the replay header
     assert ledger.get("e1") == Entry("ambiguous", "sim", None, 7.0, 3)
     ledger.mark_sent("e1", "sim", "m")
-    assert ledger.get("e1") == Entry("sent", "sim", "m", 7.0, 3)
+    assert ledger.get("e1") == Entry("accepted", "sim", "m", 7.0, 3)
     ledger.mark_failed("e2", None)
     assert "r" not in table[b"e2"]  # entries of emails never replayed stay as they were

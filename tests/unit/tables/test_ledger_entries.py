@@ -22,7 +22,7 @@ async def test_every_mark_records_provider_message_id_and_time() -> None:
     assert ledger.get("a") == Entry("in_flight", "sim-a", None, 5000.0)
     now[0] = 5001.0
     ledger.mark_sent("a", "sim-b", "m-1")
-    assert ledger.get("a") == Entry("sent", "sim-b", "m-1", 5001.0)  # held
+    assert ledger.table[b"a"] == {"s": "accepted", "p": "sim-b", "m": "m-1", "t": 5001.0}
     now[0] = 5002.0
     await ledger.confirm(["a"])
     assert ledger.table[b"a"] == {"s": "sent", "p": "sim-b", "m": "m-1", "t": 5001.0}

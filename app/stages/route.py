@@ -58,7 +58,8 @@ class Routing:
         return (
             (PRIORITY_HEADER, self.priority.encode()),
             (EVENT_ID_HEADER, self.event_id.encode()),
-            (TEMPLATE_HEADER, self.template.encode()),
+            # a hand-made record's template may be anything: never fail on it
+            (TEMPLATE_HEADER, self.template.encode("utf-8", "backslashreplace")),
         )
 
 

@@ -215,3 +215,13 @@ def test_route_never_raises_whatever_the_headers_and_bytes(
         assert out.topic in LANES
         routing = parse_routing(tuple(headers))
         assert routing is not None and out.encoded is payload  # moved only with headers
+
+
+async def test_a_hand_made_record_with_an_odd_template_name_is_still_routed(serde: Serde) -> None:
+    from tests.plugins.factories import rendered_email
+
+    email = rendered_email(event_id="ev-1", priority="critical", template="t\u00e9")
+    payload = serde.encode("email.rendered", email)
+    out = await RouteStage(serde).handle(payload, origin(topic="email.rendered"))
+    assert out.topic == "dispatch.critical"
+    assert dict(out.headers)[TEMPLATE_HEADER] == "t\u00e9".encode()

@@ -158,9 +158,10 @@ LANES = [f"email.dispatch.{p}" for p in ("critical", "normal", "bulk")]
 def wait_pipeline_consumed(env: Env, stages: tuple[str, ...], timeout: float = 120) -> None:
     """Wait (with a deadline) until each stage's group committed the end of its inputs,
     in pipeline order: every copy has been read and acted on."""
+    by_priority = ("critical", "normal", "bulk")  # issue 14: a topic per priority too
     inputs = {
-        "render": ["email.raw-events"],
-        "route": ["email.rendered"],
+        "render": ["email.raw-events", *(f"email.raw-events.{p}" for p in by_priority)],
+        "route": ["email.rendered", *(f"email.rendered.{p}" for p in by_priority)],
         "dispatch": LANES,
     }
     for stage in stages:

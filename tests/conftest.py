@@ -22,10 +22,12 @@ pytest_plugins = [
     "tests.plugins.intake",
     "tests.plugins.promql",
     "tests.plugins.sim",
+    "tests.plugins.cli",
     "tests.plugins.stack",
     "tests.plugins.traffic",
     "tests.plugins.providers",
     "tests.plugins.scram",
+    "tests.plugins.chaos",  # the short chaos scenarios (H1b, issue 12)
 ]
 
 

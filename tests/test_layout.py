@@ -17,7 +17,6 @@ TESTS = Path(__file__).resolve().parent
 #: as soon as the module imports from ``tests.plugins`` instead.
 ALLOWED: dict[str, str] = {
     "integration/test_reliability.py": "edited in parallel for issue 12 (H1a/H1b)",
-    "integration/test_chaos.py": "edited in parallel for issue 12 (H1a/H1b)",
 }
 
 
@@ -103,3 +102,44 @@ def test_the_scan_finds_each_kind_of_import(tmp_path: Path) -> None:
         "unit/test_bare.py": ["tests.unit.helpers"],
         "unit/test_fn.py": ["tests.unit"],
     }
+
+
+def _fixtures_in(path: Path) -> list[tuple[str, bool]]:
+    """(name, autouse) of every ``@pytest.fixture`` function defined in ``path``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for deco in node.decorator_list:
+            call = deco if isinstance(deco, ast.Call) else None
+            target = call.func if call else deco
+            if ast.unparse(target) in ("pytest.fixture", "fixture"):
+                autouse = any(
+                    k.arg == "autouse" and isinstance(k.value, ast.Constant) and k.value.value
+                    for k in (call.keywords if call else [])
+                )
+                found.append((node.name, autouse))
+    return found
+
+
+def test_shared_fixtures_live_in_plugins() -> None:
+    """A conftest below tests/ may only hold autouse fixtures (they apply to its folder,
+    which is why they are there); every other shared fixture is in a plugin."""
+    found = {
+        path.relative_to(TESTS).as_posix(): [n for n, autouse in _fixtures_in(path) if not autouse]
+        for path in TESTS.rglob("conftest.py")
+        if path.parent != TESTS
+    }
+    assert {k: v for k, v in found.items() if v} == {}
+
+
+def test_every_plugin_with_fixtures_is_registered() -> None:
+    tree = ast.parse((TESTS / "conftest.py").read_text())
+    [listed] = [
+        n.value for n in tree.body
+        if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "pytest_plugins"
+    ]  # fmt: skip
+    registered = set(ast.literal_eval(listed))
+    for path in sorted((TESTS / "plugins").glob("*.py")):
+        if path.name != "__init__.py" and _fixtures_in(path):
+            assert f"tests.plugins.{path.stem}" in registered, f"register {path.name}"

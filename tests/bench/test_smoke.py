@@ -1,6 +1,8 @@
 """A small flash sale through every system of the benchmark (bench/flash_sale.py):
 it checks that the harness works and that every system sends every email exactly
-once. Timings are printed, never asserted."""
+once. Timings are printed, never asserted. Needs the local stack (the ``stack`` fixture
+of tests/plugins/stack.py starts it if it is not running), Debian's redis-server and
+PostgreSQL 15."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ LATE = 10  # password resets sent while the burst drains
     shutil.which("redis-server") is None or not Path("/usr/lib/postgresql/15/bin").is_dir(),
     reason="needs Debian's redis-server and postgresql (scripts/setup installs them)",
 )
-def test_flash_sale_smoke_all_systems(bench_stack: None, tmp_path: Path) -> None:
+def test_flash_sale_smoke_all_systems(stack: None, tmp_path: Path) -> None:
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     started = time.monotonic()
     doc = flash_sale.run_all(

@@ -12,7 +12,8 @@ another test module (``tests/test_layout.py`` checks it).
 - ``agents``: a Spillway Faust app in Faust's test context with outputs captured.
 - ``intake``: a real intake on an ephemeral port with an in-memory sink.
 - ``promql``: metric names used by PromQL expressions (deploy tests).
-- ``simulator``: a fake clock and process helpers for the simulator tests.
+- ``sim``: the simulator tests' fake clock, in-process simulator and sink, processes.
+- ``cli``: a fake confluent-kafka producer for the CLI tests.
 - ``stack``: the integration tier (shared stack, per-test namespace ``Env``, own simulator).
 - ``traffic``: provider policies for a worker's environment; events produced into the lanes.
 - ``providers``: the reliability tests' provider modes (with and without idempotency keys).

@@ -1,4 +1,10 @@
-"""Helpers shared by the simulator tests: a fake clock, in-process servers, subprocesses."""
+"""The simulator tests' helpers and fixtures: a fake clock, in-process servers,
+subprocesses.
+
+Fixtures: ``clock`` (a FakeClock), ``sim`` (the provider simulator on that clock,
+served on a local port), ``sink`` (the SMTP sink on free ports), ``provider_proc`` and
+``sink_proc`` (``python -m simulator.<name>`` as a process on free ports).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
-from simulator.provider import ProviderState
+from simulator.provider import STATE_KEY, ProviderConfig, ProviderState, create_app
+from simulator.smtp_sink import RunningSink, SinkConfig, start_sink
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,3 +92,47 @@ def spawn(module: str, *args: str, ports: tuple[int, ...]) -> Proc:
         proc.kill()
         raise
     return Proc(proc, ports)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def sim(clock: FakeClock) -> AsyncIterator[Sim]:
+    """The provider simulator on a fake clock, served on a real local port."""
+    app = create_app(ProviderConfig(), clock=clock)
+    async with TestClient(TestServer(app)) as client:
+        yield Sim(client, app[STATE_KEY], clock)
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[RunningSink]:
+    running = await start_sink(SinkConfig(), smtp_port=0, http_port=0)
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+@pytest.fixture
+def provider_proc() -> Iterator[Proc]:
+    """``python -m simulator.provider`` on a free port."""
+    port = free_port()
+    proc = spawn("simulator.provider", "--port", str(port), "--quota", "1000", ports=(port,))
+    yield proc
+    if proc.proc.poll() is None:
+        proc.stop()
+
+
+@pytest.fixture
+def sink_proc() -> Iterator[Proc]:
+    """``python -m simulator.smtp_sink`` on free ports (smtp, http)."""
+    smtp, http = free_port(), free_port()
+    proc = spawn(
+        "simulator.smtp_sink", "--port", str(smtp), "--http-port", str(http), ports=(smtp, http)
+    )
+    yield proc
+    if proc.proc.poll() is None:
+        proc.stop()

@@ -5,6 +5,9 @@ the stage emits (sent, retry, dead) field by field."""
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
 from typing import Any
 
 import pytest
@@ -15,8 +18,17 @@ from app.errors import (
     ThrottledError,
     TransientProviderError,
 )
-from app.models import Attempt
-from app.stages.dispatch import _status_class, first_failure_ms, outbound
+from app.models import Attempt, DeadLetter, DispatchRequest, SendResult
+from app.providers.base import OutboundEmail, RateLimitInfo, SendReceipt
+from app.serde import Serde
+from app.settings import ProviderPolicy
+from app.stages.common import Origin
+from app.stages.dispatch import DispatchStage, Hooks, _status_class, first_failure_ms, outbound
+from app.stages.lanes import LaneGate
+from app.stages.pressure import PressureBoard, backoff_s
+from app.tables.ledger import Ledger
+from app.tables.pressure import key_for
+from app.topology import DEAD, SENT, retry_topic
 from tests.plugins.factories import dispatch_request
 
 
@@ -104,3 +116,345 @@ def test_outbound_carries_every_field_of_the_request() -> None:
     }
     assert {k: getattr(email, k) for k in expected} == expected
     assert email.priority == "bulk" and email.event_id == "e-5"
+
+
+# -- the stage: helpers ---------------------------------------------------------------------
+
+NOW = 1_700_000_000.0
+ORIGIN = Origin("email.dispatch.normal", 2, 40, 123, b"k-e-1")  # key is not the event id
+
+
+class Recorder:
+    """Hooks that keep what they were told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def hooks(self) -> Hooks:
+        return Hooks(
+            response=lambda p, s, lat: self.calls.append(("response", p, s, lat)),
+            breaker=lambda p, s: self.calls.append(("breaker", p, s)),
+            remaining=lambda p, n: self.calls.append(("remaining", p, n)),
+            retry=lambda n: self.calls.append(("retry", n)),
+            duplicate=lambda: self.calls.append(("duplicate",)),
+            missing_id=lambda p: self.calls.append(("missing_id", p)),
+        )
+
+    def of(self, kind: str) -> list[tuple[Any, ...]]:
+        return [c[1:] for c in self.calls if c[0] == kind]
+
+
+class Provider:
+    """Answers from a script (None: accept with ``receipt``), then accepts."""
+
+    def __init__(
+        self,
+        name: str,
+        *script: Exception | None,
+        message_id: str | None = "m-1",
+        rate_limit: RateLimitInfo | None = None,
+        ttl: float | None = None,
+    ) -> None:
+        self.name = name
+        self.script = list(script)
+        self.message_id = message_id
+        self.rate_limit = rate_limit
+        self.calls: list[OutboundEmail] = []
+        if ttl is not None:
+            self.idempotency_ttl_s = ttl
+
+    async def send(self, email: OutboundEmail) -> SendReceipt:
+        self.calls.append(email)
+        await asyncio.sleep(0)
+        outcome = self.script.pop(0) if self.script else None
+        if outcome is not None:
+            raise outcome
+        return SendReceipt(self.name, self.message_id or "", 0.25, self.rate_limit)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def stage(
+    serde: Serde,
+    *providers: Provider,
+    policies: list[ProviderPolicy] | None = None,
+    table: dict[bytes, Any] | None = None,
+    rng: random.Random | None = None,
+    store: dict[bytes, Any] | None = None,
+    **kw: Any,
+) -> DispatchStage:
+    pols = {p.name: p for p in (policies or [ProviderPolicy(name=p.name) for p in providers])}
+    clock = kw.pop("clock", lambda: NOW)
+    board = PressureBoard(pols, 4, {} if store is None else store, key_for, clock=clock)
+    return DispatchStage(
+        serde,
+        {p.name: p for p in providers},
+        pols,
+        next(iter(pols)),
+        Ledger({} if table is None else table, clock=clock),
+        LaneGate(),
+        board,
+        clock=clock,
+        sleep=kw.pop("sleep", _no_sleep),
+        rng=rng or random.Random(1),
+        **kw,
+    )
+
+
+async def _no_sleep(_: float) -> None:
+    await asyncio.sleep(0)
+
+
+def payload(serde: Serde, event_id: str = "e-1", **over: Any) -> bytes:
+    return serde.encode("email.dispatch.normal", dispatch_request(event_id, "normal", **over))
+
+
+# -- a send ------------------------------------------------------------------------------
+
+
+async def test_a_sent_result_carries_the_request_and_the_receipt(serde: Serde) -> None:
+    rl = RateLimitInfo(limit=1000, remaining=42, reset_at=NOW + 30)
+    rec = Recorder()
+    st = stage(serde, Provider("p", rate_limit=rl), hooks=rec.hooks())
+    req = dispatch_request("e-1", "critical", created_at=900, replay=True)
+    out = await st.handle(serde.encode("email.dispatch.normal", req), ORIGIN, "critical")
+    assert out is not None and out.topic == SENT and out.key == b"e-1"
+    r = out.value
+    assert isinstance(r, SendResult)
+    assert (r.event_id, r.priority, r.provider) == ("e-1", "critical", "p")
+    assert r.provider_message_id == "m-1"
+    assert r.provider_latency_ms == 250.0
+    assert (r.template, r.template_version, r.source) == ("t", "v1", "src")
+    assert (r.created_at, r.accepted_at, r.replay) == (900, 1_000, True)
+    assert r.sent_at == int(NOW * 1000) and r.attempts == 1
+    # the provider's quota view is kept, and reported
+    view = st.board.views["p"]
+    assert (view.limit, view.remaining, view.reset_at) == (1000, 42, NOW + 30)
+    assert rec.of("remaining") == [("p", 42)]
+    assert rec.of("missing_id") == [] and st.stats.missing_message_id == 0
+    entry = st.ledger.get("e-1")
+    assert entry is not None and (entry.provider, entry.message_id) == ("p", "m-1")
+    assert st.stats.sent == 1
+    out2 = await st.handle(payload(serde, event_id="e-2"), ORIGIN, "normal")
+    assert out2 is not None and out2.topic == SENT and st.stats.sent == 2
+
+
+async def test_a_receipt_without_remaining_reports_none(serde: Serde) -> None:
+    rl = RateLimitInfo(limit=1000, remaining=None, reset_at=None)
+    rec = Recorder()
+    st = stage(serde, Provider("p", rate_limit=rl), hooks=rec.hooks())
+    await st.handle(payload(serde), ORIGIN, "normal")
+    assert rec.of("remaining") == []
+    assert st.board.views["p"].limit == 1000
+
+
+async def test_an_accepted_send_without_a_message_id_is_counted(serde: Serde) -> None:
+    rec = Recorder()
+    st = stage(serde, Provider("p", message_id=None), hooks=rec.hooks())
+    out = await st.handle(payload(serde), ORIGIN, "normal")
+    assert out is not None and out.topic == SENT
+    await st.handle(payload(serde, event_id="e-2"), ORIGIN, "normal")
+    assert st.stats.missing_message_id == 2
+    assert rec.of("missing_id") == [("p",), ("p",)]
+    assert st.stats.sent == 2
+
+
+async def test_each_answer_is_reported_with_its_provider_status_and_latency(serde: Serde) -> None:
+    rec = Recorder()
+    error = TransientProviderError("503", provider="p", status=503)
+    pol = [ProviderPolicy(name="p", breaker_min_requests=5)]
+    st = stage(serde, Provider("p", error), policies=pol, hooks=rec.hooks())
+    started = time.perf_counter()
+    await st.handle(payload(serde), ORIGIN, "normal")
+    elapsed = time.perf_counter() - started
+    responses = rec.of("response")
+    assert [(p, s) for p, s, _ in responses] == [("p", "5xx")]
+    assert all(0.0 <= lat <= elapsed for _, _, lat in responses)
+
+
+# -- the breaker hears every answer, and only transitions are reported -----------------------
+
+
+async def test_successes_never_open_the_breaker_and_report_no_transition(serde: Serde) -> None:
+    rec = Recorder()
+    store: dict[bytes, Any] = {}
+    pol = [ProviderPolicy(name="p", breaker_min_requests=2, breaker_error_threshold=0.0)]
+    st = stage(serde, Provider("p"), policies=pol, hooks=rec.hooks(), store=store)
+    for i in range(4):
+        await st.handle(payload(serde, event_id=f"e-{i}"), ORIGIN, "normal")
+    assert st.board.state("p", 2).breaker.state == "closed"
+    assert st.board.state("p", 2).breaker.error_rate(NOW) == (0.0, 4)
+    assert rec.of("breaker") == [] and store == {}
+
+
+async def test_breaker_transitions_are_reported_and_persisted_for_the_partition(
+    serde: Serde,
+) -> None:
+    rec = Recorder()
+    store: dict[bytes, Any] = {}
+    now = [NOW]
+
+    async def sleep(s: float) -> None:
+        now[0] += s
+        await asyncio.sleep(0)
+
+    fail = [TransientProviderError("503", provider="p", status=503) for _ in range(2)]
+    pol = [ProviderPolicy(name="p", breaker_min_requests=2, breaker_error_threshold=0.5,
+                          breaker_cooldown_s=3.0, breaker_half_open_probes=1)]  # fmt: skip
+    st = stage(serde, Provider("p", *fail), policies=pol, hooks=rec.hooks(), store=store,
+               clock=lambda: now[0], sleep=sleep)  # fmt: skip
+    first = await asyncio.wait_for(st.handle(payload(serde, "e-0"), ORIGIN, "normal"), 10)
+    assert first is not None and first.topic == retry_topic(1)  # closed: a retry
+    assert rec.of("breaker") == [] and store == {}
+    # the second failure opens it; the message waits the cooldown, probes, and is sent
+    out = await asyncio.wait_for(st.handle(payload(serde, "e-1"), ORIGIN, "normal"), 10)
+    assert out is not None and out.topic == SENT
+    assert rec.of("breaker") == [("p", "open"), ("p", "closed")]
+    assert list(store) == [key_for("p", 2, 4)]
+    assert store[key_for("p", 2, 4)]["breaker"] == "closed"
+
+
+# -- provider guarantees ----------------------------------------------------------------------
+
+
+def test_key_lifetime_comes_from_the_policy_else_the_adapter() -> None:
+    keyed = Provider("a", ttl=3600.0)
+    plain = Provider("b")
+    pols = {"a": ProviderPolicy(name="a"), "b": ProviderPolicy(name="b"),
+            "c": ProviderPolicy(name="c", idempotency_ttl_s=60.0)}  # fmt: skip
+    st = DispatchStage(
+        None,  # type: ignore[arg-type]
+        {"a": keyed, "b": plain, "c": plain},  # type: ignore[dict-item]
+        pols,
+        "a",
+        Ledger({}),
+        LaneGate(),
+        PressureBoard(pols, 1, {}, key_for),
+    )
+    assert st.key_ttl("a") == 3600.0  # the adapter's declaration
+    assert st.key_ttl("b") == 0.0  # declares nothing: no key
+    assert st.key_ttl("c") == 60.0  # the policy wins
+    assert st.key_ttl("nobody") == 0.0
+    assert st.key_valid("a", 0.0) and st.key_valid("a", 3599.0)
+    assert not st.key_valid("a", 3600.0) and not st.key_valid("a", -1.0)
+    assert not st.key_valid("b", 0.0) and not st.key_valid("nobody", 0.0)
+
+
+def test_resend_ambiguous_is_the_policys_choice() -> None:
+    pols = {
+        "http": ProviderPolicy(name="http"),
+        "http-resend": ProviderPolicy(name="http-resend", ambiguous_resend=True),
+        "http-smtp-flag": ProviderPolicy(name="http-smtp-flag", smtp_resend_in_flight=True),
+        "smtp": ProviderPolicy(name="smtp", kind="smtp"),
+        "smtp-resend": ProviderPolicy(name="smtp-resend", kind="smtp", smtp_resend_in_flight=True),
+    }
+    st = DispatchStage(
+        None,  # type: ignore[arg-type]
+        {},
+        pols,
+        "http",
+        Ledger({}),
+        LaneGate(),
+        PressureBoard(pols, 1, {}, key_for),
+    )
+    assert not st.resend_ambiguous("nobody")
+    assert not st.resend_ambiguous("http")
+    assert st.resend_ambiguous("http-resend")
+    assert not st.resend_ambiguous("http-smtp-flag")  # an SMTP setting, on an HTTP provider
+    assert not st.resend_ambiguous("smtp")
+    assert st.resend_ambiguous("smtp-resend")
+
+
+# -- failures: retry and dead -----------------------------------------------------------------
+
+
+async def test_a_retry_carries_the_attempt_and_a_seeded_backoff(serde: Serde) -> None:
+    rec = Recorder()
+    error = TransientProviderError("503", provider="p", status=503)
+    pol = [ProviderPolicy(name="p", breaker_min_requests=50, retry_backoff_base_s=2.0,
+                          retry_backoff_cap_s=60.0)]  # fmt: skip
+    st = stage(serde, Provider("p", error, error), policies=pol, hooks=rec.hooks(),
+               rng=random.Random(7))  # fmt: skip
+    out = await st.handle(payload(serde), ORIGIN, "normal")
+    assert out is not None and out.topic == retry_topic(1) and out.key == b"e-1"
+    retry = out.value
+    assert isinstance(retry, DispatchRequest)
+    expected = backoff_s(1, 2.0, 60.0, random.Random(7))
+    at = int(NOW * 1000)
+    assert retry.not_before == at + int(expected * 1000)
+    assert retry.attempts == 1 and retry.provider is None
+    assert [(a.stage, a.at, a.provider) for a in retry.history] == [("dispatch", at, "p")]
+    entry = st.ledger.get("e-1")
+    assert entry is not None and (entry.state, entry.provider) == ("failed", "p")
+    assert st.stats.retried == 1 and rec.of("retry") == [(1,)]
+    out2 = await st.handle(payload(serde, event_id="e-2"), ORIGIN, "normal")
+    assert out2 is not None and out2.topic == retry_topic(1) and st.stats.retried == 2
+    assert rec.of("retry") == [(1,), (1,)]
+
+
+async def test_dead_once_failing_exactly_the_minimum_time(serde: Serde) -> None:
+    # attempts reach max_attempts; the run of failures began retry_min_failing_s ago
+    error = TransientProviderError("503", provider="p", status=503)
+    pol = [ProviderPolicy(name="p", breaker_min_requests=50, retry_min_failing_s=1000.0)]
+    at = int(NOW * 1000)
+    history = [attempt("dispatch", at - 1_000_000), attempt("dispatch", at - 10)]
+    st = stage(serde, Provider("p", error), policies=pol, max_attempts=3)
+    out = await st.handle(payload(serde, attempts=2, history=history), ORIGIN, "normal")
+    assert out is not None and out.topic == DEAD
+    # one millisecond short of the minimum: retried
+    history = [attempt("dispatch", at - 999_999), attempt("dispatch", at - 10)]
+    st = stage(serde, Provider("p", error), policies=pol, max_attempts=3)
+    out = await st.handle(payload(serde, attempts=2, history=history), ORIGIN, "normal")
+    assert out is not None and out.topic == retry_topic(3)
+
+
+async def test_a_dead_letter_carries_the_request_field_by_field(serde: Serde) -> None:
+    error = PermanentProviderError("550 no such user", provider="p", status=550)
+    st = stage(serde, Provider("p", error, error))
+    raw = payload(serde)
+    out = await st.handle(raw, ORIGIN, "normal")
+    assert out is not None and out.topic == DEAD and out.key == b"e-1"
+    d = out.value
+    assert isinstance(d, DeadLetter)
+    assert (d.stage, d.payload, d.payload_format) == ("dispatch", raw, "avro")
+    assert d.dead_at == int(NOW * 1000)
+    assert (d.event_id, d.template, d.template_version, d.source) == ("e-1", "t", "v1", "src")
+    assert (d.provider, d.priority) == ("p", "normal")
+    assert (d.original_partition, d.original_offset) == (2, 40)
+    assert st.stats.dead == 1
+    entry = st.ledger.get("e-1")
+    assert entry is not None and (entry.state, entry.provider) == ("failed", "p")
+    await st.handle(payload(serde, event_id="e-2"), ORIGIN, "normal")
+    assert st.stats.dead == 2
+
+
+async def test_a_pinned_resend_goes_to_the_provider_that_holds_the_key(serde: Serde) -> None:
+    # primary "a"; the email was in flight at "b" (keys honoured) when a worker stopped
+    a, b = Provider("a"), Provider("b")
+    pols = [ProviderPolicy(name="a", fallback="b"),
+            ProviderPolicy(name="b", idempotency_ttl_s=86_400)]  # fmt: skip
+    table = {b"e-1": {"s": "in_flight", "p": "b", "m": None, "t": NOW - 5}}
+    st = stage(serde, a, b, policies=pols, table=table)
+    out = await st.handle(payload(serde), ORIGIN, "normal")
+    assert out is not None and out.topic == SENT and out.value.provider == "b"
+    assert len(b.calls) == 1 and a.calls == []
+
+
+async def test_an_open_breaker_without_fallback_waits_in_short_polls(serde: Serde) -> None:
+    now = [NOW]
+    sleeps: list[float] = []
+
+    async def sleep(s: float) -> None:
+        sleeps.append(s)
+        now[0] += s
+        await asyncio.sleep(0)
+
+    pol = [ProviderPolicy(name="p", breaker_cooldown_s=5.0)]
+    st = stage(serde, Provider("p"), policies=pol, clock=lambda: now[0], sleep=sleep)
+    br = st.board.state("p", 2).breaker
+    br.state, br.opened_at = "open", NOW
+    out = await st.handle(payload(serde), ORIGIN, "normal")
+    assert out is not None and out.topic == SENT
+    assert sleeps and all(0 < s <= 1.0 for s in sleeps)
+    assert sum(sleeps) == pytest.approx(5.0)

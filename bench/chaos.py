@@ -97,6 +97,9 @@ class Figures:
     requests: int = 0
     status_429: int = 0
     seconds_above_quota: dict[str, int] = field(default_factory=dict)  # second -> requests
+    # arrivals per second from the first request on (the simulator's clock), and 429s
+    requests_per_s: list[int] = field(default_factory=list)
+    status_429_per_s: list[int] = field(default_factory=list)
     measured_by: str = ""  # where requests_for_accepted_keys and max_requests_per_s come from
     sent_records_missing: int = 0  # accepted by the provider, no email.sent record
     faults: list[str] = field(default_factory=list)
@@ -253,6 +256,7 @@ class Run:
         self.workers = Workers(overrides, self.log_dir)
         self.observer: Observer | None = None
         self.feeder: Feeder | None = None
+        self.records: list[dict[str, Any]] | None = None  # the request log, after finish
         self.registry = registry_client(self.settings)
         self.serde = Serde(self.registry, {self.settings.topic(t): s for t, s in TOPICS.values()})
         self.serde.register()
@@ -428,6 +432,7 @@ class Run:
         entries = self.sim.entries()
         stats = self.sim.client.stats(series=True)
         records = request_log(self.sim)
+        self.records = records
         ours = {f"{self.ns}-{i}" for i in range(self.n)}
         if records is not None:
             accepted = [r for r in records if r["outcome"] == "accepted"]
@@ -437,6 +442,11 @@ class Run:
             )
             per_second = Counter(int(r["received_at"]) for r in records)
             f.max_requests_per_s = max(per_second.values(), default=0)
+            if per_second:
+                first, last = min(per_second), max(per_second)
+                throttled = Counter(int(r["received_at"]) for r in records if r["status"] == 429)
+                f.requests_per_s = [per_second.get(s, 0) for s in range(first, last + 1)]
+                f.status_429_per_s = [throttled.get(s, 0) for s in range(first, last + 1)]
             f.seconds_above_quota = {
                 f"t+{sec - self.t0:.0f}s": n
                 for sec, n in sorted(per_second.items())

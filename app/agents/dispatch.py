@@ -27,7 +27,7 @@ from app.runtime import Runtime, build_provider
 from app.stages.common import Emission, Origin
 from app.stages.dispatch import DispatchStage, Hooks, retry_route
 from app.stages.lanes import LaneGate, waiting_work
-from app.stages.pressure import PressureBoard
+from app.stages.pressure import PacedProvider, PressureBoard
 from app.tables import ledger as ledger_table
 from app.tables import pressure as pressure_table
 from app.tables.ledger import Ledger
@@ -86,7 +86,10 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             holder["stage"] = DispatchStage(
                 runtime.serde,
                 {
-                    name: dispatcher.fenced_provider(build_provider(policy))
+                    # the send window, then the fence, then the request
+                    name: PacedProvider(
+                        dispatcher.fenced_provider(build_provider(policy)), board, name
+                    )
                     for name, policy in policies.items()
                 },
                 policies,

@@ -277,3 +277,83 @@ def test_a_pause_without_retry_after_backs_off_by_the_run_of_429s() -> None:
     assert 8.0 <= b.pause_s("p", None) <= 16.0
     assert b.pause_s("p", 30.0) == 30.0  # a usable Retry-After wins
     assert b.pause("p", 30.0) == 30.0 and b.views["p"].paused_until == NOW + 30.0
+
+
+# --- the send window ------------------------------------------------------------------------
+
+
+def test_send_window_keeps_at_most_the_limit_in_any_window() -> None:
+    from app.stages.pressure import SendWindow
+
+    w = SendWindow()
+    for i in range(3):
+        assert w.wait(NOW + i * 0.1, limit=3, window_s=1.0) == 0.0
+        w.take(NOW + i * 0.1)
+    assert w.wait(NOW + 0.2, limit=3, window_s=1.0) == pytest.approx(0.8)  # the first leaves
+    assert w.wait(NOW + 1.0, limit=3, window_s=1.0) == 0.0  # exactly one window later
+    # a smaller limit (fewer partitions owned) waits for more of them to leave
+    assert w.wait(NOW + 0.5, limit=1, window_s=1.0) == pytest.approx(0.7)
+    assert w.wait(NOW + 0.5, limit=0, window_s=1.0) == 1.0
+
+
+def test_send_limit_is_the_share_of_the_whole_quota_rounded_down() -> None:
+    clock = Clock()
+    b = board(clock, quota=50.0, partitions=4)
+    b.own({0, 1, 2, 3})
+    assert b.send_limit("p") == 50
+    b.own({0})
+    assert b.send_limit("p") == 12  # 12.5 rounded down: all workers' limits add to 50 at most
+    b.own({0, 1, 2})
+    assert b.send_limit("p") == 37
+    assert board(clock, quota=None).send_limit("p") is None
+
+
+async def test_on_wire_spreads_a_bunch_of_requests_over_the_window() -> None:
+    """Requests that passed the meters at their pace but reach the last step together
+    (a late ack, a busy loop) leave no more than the share in any send window: what a
+    provider with one-second windows sees stays within its quota."""
+    from app.stages.pressure import SEND_WINDOW_S
+
+    clock = Clock()
+    b = board(clock, quota=10.0)
+    b.own({0})
+    sent: list[float] = []
+    for _ in range(35):  # a bunch, all at once
+        await b.on_wire("p")
+        sent.append(clock.now)
+    assert len(sent) == 35
+    for i, t in enumerate(sent):  # any window of SEND_WINDOW_S holds at most 10
+        assert sum(1 for u in sent[i:] if u < t + SEND_WINDOW_S) <= 10
+    assert sent[9] == NOW and sent[10] >= NOW + SEND_WINDOW_S  # ten at once, then a window
+    assert max(clock.sleeps) <= 0.25
+
+
+async def test_on_wire_never_waits_without_a_quota() -> None:
+    clock = Clock()
+    b = board(clock, quota=None)
+    for _ in range(1_000):
+        await b.on_wire("p")
+    assert clock.sleeps == []
+
+
+async def test_a_paced_provider_waits_for_the_window_then_sends() -> None:
+    from app.stages.pressure import PacedProvider
+
+    clock = Clock()
+    b = board(clock, quota=2.0)
+    b.own({0})
+    calls: list[tuple[str, float]] = []
+
+    class Inner:
+        name = "inner"
+
+        async def send(self, email: str) -> str:
+            calls.append((email, clock.now))
+            return "ok"
+
+    paced = PacedProvider(Inner(), b, "p")
+    assert paced.name == "inner"  # everything else is the provider's
+    for i in range(3):
+        assert await paced.send(f"m{i}") == "ok"
+    assert [c[0] for c in calls] == ["m0", "m1", "m2"]
+    assert calls[1][1] == NOW and calls[2][1] >= NOW + 1.0  # the third waits for a window

@@ -41,30 +41,34 @@ def create_app(
     served at ``/metrics``)."""
     settings = settings or Settings()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request
-    if settings.redact_pii:
+    if settings.policy.redact_pii:
         install_log_redaction()  # mask addresses and quoted values in every log line
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = faust.App(
         settings.app_id(),
-        broker=f"kafka://{settings.kafka_bootstrap}",
-        broker_credentials=settings.kafka_credentials(),  # SASL / TLS, see settings
-        store=settings.store,
+        broker=f"kafka://{settings.kafka.bootstrap}",
+        broker_credentials=settings.kafka.credentials(),  # SASL / TLS, see settings
+        store=settings.kafka.store,
         autodiscover=False,
         processing_guarantee="at_least_once",
-        topic_partitions=settings.topic_partitions,
-        topic_replication_factor=settings.topic_replication,
+        topic_partitions=settings.kafka.topic_partitions,
+        topic_replication_factor=settings.kafka.topic_replication,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_linger_ms=(
-            settings.intake_linger_ms if settings.stage == "intake" else settings.producer_linger_ms
+            settings.intake.linger_ms
+            if settings.stage == "intake"
+            else settings.kafka.producer_linger_ms
         ),
-        producer_max_batch_size=settings.producer_batch_bytes,
+        producer_max_batch_size=settings.kafka.producer_batch_bytes,
         producer_compression_type=(
-            None if settings.producer_compression == "none" else settings.producer_compression
+            None
+            if settings.kafka.producer_compression == "none"
+            else settings.kafka.producer_compression
         ),
-        broker_commit_interval=settings.commit_interval_s,
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+        broker_commit_interval=settings.kafka.commit_interval_s,
+        broker_session_timeout=settings.kafka.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.kafka.session_timeout_s / 3),
         key_serializer="raw",
         value_serializer="raw",
         # web_host only names the server in URLs; web_bind is the address it listens on
@@ -80,7 +84,7 @@ def create_app(
         stream_wait_empty=False,
     )
     gapless.install(app)  # never commit past an undelivered message (app/consumer.py)
-    guard = faust_adapter.ShutdownGuard(app, settings.shutdown_bound_s)
+    guard = faust_adapter.ShutdownGuard(app, settings.policy.shutdown_bound_s)
     app.spillway_shutdown = guard  # type: ignore[attr-defined]
 
     @app.task

@@ -658,7 +658,7 @@ class Sampler:
     def __init__(self, settings: Any, metrics: Metrics = METRICS) -> None:
         self.metrics = metrics
         self.topics = consumed_topics(settings)
-        self.tracker = LagTracker(settings.metrics_slope_window_s)
+        self.tracker = LagTracker(settings.observability.metrics_slope_window_s)
         self.loop_monitor: LoopMonitor | None = None
         self._busy_last: dict[str, tuple[float, float]] = {}
         self._reported: set[LagKey] = set()
@@ -703,7 +703,7 @@ def attach(app: Any, runtime: Any) -> Sampler:
     """Serve ``/metrics`` (and the status page), count events in, sample lag."""
     settings = runtime.settings
     metrics = METRICS
-    metrics.max_attempts = settings.max_attempts
+    metrics.max_attempts = settings.policy.max_attempts
     metrics.worker_info.labels(settings.stage, app.conf.id).set(1)
     sampler = Sampler(settings, metrics)
     app.sensors.add(InSensor(sampler.topics, metrics))
@@ -712,7 +712,7 @@ def attach(app: Any, runtime: Any) -> Sampler:
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.bytes(metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    @app.timer(settings.metrics_lag_every_s, name="metrics-sample")
+    @app.timer(settings.observability.metrics_lag_every_s, name="metrics-sample")
     async def sample() -> None:
         await sampler.sample(app.consumer)
 

@@ -27,7 +27,7 @@ def registry_client(settings: Settings) -> Any:
 
     # new_client: a "mock://" URL gives confluent-kafka's in-memory registry (unit tests).
     # url, timeout and credentials (issue 15: one registry config for workers and CLIs)
-    return SchemaRegistryClient.new_client(settings.registry_client_config())
+    return SchemaRegistryClient.new_client(settings.registry.client_config())
 
 
 def build_provider(policy: ProviderPolicy) -> Provider:
@@ -72,7 +72,7 @@ class Runtime:
         self.serde = Serde(
             registry or registry_client(settings),
             topology.topic_schemas(),
-            outage_max_s=getattr(settings, "registry_outage_max_s", 900.0),  # issue 13
+            outage_max_s=settings.registry.outage_max_s,  # issue 13
         )
         self.start_timeout_s = start_timeout_s
         self._started = False
@@ -93,7 +93,7 @@ class Runtime:
                 except Exception as exc:
                     if time.monotonic() > deadline:
                         raise RuntimeError(
-                            f"schema registry at {self.settings.schema_registry_url} "
+                            f"schema registry at {self.settings.registry.url} "
                             f"did not accept our schemas: {exc}"
                         ) from exc
                     log.warning("schema registry not ready (%s); retrying", exc)
@@ -109,7 +109,7 @@ class Runtime:
 
     def encode_record(self, logical: str, record: Any) -> bytes:
         """``record`` encoded for the topic with logical name ``logical``."""
-        if logical == DEAD and getattr(self.settings, "redact_pii", False):  # issue 15
+        if logical == DEAD and self.settings.policy.redact_pii:  # issue 15
             record = redact_dead_letter(record)
         return self.serde.encode(self.topology.name(logical), record)
 

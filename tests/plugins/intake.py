@@ -1,5 +1,8 @@
 """A real intake (app.intake.IntakeService on aiohttp, 127.0.0.1:<ephemeral>) for the
-unit tests: the sink keeps what would be appended and acknowledges at once."""
+unit tests: the sink keeps what would be appended and acknowledges at once.
+
+Fixture: ``serve`` (``await serve(sink=None, **settings)`` -> a Served intake; all are
+closed at the end of the test)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -137,3 +141,9 @@ async def read_answer(reader: asyncio.StreamReader) -> bytes:
         if line.lower().startswith(b"content-length:")
     )
     return head + await reader.readexactly(length)
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    async with intakes() as start:
+        yield start

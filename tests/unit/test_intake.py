@@ -22,13 +22,7 @@ from app.errors import IntakeError, SchemaError
 from app.intake import Intake, key_of
 from app.intake_body import DEFAULT_MAX_DEPTH, event_problems, parse_batch, parse_object
 from app.serde import raw_event_from_json
-from tests.plugins.intake import MemorySink, Serve, intakes, read_answer
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    async with intakes() as start:
-        yield start
+from tests.plugins.intake import MemorySink, Serve, read_answer
 
 
 def event_of(size: int, event_id: str = "e1") -> bytes:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,7 +22,7 @@ from app.intake import (
     with_source,
 )
 from app.settings import Settings
-from tests.plugins.intake import Serve, intakes
+from tests.plugins.intake import Serve
 
 SHOP = "shop-secret-0123456789"
 NEWS = "news-secret-0123456789"
@@ -157,12 +156,6 @@ def test_source_is_the_integration_for_json() -> None:
 
 
 # --- through a real aiohttp server ---------------------------------------------------
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    async with intakes() as start:
-        yield start
 
 
 def event(template: str = "order_confirmation", **extra: Any) -> bytes:

@@ -317,6 +317,12 @@ class DispatchStage:
                             log.warning("dispatch: in_flight mark not durable: %s", exc)
                             return self._fail(req, payload, origin, exc, name, final=False)
                     receipt = await self.providers[name].send(outbound(req))
+                    # Accepted: recorded (acked by Kafka) before the slot is freed, so at
+                    # a kill at most ``max_in_flight`` accepted emails per worker are not
+                    # in the ledger (each resent with its key, or parked, on restart).
+                    self.ledger.mark_sent(req.event_id, receipt.provider, receipt.message_id)
+                    recorded = asyncio.ensure_future(self.ledger.settled(req.event_id))
+                    await asyncio.wait([recorded])
             except ThrottledError as exc:
                 # The provider's own brake (proof it did not accept the email): pause for
                 # Retry-After within the policy's range. Not a breaker failure: requests
@@ -362,7 +368,7 @@ class DispatchStage:
                 raise
             self._record(name, partition, True, before, "2xx", started)
             self.board.succeeded(name)
-            return await self._sent(req, receipt)
+            return await self._sent(req, receipt, recorded)
 
     def _record(
         self,
@@ -386,10 +392,13 @@ class DispatchStage:
             self.hooks.breaker(name, breaker.state)
 
     # -- outcomes ----------------------------------------------------------------------
-    async def _sent(self, req: DispatchRequest, receipt: SendReceipt) -> Emission:
-        """Accepted: the ledger's ``accepted`` mark is acknowledged by Kafka before the
-        SendResult is returned (``LedgerWriteError`` otherwise: an infrastructure
-        fault), so a crash after this can produce the result again, never resend."""
+    async def _sent(
+        self, req: DispatchRequest, receipt: SendReceipt, recorded: Awaitable[None]
+    ) -> Emission:
+        """Accepted: the ledger's ``accepted`` mark (``recorded``: its ack) is
+        acknowledged by Kafka before the SendResult is returned (``LedgerWriteError``
+        otherwise: an infrastructure fault), so a crash after this can produce the
+        result again, never resend."""
         if receipt.rate_limit is not None:
             rl = receipt.rate_limit
             self.board.observe(receipt.provider, rl.limit, rl.remaining, rl.reset_at)
@@ -402,8 +411,7 @@ class DispatchStage:
             log.warning(
                 "provider %s accepted %s without a message id", receipt.provider, req.event_id
             )
-        self.ledger.mark_sent(req.event_id, receipt.provider, receipt.message_id)
-        await self.ledger.settled(req.event_id)
+        await recorded
         self.stats.sent += 1
         return self._result(
             req, receipt.provider, receipt.message_id, receipt.latency_s, now_ms(self.clock)

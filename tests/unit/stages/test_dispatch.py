@@ -655,3 +655,27 @@ async def test_the_dead_letter_counts_the_replays_so_the_next_one_is_newer(serde
     assert out is not None and out.value.reason == "ambiguous" and out.value.replayed == 2
     out = await stage.handle(encode(serde, request(replay=True)), replayed(3), "normal")
     assert out is not None and out.topic == "sent" and len(provider.calls) == 3
+
+
+async def test_a_request_slot_is_freed_only_once_its_acceptance_is_recorded(serde: Serde) -> None:
+    # so a kill finds at most max_in_flight accepted emails missing from the ledger
+    # (the bound on requests after acceptance that a restart makes)
+    table = AckedTable()
+    provider = FakeProvider(name="p")
+    policy = ProviderPolicy(name="p", idempotency_ttl_s=60, max_in_flight=1)
+    stage = make(serde, provider, table=table, policies=[policy])
+    tasks = [
+        asyncio.ensure_future(stage.handle(encode(serde, request(e)), ORIGIN, "normal"))
+        for e in ("e-1", "e-2")
+    ]
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert [c.event_id for c in provider.calls] == ["e-1"]  # e-2 waits for the slot
+    assert table.writes[-1] == (b"e-1", "accepted")
+    table.ack(b"e-1")
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert [c.event_id for c in provider.calls] == ["e-1", "e-2"]
+    table.ack(b"e-2")
+    outs = await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert [o.topic for o in outs if o is not None] == ["sent", "sent"]

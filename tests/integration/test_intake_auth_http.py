@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 
 from app.intake import INTEGRATION_HEADER, sign
 from harness.workers import Worker, wait_until
-from tests.plugins.stack import Env
+from tests.plugins.stack import Env, healthy
 
 pytestmark = pytest.mark.integration
 
@@ -51,13 +51,6 @@ def intake(stack: None) -> Iterator[tuple[Env, Worker]]:
         log = worker.log_path.read_text(errors="replace")
         env.close()
         assert all(k not in log for k in KEYS.values()), "a secret reached the worker log"
-
-
-def healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def event(env: Env, n: str, **extra: Any) -> dict[str, Any]:

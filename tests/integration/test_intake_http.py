@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from harness.workers import Worker, wait_until
-from tests.plugins.stack import Env
+from tests.plugins.stack import Env, healthy
 
 pytestmark = pytest.mark.integration
 
@@ -31,13 +31,6 @@ def read_at(env: Env, partition: int, offset: int) -> tuple[bytes | None, bytes]
         return msg.key(), msg.value()
     finally:
         c.close()
-
-
-def healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_intake_appends_and_answers_with_the_offset(env: Env) -> None:

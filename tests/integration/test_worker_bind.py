@@ -16,18 +16,12 @@ import httpx
 import pytest
 
 from app.settings import PROJECT_ROOT
+from harness.workers import free_port
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def listeners(port: int) -> set[str]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,16 +29,10 @@ from typing import Any
 
 from app.settings import PROJECT_ROOT
 from harness import stack as harness_stack
+from harness.workers import free_port
 
 HOST = "127.0.0.1"
 MECHANISM = "SCRAM-SHA-512"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class ScramBroker:

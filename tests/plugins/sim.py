@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from harness.workers import free_port
 from simulator.provider import STATE_KEY, ProviderConfig, ProviderState, create_app
 from simulator.smtp_sink import RunningSink, SinkConfig, start_sink
 
@@ -47,12 +48,6 @@ class Sim:
     client: TestClient[Any, Any]
     state: ProviderState
     clock: FakeClock
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from confluent_kafka import Producer
 
@@ -111,6 +112,14 @@ def env(stack: None, request: pytest.FixtureRequest) -> Iterator[Env]:
     e = Env(request.node.name.replace("/", "_")[:60])
     yield e
     e.close()
+
+
+def healthy(url: str) -> bool:
+    """The worker at ``url`` answers its /health with 200."""
+    try:
+        return httpx.get(f"{url}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def artifacts_dir() -> Path:

@@ -16,13 +16,7 @@ import pytest
 
 from app.factory import create_app
 from app.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from harness.workers import free_port
 
 
 def non_loopback_ipv4() -> str | None:

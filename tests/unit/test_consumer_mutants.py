@@ -5,9 +5,16 @@ skip, and what counts as fetched-but-dropped."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from app.consumer import GapTracker, dropped_from, next_commit, skipped_from
+from app import faust_adapter
+from app.consumer import GaplessConsumer, GapTracker, dropped_from, next_commit, skipped_from
 
 T0 = TP("email.dispatch.bulk", 0)
 T1 = TP("email.dispatch.bulk", 1)
@@ -138,3 +145,351 @@ def test_skip_detected_only_above_the_next_offset_due() -> None:
     t.seeked(T0, 5)
     assert not t.skip_detected(T0, 5) and not t.skip_detected(T0, 2)
     assert t.skip_detected(T0, 6)
+
+
+# -- the consumer above Faust and aiokafka (their calls replaced at the seams) ---------------
+
+
+class Topics:
+    def __init__(self, acks: bool = True) -> None:
+        self.acks = acks
+
+    def acks_enabled_for(self, topic: str) -> bool:
+        return self.acks
+
+
+def consumer(acks: bool = True, **app: Any) -> tuple[GaplessConsumer, list[tuple[TP, int]]]:
+    c = GaplessConsumer.__new__(GaplessConsumer)
+    seeks: list[tuple[TP, int]] = []
+    c.__dict__.update(
+        app=SimpleNamespace(topics=Topics(acks), consumer_generation_id=0, **app),
+        _read_offset={},
+        _acked={T0: [], T1: []},
+        _acked_index={T0: set(), T1: set()},
+        _committed_offset={},
+    )
+
+    async def seek(tp: TP, offset: int) -> None:
+        seeks.append((tp, offset))
+        c.tracker().seeked(tp, offset)
+
+    c.__dict__["seek"] = seek
+    c.__dict__["assignment"] = lambda: {T0, T1}
+    return c, seeks
+
+
+async def test_a_missing_topic_refreshes_metadata_at_most_every_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    c, _ = consumer()
+    missing = {"email.raw-events.bulk"}
+    refreshes: list[str] = []
+
+    async def refresh(_: Any) -> None:
+        refreshes.append("x")
+
+    monkeypatch.setattr(faust_adapter, "topics_missing_from_metadata", lambda _: set(missing))
+    monkeypatch.setattr(faust_adapter, "refresh_metadata", refresh)
+    assert await c.find_missing_topics(every_s=5.0, now=0.0) == missing
+    assert len(refreshes) == 1  # the first time at once
+    assert await c.find_missing_topics(every_s=5.0, now=4.9) == missing
+    assert len(refreshes) == 1
+    assert await c.find_missing_topics(every_s=5.0, now=5.0) == missing
+    assert len(refreshes) == 2
+    missing.clear()
+    assert await c.find_missing_topics(every_s=5.0, now=100.0) == set()
+    assert len(refreshes) == 2
+
+
+async def test_a_failed_metadata_refresh_is_asked_again_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    c, _ = consumer()
+    calls: list[float] = []
+
+    async def refresh(_: Any) -> None:
+        calls.append(1)
+        raise ConnectionError("broker away")
+
+    monkeypatch.setattr(faust_adapter, "topics_missing_from_metadata", lambda _: {"t"})
+    monkeypatch.setattr(faust_adapter, "refresh_metadata", refresh)
+    assert await c.find_missing_topics(every_s=2.0, now=10.0) == {"t"}
+    assert await c.find_missing_topics(every_s=2.0, now=11.0) == {"t"}
+    assert await c.find_missing_topics(every_s=2.0, now=12.0) == {"t"}
+    assert len(calls) == 2
+
+
+async def test_unstick_seeks_back_a_drop_unchanged_for_the_idle_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    c, seeks = consumer(rebalancing=False, in_recovery=False)
+    positions = {T0: 12, T1: 3}
+    monkeypatch.setattr(faust_adapter, "fetch_position", lambda _, tp: positions.get(tp))
+    c.tracker().seeked(T0, 10)  # 10 and 11 handed out, never reached the stream
+    c.tracker().seeked(T1, 3)  # up to date
+    assert await c.unstick(idle_s=2.0, now=100.0) == []  # first seen
+    assert await c.unstick(idle_s=2.0, now=101.9) == []
+    assert seeks == []
+    assert await c.unstick(idle_s=2.0, now=102.0) == [T0]
+    assert seeks == [(T0, 10)]
+    assert await c.unstick(idle_s=2.0, now=200.0) == []  # sought: the watch starts over
+
+
+async def test_unstick_restarts_the_watch_when_the_figures_move(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    c, seeks = consumer()
+    positions = {T0: 12}
+    monkeypatch.setattr(faust_adapter, "fetch_position", lambda _, tp: positions.get(tp))
+    c.tracker().seeked(T0, 10)
+    await c.unstick(idle_s=2.0, now=100.0)
+    positions[T0] = 13  # the client moved on: not stuck
+    assert await c.unstick(idle_s=2.0, now=102.0) == []
+    assert await c.unstick(idle_s=2.0, now=103.9) == []
+    c.tracker().seeked(T0, 11)  # the stream moved on
+    assert await c.unstick(idle_s=2.0, now=104.0) == []
+    assert await c.unstick(idle_s=2.0, now=106.0) == [T0]
+    assert seeks == [(T0, 11)]
+
+
+async def test_unstick_forgets_partitions_caught_up_or_no_longer_assigned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    c, seeks = consumer()
+    positions: dict[TP, int | None] = {T0: 12, T1: 7}
+    monkeypatch.setattr(faust_adapter, "fetch_position", lambda _, tp: positions.get(tp))
+    c.tracker().seeked(T0, 10)
+    c.tracker().seeked(T1, 5)
+    await c.unstick(idle_s=2.0, now=100.0)
+    assert set(c._behind) == {T0, T1}
+    positions[T0] = None  # unknown (awaiting a reset)
+    c.__dict__["assignment"] = lambda: {T0}  # T1 revoked
+    assert await c.unstick(idle_s=2.0, now=101.0) == []
+    assert c._behind == {}
+    positions[T0] = 12
+    await c.unstick(idle_s=2.0, now=102.0)
+    c.tracker().seeked(T0, 12)  # caught up
+    assert await c.unstick(idle_s=2.0, now=110.0) == [] and c._behind == {}
+    assert seeks == []
+
+
+async def test_unstick_does_nothing_while_faust_pauses_or_without_acks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(faust_adapter, "fetch_position", lambda _, tp: 12)
+    c, seeks = consumer(rebalancing=True)
+    c.tracker().seeked(T0, 10)
+    assert await c.unstick(idle_s=0.0, now=1.0) == []
+    assert await c.unstick(idle_s=0.0, now=9.0) == []
+    changelog, seeks2 = consumer(acks=False)
+    changelog.tracker().seeked(T0, 10)
+    await changelog.unstick(idle_s=0.0, now=1.0)
+    assert await changelog.unstick(idle_s=0.0, now=9.0) == []
+    broken, seeks3 = consumer()
+
+    def no_assignment() -> set[TP]:
+        raise RuntimeError("not subscribed")
+
+    broken.__dict__["assignment"] = no_assignment
+    broken.tracker().seeked(T0, 10)
+    assert await broken.unstick(idle_s=0.0, now=1.0) == []
+    assert seeks == seeks2 == seeks3 == []
+
+
+async def test_seek_to_committed_positions_fresh_partitions_at_the_log_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    T2 = TP("email.dispatch.bulk", 2)
+    asked: list[tuple[TP, ...]] = []
+
+    async def committed(self: Any) -> dict[TP, int | None]:
+        return {T0: 5, T1: None, T2: -1}
+
+    async def earliest(*tps: TP) -> dict[TP, int]:
+        asked.append(tps)
+        return {T1: 3, T2: 0}
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "seek_to_committed", committed)
+    c, _ = consumer()
+    c.__dict__["earliest_offsets"] = earliest
+    assert await c.seek_to_committed() == {T0: 5, T1: None, T2: -1}
+    assert sorted(asked[0]) == sorted((T1, T2))
+    assert c.tracker().expected == {T0: 5, T1: 3, T2: 0}
+    assert c.tracker().base == {T0: 5, T1: 3, T2: 0}
+
+    async def all_committed(self: Any) -> dict[TP, int | None]:
+        return {T0: 0}
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "seek_to_committed", all_committed)
+    c2, _ = consumer()
+    c2.__dict__["earliest_offsets"] = earliest
+    await c2.seek_to_committed()
+    assert len(asked) == 1  # nothing fresh: the log start is not asked
+    assert c2.tracker().base == {T0: 0}
+
+
+async def test_revocation_drains_commits_then_forgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    order: list[Any] = []
+
+    async def super_revoked(self: Any, revoked: set[TP]) -> None:
+        order.append(("faust", set(revoked), dict(self.tracker().expected)))
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "on_partitions_revoked", super_revoked)
+    c, _ = consumer()
+
+    async def drain(tps: set[TP]) -> None:
+        order.append(("drain", tps))
+
+    async def commit(tps: set[TP]) -> bool:
+        order.append(("commit", tps))
+        return True
+
+    c.app.spillway_before_revoke = drain
+    c.__dict__["commit"] = commit
+    c.tracker().positioned(T0, 4)
+    c.tracker().positioned(T1, 9)
+    await c.on_partitions_revoked({T0})
+    assert order == [("drain", {T0}), ("commit", {T0}), ("faust", {T0}, {T1: 9})]
+    order.clear()
+    await c.on_partitions_revoked(set())  # nothing revoked: no drain, no commit
+    assert order == [("faust", set(), {T1: 9})]
+
+
+async def test_a_failed_drain_never_fails_the_rebalance(monkeypatch: pytest.MonkeyPatch) -> None:
+    order: list[str] = []
+
+    async def super_revoked(self: Any, revoked: set[TP]) -> None:
+        order.append("faust")
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "on_partitions_revoked", super_revoked)
+    c, _ = consumer()
+
+    async def drain(tps: set[TP]) -> None:
+        raise RuntimeError("drain failed")
+
+    async def commit(tps: set[TP]) -> bool:
+        order.append("commit")
+        return True
+
+    c.app.spillway_before_revoke = drain
+    c.__dict__["commit"] = commit
+    c.tracker().positioned(T0, 4)
+    await c.on_partitions_revoked({T0})
+    assert order == ["faust"] and c.tracker().expected == {}
+    c2, _ = consumer()  # no hook: nothing to drain, no commit
+    c2.__dict__["commit"] = commit
+    await c2.on_partitions_revoked({T0})
+    assert order == ["faust", "faust"]
+
+
+async def test_assignment_forgets_state_and_acks_before_faust(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    order: list[Any] = []
+
+    async def super_assigned(self: Any, assigned: set[TP], generation_id: int = 0) -> None:
+        order.append(("faust", set(assigned), generation_id))
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "on_partitions_assigned", super_assigned)
+    c, _ = consumer()
+    c.tracker().positioned(T0, 4)
+    c._acked[T0].append(4)
+    c._acked_index[T0].add(4)
+    c.app.spillway_on_assigned = lambda tps: order.append(("hook", tps, list(c._acked[T0])))
+    await c.on_partitions_assigned({T0, T1}, 7)
+    assert order == [("hook", {T0, T1}, []), ("faust", {T0, T1}, 7)]
+    assert c.tracker().expected == {} and c._acked_index[T0] == set()
+
+
+def test_commits_start_at_the_later_of_faust_and_the_tracker() -> None:
+    c, _ = consumer()
+    c._committed_offset[T0] = 5
+    c.tracker().committed(T0, 8)  # retention moved the base past 5..7
+    c._acked[T0][:] = [9, 8, 6]
+    c._acked_index[T0].update({9, 8, 6})
+    assert c._new_offset(T0) == 10
+    assert c._acked[T0] == [] and c._acked_index[T0] == set()
+    assert c.tracker().base[T0] == 10
+    c._acked[T0][:] = [12, 11]
+    c._acked_index[T0].update({12, 11})
+    assert c._new_offset(T0) is None  # 10 not done
+    assert c._acked[T0] == [12, 11] and c._acked_index[T0] == {11, 12}
+    c._acked[T0].append(10)
+    c._acked_index[T0].add(10)
+    assert c._new_offset(T0) == 13
+
+
+def test_commit_waits_for_a_known_base() -> None:
+    c, _ = consumer()
+    c._acked[T0][:] = [0, 1]
+    assert c._new_offset(T0) is None  # neither Faust nor the tracker knows the base
+    c.tracker().positioned(T0, 0)
+    assert c._new_offset(T0) == 2
+
+
+def test_changelog_commits_are_faust_s_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(faust_aiokafka.Consumer, "_new_offset", lambda self, tp: 99)
+    c, _ = consumer(acks=False)
+    c._acked[T0][:] = [0]
+    assert c._new_offset(T0) == 99
+
+
+def test_only_a_stale_stream_ack_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    acked: list[int] = []
+    monkeypatch.setattr(
+        faust_aiokafka.Consumer, "ack", lambda self, m: acked.append(m.offset) or True
+    )
+    c, _ = consumer()
+    c.app.consumer_generation_id = 5
+    current = SimpleNamespace(topic=T0.topic, offset=1, generation_id=5, acked=False)
+    unknown = SimpleNamespace(topic=T0.topic, offset=2, acked=False)
+    stale = SimpleNamespace(topic=T0.topic, offset=3, generation_id=4, acked=False)
+    assert c.ack(current) is True and c.ack(unknown) is True
+    assert c.ack(stale) is False and stale.acked is True
+    assert acked == [1, 2]
+    changelog, _ = consumer(acks=False)
+    changelog.app.consumer_generation_id = 5
+    old = SimpleNamespace(topic="changelog", offset=4, generation_id=4, acked=False)
+    assert changelog.ack(old) is True and acked == [1, 2, 4]
+
+
+async def test_seek_moves_the_next_offset_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    sought: list[tuple[TP, int]] = []
+
+    async def super_seek(self: Any, tp: TP, offset: int) -> None:
+        sought.append((tp, offset))
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "seek", super_seek)
+    c = GaplessConsumer.__new__(GaplessConsumer)
+    c.tracker().positioned(T0, 9)
+    await c.seek(T0, 4)
+    assert sought == [(T0, 4)]
+    assert c.tracker().expected == {T0: 4} and c.tracker().base == {T0: 9}
+
+
+async def test_getmany_drops_what_was_delivered_and_rewinds_each_skip_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batch = [(T0, 3), (T0, 4), (T0, 5), (T0, 8), (T0, 9), (T1, 0), (T1, 1)]
+    starts: list[TP] = []
+
+    async def fetch(self: Any, timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109
+        for tp, offset in batch:
+            yield tp, SimpleNamespace(topic=tp.topic, offset=offset)
+
+    async def earliest(*tps: TP) -> dict[TP, int]:
+        starts.extend(tps)
+        return dict.fromkeys(tps, 0)
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "getmany", fetch)
+    c, seeks = consumer()
+    c.__dict__["earliest_offsets"] = earliest
+    c._read_offset.update({T0: 7, T1: 7})
+    c.tracker().seeked(T0, 4)  # 3 was delivered already
+    c.tracker().seeked(T1, 0)
+    got = [(tp, m.offset) async for tp, m in c.getmany(1.0)]
+    # 3 dropped as seen; 4, 5 delivered; 8 skips 6..7: rewind, and 9 of that
+    # partition is not delivered in this batch; T1 goes on
+    assert got == [(T0, 4), (T0, 5), (T1, 0), (T1, 1)]
+    assert seeks == [(T0, 6)] and starts == [T0]
+    assert c._read_offset == {T0: None, T1: None}

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +141,44 @@ def dropped_from(expected: int | None, position: int | None) -> int | None:
     return expected
 
 
+@dataclass
+class LostWatch:
+    """Per partition: a message the stage took past (``taken``: the next offset after
+    the last one it took), never done (not acked) and not in hand is lost on its way
+    (dropped between the fetch and the stage, or at admission), and the partition's
+    commit would wait for it for ever. ``check`` names its offset once that has held
+    for ``after_s`` (a message may sit a moment between being taken and in hand)."""
+
+    after_s: float = 3.0
+    since: dict[Any, tuple[int, float]] = field(default_factory=dict)
+
+    def check(
+        self,
+        tp: Any,
+        base: int | None,
+        taken: int | None,
+        in_hand: Container[int],
+        acked: Container[int],
+        now: float,
+    ) -> int | None:
+        if base is None or taken is None or base >= taken or base in in_hand or base in acked:
+            self.since.pop(tp, None)
+            return None
+        first = self.since.get(tp)
+        if first is None or first[0] != base:
+            self.since[tp] = (base, now)
+            return None
+        if now - first[1] < self.after_s:
+            return None
+        del self.since[tp]
+        return base
+
+    def forget(self, keep: Iterable[Any] = ()) -> None:
+        keep = set(keep)
+        for tp in set(self.since) - keep:
+            del self.since[tp]
+
+
 class GaplessConsumer(faust_aiokafka.Consumer):
     _gaps: GapTracker
     _behind: dict[Any, tuple[int, int, float]]  # tp -> (expected, position, since)
@@ -149,6 +187,21 @@ class GaplessConsumer(faust_aiokafka.Consumer):
         if not hasattr(self, "_gaps"):
             self._gaps = GapTracker()
         return self._gaps
+
+    def commit_base(self, tp: TP) -> int | None:
+        """The next offset of ``tp`` not known done: where its commit stands."""
+        known = [
+            b
+            for b in (faust_adapter.committed_offsets(self).get(tp), self.tracker().base.get(tp))
+            if b is not None
+        ]
+        return max(known) if known else None
+
+    async def redeliver(self, tp: TP, offset: int) -> None:
+        """Deliver ``tp`` again from ``offset``: a message there was delivered and then
+        lost on its way to being done (the stage knows; see the dispatch agent). What
+        follows it comes again too (done ones are duplicates the stage absorbs)."""
+        await self.seek(tp, offset)
 
     async def find_missing_topics(self, every_s: float = 5.0, now: float | None = None) -> set[str]:
         """A topic this member subscribed to before it existed (the worker creates its

@@ -21,6 +21,7 @@ from typing import Any
 from app import faust_adapter, metrics
 from app.agents import delivery
 from app.agents.guard import crash_on_error
+from app.consumer import GaplessConsumer, LostWatch
 from app.dispatcher import Dispatcher, Work
 from app.models import PRIORITIES
 from app.runtime import Runtime, build_provider
@@ -34,6 +35,7 @@ from app.tables.ledger import Ledger
 from app.topology import LANES, RETRIES, SENT
 
 BACKLOG_EVERY_S = 0.1
+LOST_AFTER_S = 3.0  # a message taken past and not in hand this long is redelivered
 HOLD_BUFFERED = 64  # a held-back lane keeps this many messages buffered for its turns
 LEDGER_SWEEP_EVERY_S = 10.0
 LEDGER_SWEEP_BUDGET = 5_000  # keys looked at per sweep: a few ms
@@ -167,12 +169,14 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                     return
                 message = event.message
                 tp = message.tp
-                next_offset[tp] = max(next_offset.get(tp, 0), message.offset + 1)
+                generation = faust_adapter.message_generation(message)
+                if generation in (None, faust_adapter.generation(app)):
+                    next_offset[tp] = max(next_offset.get(tp, 0), message.offset + 1)
                 faust_adapter.hold(event)  # acked by the dispatcher once done, or never
                 work = Work(
                     tp=tp,
                     offset=message.offset,
-                    generation=faust_adapter.message_generation(message),
+                    generation=generation,
                     value=event.value,
                     origin=Origin.of(message),
                     release=functools.partial(faust_adapter.release, event),
@@ -347,6 +351,34 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             metrics.bucket_level(name, share.non_critical.tokens(now))
             metrics.breaker_state(name, share.breaker.state)
 
+    lost = LostWatch(LOST_AFTER_S)
+
+    @app.timer(1.0, name="dispatch-lost-watch")
+    async def lost_watch() -> None:
+        """A lane message this worker took past, never done and not being handled, was
+        lost on its way (``app.consumer.LostWatch``): deliver its partition again from
+        there (redelivered messages that were done are duplicates the ledger absorbs)."""
+        consumer = app.consumer
+        if not faust_adapter.may_pause(app) or not isinstance(consumer, GaplessConsumer):
+            lost.forget()
+            return
+        now = time.monotonic()
+        for tp, taken in list(next_offset.items()):
+            base = consumer.commit_base(tp)
+            acked = faust_adapter.acked_offsets(consumer, tp)[1]
+            offset = lost.check(tp, base, taken, dispatcher.tasks.get(tp, {}), acked, now)
+            if offset is None:
+                continue
+            log.warning(
+                "%s: offset %d was taken past (next %d) but never done nor in hand: "
+                "delivering the partition again from it",
+                tp,
+                offset,
+                taken,
+            )
+            await consumer.redeliver(tp, offset)
+        lost.forget(next_offset)
+
     @app.timer(0.5, name="dispatch-stall-watch")
     async def stall_watch() -> None:
         dispatcher.heartbeat()
@@ -361,7 +393,15 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             earliest.pop(tp, None)
 
     app.spillway_before_revoke = before_revoke  # run by app.consumer.GaplessConsumer
-    app.spillway_on_assigned = dispatcher.assigned  # likewise, before the first fetch
+    def assigned_now(tps: set[Any]) -> None:
+        """Before the first fetch of a new generation: admission reopens, and what was
+        taken in earlier generations no longer counts (the partitions start again at
+        their committed offsets)."""
+        dispatcher.assigned(tps)
+        next_offset.clear()
+        lost.forget()
+
+    app.spillway_on_assigned = assigned_now  # likewise, before the first fetch
 
     @app.timer(LEDGER_SWEEP_EVERY_S, name="dispatch-ledger-expiry")
     async def expire_ledger() -> None:

@@ -17,6 +17,7 @@ from app.consumer import (
     GaplessConsumer,
     GaplessTransport,
     GapTracker,
+    LostWatch,
     dropped_from,
     next_commit,
     skipped_from,
@@ -431,3 +432,72 @@ async def test_a_seek_back_while_the_batch_is_still_delivered_delivers_nothing_t
     delivered += [m.offset async for _, m in first]
     delivered += [m.offset async for _, m in consumer.getmany(1.0)]
     assert delivered == [5, 6, 7, 8, 9]
+
+
+def test_a_message_taken_past_and_never_in_hand_is_named_after_a_while() -> None:
+    """Offset 104 never reached the stage while 105.. did (the scale run's last
+    missing email: the commit stood at 104 for good)."""
+    watch = LostWatch(after_s=3.0)
+    args = (T0, 104, 163, {}, set())
+    assert watch.check(*args, now=100.0) is None  # first seen
+    assert watch.check(*args, now=102.0) is None  # it may just be on its way
+    assert watch.check(*args, now=103.5) == 104
+    assert watch.check(*args, now=103.6) is None  # named once, then watched again
+
+
+@pytest.mark.parametrize(
+    ("base", "taken", "in_hand", "acked"),
+    [
+        (104, 104, {}, set()),  # nothing taken past it: held back, not lost
+        (104, 90, {}, set()),  # taken in an earlier generation (cleared), or behind
+        (104, 163, {104: "task"}, set()),  # being handled (a slow request, a breaker)
+        (104, 163, {}, {104}),  # done, not committed yet
+        (None, 163, {}, set()),  # no commit position known
+    ],
+)
+def test_work_in_hand_done_or_not_yet_taken_is_never_lost(
+    base: int | None, taken: int, in_hand: dict[int, str], acked: set[int]
+) -> None:
+    watch = LostWatch(after_s=1.0)
+    for t in (0.0, 5.0, 50.0):
+        assert watch.check(T0, base, taken, in_hand, acked, now=t) is None
+
+
+def test_progress_restarts_the_wait_and_forget_drops_old_partitions() -> None:
+    watch = LostWatch(after_s=3.0)
+    assert watch.check(T0, 104, 163, {}, set(), now=0.0) is None
+    assert watch.check(T0, 110, 163, {}, set(), now=2.9) is None  # the commit moved
+    assert watch.check(T0, 110, 163, {}, set(), now=5.0) is None
+    assert watch.check(T0, 110, 163, {}, set(), now=6.0) == 110
+    watch.check(T0, 120, 163, {}, set(), now=7.0)
+    watch.forget(keep=[])
+    assert watch.since == {}
+
+
+def test_commit_base_is_the_later_of_the_committed_offset_and_the_tracker() -> None:
+    consumer, _ = make_consumer()
+    assert consumer.commit_base(T0) is None
+    consumer.tracker().positioned(T0, 40)
+    assert consumer.commit_base(T0) == 40
+    consumer._committed_offset[T0] = 55
+    assert consumer.commit_base(T0) == 55
+
+
+async def test_redeliver_seeks_back_and_the_offset_comes_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batches = [[104, 105, 106]]
+
+    async def fake_getmany(self: Any, timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109
+        for offset in batches.pop(0):
+            yield T0, SimpleNamespace(topic=T0.topic, offset=offset)
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "getmany", fake_getmany)
+    consumer, seeks = make_consumer()
+    consumer.tracker().positioned(T0, 104)
+    consumer.tracker().check(T0, 104)
+    consumer.tracker().check(T0, 105)
+    consumer.tracker().check(T0, 106)  # all delivered once; 104 got lost downstream
+    await consumer.redeliver(T0, 104)
+    assert seeks == [(T0, 104)]
+    assert [m.offset async for _, m in consumer.getmany(1.0)] == [104, 105, 106]

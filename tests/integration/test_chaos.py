@@ -5,24 +5,18 @@ and a SIGSTOPped zombie, each with 2,000 mixed-priority events under a saturated
 Counts only, no timing (``tests.plugins.chaos.check``): every event sent or dead, no
 request for a key the provider had already accepted, no second above the quota, no
 worker that needed SIGKILL to stop. A failing run gives up after 60 s without progress;
-the workers' logs are under test-artifacts/chaos/.
+the workers' logs are under test-artifacts/chaos/. In the default run (issue 12: CI
+catches a regression of scaling or fencing), about 2 minutes each; both passed twice in a
+row on the shared 2-core machine before moving here from the long suite.
 """
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
 from tests.plugins.chaos import check, run_short
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.long,
-    pytest.mark.skipif(
-        not os.environ.get("SPILLWAY_LONG_TESTS"), reason="long suite: SPILLWAY_LONG_TESTS=1"
-    ),
-]
+pytestmark = [pytest.mark.integration]
 
 
 def test_dispatch_scaled_up_and_down_twice_loses_and_repeats_nothing(stack: None) -> None:

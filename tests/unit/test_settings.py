@@ -134,3 +134,33 @@ def test_section_methods_and_their_flat_forms_agree() -> None:
         "bootstrap.servers": "b:1", "security.protocol": "PLAINTEXT",
     }  # fmt: skip
     assert s.revoke_bound() == min(s.policy.dispatch_revoke_bound_s, s.kafka.session_timeout_s / 3)
+
+
+def test_every_settings_attribute_used_in_the_code_exists() -> None:
+    """Flat names go through ``Settings.__getattr__``, which mypy cannot check: a typo
+    (``settings.kafka_bootstap``) would only fail at run time. This reads every
+    ``settings.<name>[.<name>]`` in app/, harness/ and bench/ and checks it resolves."""
+    import re
+
+    from app.settings import PROJECT_ROOT
+
+    known = set(Settings.model_fields) | set(FLAT) | set(dir(Settings))
+    pattern = re.compile(r"(?<![/\w])settings\.([A-Za-z_]\w*)(?:\.([A-Za-z_]\w*))?")
+    unknown = []
+    files = [
+        p for d in ("app", "harness", "bench") for p in (PROJECT_ROOT / d).rglob("*.py")
+        if p.name != "settings.py" and "stack" not in p.parts  # harness/stack: its own
+    ]  # fmt: skip
+    assert len(files) > 50
+    for path in files:
+        for m in pattern.finditer(path.read_text()):
+            first, second = m.group(1), m.group(2)
+            if first == "py":  # "app/settings.py" in prose
+                continue
+            if first not in known:
+                unknown.append(f"{path.name}: settings.{first}")
+            elif first in SECTIONS and second:
+                section = SECTIONS[first]
+                if second not in set(section.model_fields) | set(dir(section)):
+                    unknown.append(f"{path.name}: settings.{first}.{second}")
+    assert unknown == []

@@ -706,6 +706,8 @@ class _SectionsFromFlatEnv(PydanticBaseSettingsSource):
                     raw = json.loads(raw)
                 except json.JSONDecodeError as exc:  # never quote the value: maybe a secret
                     raise ValueError(f"{variable} is not valid JSON: {exc.msg}") from None
+                except RecursionError:
+                    raise ValueError(f"{variable} is nested too deeply") from None
             found.setdefault(section, {})[short] = raw
         return found
 

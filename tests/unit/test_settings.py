@@ -164,3 +164,24 @@ def test_every_settings_attribute_used_in_the_code_exists() -> None:
                 if second not in set(section.model_fields) | set(dir(section)):
                     unknown.append(f"{path.name}: settings.{first}.{second}")
     assert unknown == []
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("", "not valid JSON"),
+        ("[", "not valid JSON"),
+        ("[" * 100_000, "nested too deeply"),
+        ("null", "valid list"),
+        ('{"name": "a"}', "valid list"),
+        ("[1]", "valid dictionary"),
+        ('[{"name": "a", "quota_per_s": -1}]', "greater than 0"),
+        ('[{"name": "a", "quota_per_s": NaN}]', "greater than 0"),
+    ],
+)
+def test_ugly_json_variables_fail_with_the_variable_named(
+    monkeypatch: pytest.MonkeyPatch, value: str, error: str
+) -> None:
+    monkeypatch.setenv("SPILLWAY_PROVIDERS", value)
+    with pytest.raises(ValueError, match=error):
+        Settings()

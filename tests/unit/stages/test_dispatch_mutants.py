@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from app.errors import (
+    ConflictError,
     PermanentProviderError,
     ProviderError,
     ThrottledError,
@@ -458,3 +459,85 @@ async def test_an_open_breaker_without_fallback_waits_in_short_polls(serde: Serd
     assert out is not None and out.topic == SENT
     assert sleeps and all(0 < s <= 1.0 for s in sleeps)
     assert sum(sleeps) == pytest.approx(5.0)
+
+
+# -- an answer lost after the request went out (or a 409) -------------------------------------
+
+
+def lost(status: int | None = None) -> TransientProviderError:
+    return TransientProviderError("read timeout", provider="p", status=status, ambiguous=True)
+
+
+@pytest.mark.parametrize(
+    "error", [lost(), ConflictError("409", provider="p", status=409), ValueError("adapter bug")]
+)
+async def test_a_lost_answer_is_resent_pinned_while_the_key_lives(
+    serde: Serde, error: Exception
+) -> None:
+    pol = [ProviderPolicy(name="p", idempotency_ttl_s=3600.0, breaker_min_requests=50)]
+    st = stage(serde, Provider("p", error), policies=pol, rng=random.Random(3))
+    raw = payload(serde)
+    out = await asyncio.wait_for(st.handle(raw, ORIGIN, "normal"), 10)
+    assert out is not None and out.topic == retry_topic(1) and out.key == b"e-1"
+    retry = out.value
+    assert isinstance(retry, DispatchRequest)
+    assert retry.provider == "p"  # pinned: never failed over
+    assert retry.attempts == 1 and retry.event_id == "e-1"
+    at = int(NOW * 1000)
+    assert [(a.stage, a.at, a.provider) for a in retry.history] == [("dispatch", at, "p")]
+    assert retry.history[0].error_class == type(error).__name__
+    assert retry.not_before == at + int(backoff_s(1, 1.0, 60.0, random.Random(3)) * 1000)
+    entry = st.ledger.get("e-1")
+    assert entry is not None and (entry.state, entry.provider) == ("failed", "p")
+    assert st.stats.retried == 1 and st.stats.ambiguous == 0
+
+
+async def test_the_key_counts_from_the_first_failure_of_the_run(serde: Serde) -> None:
+    pol = [ProviderPolicy(name="p", idempotency_ttl_s=3600.0, breaker_min_requests=50)]
+    at = int(NOW * 1000)
+    # the run began 1 ms less than the key's lifetime ago: the same key still works
+    history = [attempt("dispatch", at - 3_599_999)]
+    st = stage(serde, Provider("p", lost()), policies=pol)
+    out = await st.handle(payload(serde, attempts=1, history=history), ORIGIN, "normal")
+    assert out is not None and out.topic == retry_topic(2) and out.value.provider == "p"
+    # exactly the lifetime ago: the key may be gone, so it is parked, not resent
+    history = [attempt("dispatch", at - 3_600_000)]
+    st = stage(serde, Provider("p", lost()), policies=pol)
+    out = await st.handle(payload(serde, attempts=1, history=history), ORIGIN, "normal")
+    assert out is not None and out.topic == DEAD and out.value.reason == "ambiguous"
+
+
+async def test_a_lost_answer_without_a_key_is_resent_when_the_policy_says_so(
+    serde: Serde,
+) -> None:
+    pol = [ProviderPolicy(name="p", ambiguous_resend=True, breaker_min_requests=50)]
+    st = stage(serde, Provider("p", lost(504)), policies=pol)
+    out = await st.handle(payload(serde), ORIGIN, "normal")
+    assert out is not None and out.topic == retry_topic(1)
+    retry = out.value
+    assert retry.provider is None  # at least once, anywhere
+    assert [(a.stage, a.provider) for a in retry.history] == [("dispatch", "p")]
+    entry = st.ledger.get("e-1")
+    assert entry is not None and (entry.state, entry.provider) == ("failed", "p")
+    assert st.stats.ambiguous == 0
+
+
+async def test_a_lost_answer_without_a_key_is_parked(serde: Serde) -> None:
+    pol = [ProviderPolicy(name="p", breaker_min_requests=50)]
+    st = stage(serde, Provider("p", lost(), lost()), policies=pol)
+    raw = payload(serde)
+    out = await st.handle(raw, ORIGIN, "normal")
+    assert out is not None and out.topic == DEAD and out.key == b"e-1"
+    d = out.value
+    assert isinstance(d, DeadLetter)
+    assert (d.reason, d.stage, d.provider, d.payload) == ("ambiguous", "dispatch", "p", raw)
+    assert d.message.startswith("e-1: p may have accepted it (read timeout)")
+    assert [(a.stage, a.at, a.provider) for a in d.history] == [
+        ("dispatch", int(NOW * 1000), "p")
+    ]
+    entry = st.ledger.get("e-1")
+    assert entry is not None and (entry.state, entry.provider) == ("ambiguous", "p")
+    assert st.stats.ambiguous == 1 and st.stats.dead == 1 and st.stats.retried == 0
+    out2 = await st.handle(payload(serde, "e-2"), ORIGIN, "normal")
+    assert out2 is not None and out2.topic == DEAD
+    assert st.stats.ambiguous == 2

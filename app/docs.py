@@ -71,6 +71,8 @@ def type_name(annotation: Any) -> str:
     """A short, reader-oriented rendering of a field type."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is typing.Annotated:  # constraints are in the description
+        return type_name(args[0])
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in args)
     if origin in (typing.Union, types.UnionType):

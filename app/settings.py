@@ -25,7 +25,7 @@ import os
 import ssl
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
@@ -414,10 +414,10 @@ class IntakeSettings(Section):
         description="Token bucket size: how many events an integration may send at once "
         "before intake_rate_per_s applies.",
     )
-    rate_limits: dict[str, float] = Field(
+    rate_limits: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
         default_factory=dict,
-        description='Per-integration override of intake_rate_per_s, as JSON {"newsletter-tool": '
-        "50}.",
+        description="Per-integration override of intake_rate_per_s (a finite number, 0 or "
+        'more), as JSON {"newsletter-tool": 50}.',
     )
     integrations: dict[str, dict[str, Any]] = Field(
         default_factory=dict,

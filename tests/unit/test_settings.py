@@ -185,3 +185,14 @@ def test_ugly_json_variables_fail_with_the_variable_named(
     monkeypatch.setenv("SPILLWAY_PROVIDERS", value)
     with pytest.raises(ValueError, match=error):
         Settings()
+
+
+@pytest.mark.parametrize("value", ['{"a": NaN}', '{"a": Infinity}', '{"a": -1}', '{"a": "x"}'])
+def test_a_per_integration_rate_is_a_finite_non_negative_number(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("SPILLWAY_INTAKE_RATE_LIMITS", value)
+    with pytest.raises(ValueError, match=r"intake\.rate_limits"):
+        Settings()
+    monkeypatch.setenv("SPILLWAY_INTAKE_RATE_LIMITS", '{"a": 0, "b": 2.5}')
+    assert Settings().intake.rate_limits == {"a": 0.0, "b": 2.5}

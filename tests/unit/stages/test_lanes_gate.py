@@ -55,3 +55,58 @@ async def test_lower_lanes_are_never_held_by_a_lower_lane() -> None:
     await asyncio.wait_for(gate.wait_turn("critical"), 5)
     await asyncio.wait_for(gate.wait_turn("normal"), 5)
     assert not gate.clear_for("bulk")
+
+
+async def _woken(gate: LaneGate, change: object) -> bool:
+    """Whether ``change`` (a callable) wakes a waiter of ``gate.changed`` (a long poll)."""
+    waiter = asyncio.create_task(gate.changed(poll_s=60))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not waiter.done()
+    change()  # type: ignore[operator]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    woken = waiter.done()
+    waiter.cancel()
+    return woken
+
+
+async def test_every_change_wakes_waiters_and_nothing_else_does() -> None:
+    gate = LaneGate()
+    assert await _woken(gate, lambda: gate.set_backlog("critical", 3))
+    assert not await _woken(gate, lambda: gate.set_backlog("critical", 3))  # unchanged
+    gate.enter("normal")
+    assert await _woken(gate, lambda: gate.leave("normal"))
+    assert await _woken(gate, lambda: gate.take("normal"))
+
+
+async def test_changed_returns_after_its_poll_without_a_change() -> None:
+    gate = LaneGate()
+    await asyncio.wait_for(gate.changed(poll_s=0.001), 5)
+
+
+def test_a_lane_earns_turns_only_from_lanes_above_it() -> None:
+    gate = LaneGate(every=2)
+    for _ in range(20):
+        gate.take("bulk")  # by right (nothing above): earns nobody a turn
+    assert gate.credit == {"critical": 0, "normal": 0, "bulk": 0}
+    assert gate.by_credit["bulk"] == 0 and gate.taken["bulk"] == 20
+    gate.set_backlog("critical", 5)
+    gate.set_backlog("normal", 5)
+    gate.take("normal")
+    assert gate.credit == {"critical": 0, "normal": 0, "bulk": 1}
+    gate.take("critical")
+    assert gate.credit == {"critical": 0, "normal": 1, "bulk": 2}
+    assert gate.may_take("bulk") and not gate.may_take("normal")
+    gate.take("bulk")
+    assert gate.credit["bulk"] == 0 and gate.by_credit["bulk"] == 1
+
+
+def test_a_negative_turn_interval_says_what_is_wrong() -> None:
+    try:
+        LaneGate(every=-3)
+    except ValueError as exc:
+        assert str(exc) == "every must be 0 or more, not -3"
+    else:
+        raise AssertionError("LaneGate(every=-3) was accepted")
+    assert LaneGate(every=0).every == 0

@@ -151,11 +151,13 @@ def test_skip_detected_only_above_the_next_offset_due() -> None:
 
 
 class Topics:
+    """Stream topics are acked; changelogs (``-changelog``) are not."""
+
     def __init__(self, acks: bool = True) -> None:
         self.acks = acks
 
     def acks_enabled_for(self, topic: str) -> bool:
-        return self.acks
+        return self.acks and not topic.endswith("-changelog")
 
 
 def consumer(acks: bool = True, **app: Any) -> tuple[GaplessConsumer, list[tuple[TP, int]]]:
@@ -428,10 +430,17 @@ def test_commit_waits_for_a_known_base() -> None:
 
 
 def test_changelog_commits_are_faust_s_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(faust_aiokafka.Consumer, "_new_offset", lambda self, tp: 99)
-    c, _ = consumer(acks=False)
+    asked: list[TP] = []
+    monkeypatch.setattr(
+        faust_aiokafka.Consumer, "_new_offset", lambda self, tp: asked.append(tp) or 99
+    )
+    c, _ = consumer()
+    log = TP("app-sent-ledger-changelog", 0)
+    c._acked[log], c._acked_index[log] = [0], {0}
+    assert c._new_offset(log) == 99 and asked == [log]
     c._acked[T0][:] = [0]
-    assert c._new_offset(T0) == 99
+    c.tracker().positioned(T0, 0)
+    assert c._new_offset(T0) == 1 and asked == [log]  # a stream topic: ours
 
 
 def test_only_a_stale_stream_ack_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

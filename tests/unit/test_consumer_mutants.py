@@ -5,6 +5,7 @@ skip, and what counts as fetched-but-dropped."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -502,3 +503,118 @@ async def test_getmany_drops_what_was_delivered_and_rewinds_each_skip_once(
     assert got == [(T0, 4), (T0, 5), (T1, 0), (T1, 1)]
     assert seeks == [(T0, 6)] and starts == [T0]
     assert c._read_offset == {T0: None, T1: None}
+
+
+# -- defaults, the seams' arguments, and what the operator reads --------------------------
+
+
+async def test_metadata_refresh_defaults_and_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    c, _ = consumer()
+    seen: list[Any] = []
+
+    async def refresh(arg: Any) -> None:
+        seen.append(("refresh", arg))
+
+    def missing(arg: Any) -> set[str]:
+        seen.append(("missing", arg))
+        return {"b", "a"}
+
+    monkeypatch.setattr(faust_adapter, "topics_missing_from_metadata", missing)
+    monkeypatch.setattr(faust_adapter, "refresh_metadata", refresh)
+    caplog.set_level(logging.INFO, logger="app.consumer")
+    await c.find_missing_topics(now=100.0)
+    await c.find_missing_topics(now=104.9)
+    await c.find_missing_topics(now=105.0)  # the default interval is 5 s
+    assert seen == [("missing", c), ("refresh", c), ("missing", c), ("missing", c),
+                    ("refresh", c)]  # fmt: skip
+    assert [r.getMessage() for r in caplog.records] == [
+        "subscribed topics ['a', 'b'] not in metadata yet: refreshing"
+    ] * 2
+
+
+async def test_a_failed_refresh_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    c, _ = consumer()
+
+    async def refresh(_: Any) -> None:
+        raise ConnectionError("broker away")
+
+    monkeypatch.setattr(faust_adapter, "topics_missing_from_metadata", lambda _: {"t"})
+    monkeypatch.setattr(faust_adapter, "refresh_metadata", refresh)
+    caplog.set_level(logging.WARNING, logger="app.consumer")
+    await c.find_missing_topics(now=0.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "metadata refresh failed: ConnectionError('broker away')"
+    ]
+
+
+async def test_unstick_waits_two_seconds_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    c, seeks = consumer()
+    monkeypatch.setattr(faust_adapter, "fetch_position", lambda _, tp: 12 if tp == T0 else None)
+    c.tracker().seeked(T0, 10)
+    await c.unstick(now=100.0)
+    assert await c.unstick(now=101.99) == []
+    assert await c.unstick(now=102.0) == [T0] and seeks == [(T0, 10)]
+
+
+async def test_a_failed_drain_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def super_revoked(self: Any, revoked: set[TP]) -> None:
+        pass
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "on_partitions_revoked", super_revoked)
+    c, _ = consumer()
+
+    async def drain(tps: set[TP]) -> None:
+        raise RuntimeError("drain failed")
+
+    c.app.spillway_before_revoke = drain
+    caplog.set_level(logging.WARNING, logger="app.consumer")
+    await c.on_partitions_revoked({T0})
+    assert [r.getMessage() for r in caplog.records] == [
+        "commit before revocation failed: RuntimeError('drain failed')"
+    ]
+
+
+async def test_assignment_without_a_hook_and_the_default_generation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+
+    async def super_assigned(self: Any, assigned: set[TP], generation_id: int = -1) -> None:
+        calls.append(generation_id)
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "on_partitions_assigned", super_assigned)
+    c, _ = consumer()  # its app has no spillway_on_assigned
+    await c.on_partitions_assigned({T0})
+    assert calls == [0]
+
+
+async def test_getmany_rewinds_to_the_log_start_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    waits: list[float] = []
+
+    async def fetch(self: Any, timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109
+        waits.append(timeout)
+        for offset in (10, 11):
+            yield T0, SimpleNamespace(topic=T0.topic, offset=offset)
+
+    async def earliest(*tps: TP) -> dict[TP, int]:
+        return dict.fromkeys(tps, 7)  # retention deleted 5 and 6
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "getmany", fetch)
+    c, seeks = consumer()
+    c.__dict__["earliest_offsets"] = earliest
+    c.tracker().seeked(T0, 5)
+    caplog.set_level(logging.WARNING, logger="app.consumer")
+    got = [m.offset async for _, m in c.getmany(2.5)]
+    assert got == [] and seeks == [(T0, 7)] and waits == [2.5]
+    assert c.tracker().base == {T0: 7}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{T0}: offsets 7..9 skipped on the way to the stream; rewinding"
+    ]

@@ -1,0 +1,165 @@
+"""The Dispatcher's stall fence and revocation bookkeeping at their edges (issue 17 pt 5:
+survivors of the mutation run of app/dispatcher.py): a stall is a gap strictly longer
+than ``stall_s``, suspicion ends strictly after a session timeout, parked work is resumed
+or abandoned one by one, and revocations add up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from app.dispatcher import Dispatcher, Work
+from app.stages.common import Emission, Origin
+
+LANES = ("critical", "normal", "bulk")
+P0, P1, P2 = ("lane", 0), ("lane", 1), ("lane", 2)
+
+
+@dataclass
+class Group:
+    owned: set[Any] = field(default_factory=lambda: {P0, P1, P2})
+
+    def owns(self, tp: Any, generation: int | None) -> bool:
+        return tp in self.owned
+
+
+@dataclass
+class Stage:
+    """Waits at ``gate``, then passes the fence (as the ledger's in_flight mark does)."""
+
+    fence: Any = None
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    sent: list[int] = field(default_factory=list)
+
+    async def handle(self, payload: bytes, origin: Origin, lane: str) -> Emission | None:
+        await self.gate.wait()
+        self.fence()
+        self.sent.append(origin.offset)
+        return None
+
+
+def make(now: list[float], group: Group | None = None) -> tuple[Dispatcher, Stage]:
+    stage = Stage()
+    d = Dispatcher(
+        handle=stage.handle,
+        deliver=lambda e: asyncio.sleep(0),
+        membership=group or Group(),
+        lanes=LANES,
+        stall_s=3.0,
+        session_timeout_s=10.0,
+        clock=lambda: now[0],
+    )
+    stage.fence = d.fence
+    return d, stage
+
+
+def work(tp: Any, offset: int, acks: list[tuple[Any, int]]) -> Work:
+    return Work(
+        tp=tp,
+        offset=offset,
+        generation=1,
+        value=b"v",
+        origin=Origin(topic="lane", partition=tp[1], offset=offset),
+        release=lambda: acks.append((tp, offset)),
+    )
+
+
+async def until(cond: Any, deadline_s: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while not cond():
+        assert loop.time() < end, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+def test_a_stall_is_a_gap_longer_than_stall_s(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    d, _ = make(now)
+    caplog.set_level(logging.WARNING, logger="app.dispatcher")
+    d.heartbeat()
+    now[0] = 103.0  # exactly stall_s: a slow tick, not a stall
+    d.heartbeat()
+    assert d.suspect_since is None
+    now[0] = 106.5  # 3.5 s since the last beat
+    d.heartbeat()
+    assert d.suspect_since == 106.5
+    assert [r.getMessage() for r in caplog.records] == ["event loop stalled 3.5 s: sends fenced"]
+
+
+def test_suspicion_ends_strictly_after_a_session_timeout() -> None:
+    now = [0.0]
+    d, _ = make(now)
+    d.heartbeat()
+    now[0] = 5.0
+    d.heartbeat()
+    assert d.suspect_since == 5.0
+    now[0] = 7.0  # beats again, 2 s after the stall: still suspect
+    d.heartbeat()
+    assert d.suspect_since == 5.0
+    now[0] = 15.0  # exactly the session timeout since the stall
+    d.heartbeat()
+    assert d.suspect_since == 5.0
+    now[0] = 15.5
+    d.heartbeat()
+    assert d.suspect_since is None
+
+
+async def test_parked_work_resumes_or_is_abandoned_one_by_one() -> None:
+    now = [0.0]
+    group = Group()
+    d, stage = make(now, group)
+    acks: list[tuple[Any, int]] = []
+    d.heartbeat()
+    for tp, offset in ((P0, 0), (P1, 1), (P2, 2)):
+        assert await d.admit("normal", work(tp, offset, acks))
+    now[0] = 30.0
+    d.heartbeat()  # a stall: every send is fenced and parked
+    stage.gate.set()
+    await until(lambda: d.stats.fenced == 3)
+    assert sorted(w.offset for w in d.parked) == [0, 1, 2]
+    group.owned = {P0}  # P1 and P2 went to another member meanwhile
+    now[0] = 41.0
+    d.heartbeat()
+    await until(lambda: acks == [(P0, 0)])
+    assert d.stats.abandoned == 2 and stage.sent == [0] and d.parked == []
+
+
+async def test_revocations_add_up_and_keep_other_partitions_parked() -> None:
+    now = [0.0]
+    d, stage = make(now)
+    acks: list[tuple[Any, int]] = []
+    d.heartbeat()
+    for tp, offset in ((P0, 0), (P1, 1), (P2, 2)):
+        await d.admit("normal", work(tp, offset, acks))
+    now[0] = 30.0
+    d.heartbeat()
+    stage.gate.set()
+    await until(lambda: d.stats.fenced == 3)
+    await d.revoke({P0}, bound_s=0.0)
+    assert sorted(w.offset for w in d.parked) == [1, 2]  # the others stay parked
+    await d.revoke({P1}, bound_s=0.0)
+    assert [w.offset for w in d.parked] == [2]
+    assert not d.admissible(work(P0, 9, acks)) and not d.admissible(work(P1, 9, acks))
+    assert d.admissible(work(P2, 9, acks))
+
+
+async def test_a_new_assignment_clears_parked_work_and_reopens_partitions() -> None:
+    now = [0.0]
+    d, stage = make(now)
+    acks: list[tuple[Any, int]] = []
+    d.heartbeat()
+    await d.admit("normal", work(P0, 0, acks))
+    now[0] = 30.0
+    d.heartbeat()
+    stage.gate.set()
+    await until(lambda: d.stats.fenced == 1)
+    await d.revoke({P1}, bound_s=0.0)
+    d.assigned({P0, P1})
+    assert d.parked == [] and d.suspect_since is None
+    assert d.admissible(work(P1, 5, acks))
+    await d.revoke({P0}, bound_s=0.0)  # works on the fresh (empty) parked list
+    assert d.parked == []

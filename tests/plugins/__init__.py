@@ -18,4 +18,10 @@ another test module (``tests/test_layout.py`` checks it).
 - ``traffic``: provider policies for a worker's environment; events produced into the lanes.
 - ``providers``: the reliability tests' provider modes (with and without idempotency keys).
 - ``scram``: a private SASL/SCRAM broker with ACLs for the Kafka security tests.
+- ``ledger``: a sent-ledger table whose changelog acks come when the test says.
+- ``chaos``: the short chaos scenarios (one ``bench.chaos`` run on the shared stack).
+- ``mutation``: hypothesis settings for mutation runs (loaded by ``scripts/mutation`` only).
+
+Plain helper modules (no fixtures) need no registration; a plugin with fixtures must be
+listed in ``tests/conftest.py`` (``tests/test_layout.py`` checks it).
 """

@@ -58,13 +58,28 @@ async def test_a_body_in_many_chunks_is_read_whole() -> None:
     assert got == b"".join(chunks)
 
 
+async def trickle(reader: StreamReader, *chunks: bytes) -> None:
+    """Feed ``chunks`` one at a time, each read before the next arrives (``readany``
+    returns everything buffered, so chunks fed together are read as one)."""
+    for chunk in chunks:
+        reader.feed_data(chunk)
+        for _ in range(5):
+            await asyncio.sleep(0)
+    reader.feed_eof()
+
+
 async def test_the_limit_counts_every_chunk_not_the_last_one() -> None:
+    reader = stream(eof=False)
+    task = asyncio.create_task(read_body(request(reader), limit=100))
+    await trickle(reader, b"x" * 60, b"y" * 60)
     with pytest.raises(Refused) as exc:
-        await read_body(request(stream(b"x" * 60, b"y" * 60)), limit=100)
+        await asyncio.wait_for(task, 5)
     assert refusal(exc) == (413, "body_too_large", "body exceeds the limit of 100 bytes")
-    # exactly at the limit is accepted
-    got = await read_body(request(stream(b"x" * 50, b"y" * 50)), limit=100)
-    assert got == b"x" * 50 + b"y" * 50
+    # exactly at the limit, over three reads, is accepted
+    reader = stream(eof=False)
+    task = asyncio.create_task(read_body(request(reader), limit=100))
+    await trickle(reader, b"x" * 50, b"y" * 30, b"z" * 20)
+    assert await asyncio.wait_for(task, 5) == b"x" * 50 + b"y" * 30 + b"z" * 20
 
 
 async def test_a_declared_length_over_the_limit_is_refused_before_reading() -> None:

@@ -541,3 +541,68 @@ async def test_a_lost_answer_without_a_key_is_parked(serde: Serde) -> None:
     out2 = await st.handle(payload(serde, "e-2"), ORIGIN, "normal")
     assert out2 is not None and out2.topic == DEAD
     assert st.stats.ambiguous == 2
+
+
+async def test_a_lost_answer_at_the_last_attempt_is_dead_with_its_input(serde: Serde) -> None:
+    # pinned (the key lives) but out of attempts and failing long enough: dead, and the
+    # dead letter carries the original payload and position
+    pol = [ProviderPolicy(name="p", idempotency_ttl_s=86_400.0, breaker_min_requests=50,
+                          retry_min_failing_s=60.0)]  # fmt: skip
+    at = int(NOW * 1000)
+    history = [attempt("dispatch", at - 120_000), attempt("dispatch", at - 60_000)]
+    st = stage(serde, Provider("p", lost()), policies=pol, max_attempts=3)
+    raw = payload(serde, attempts=2, history=history)
+    out = await st.handle(raw, ORIGIN, "normal")
+    assert out is not None and out.topic == DEAD
+    d = out.value
+    assert (d.payload, d.original_partition, d.original_offset) == (raw, 2, 40)
+    assert d.history[-1].error_class == "TransientProviderError"
+    # the same with the at-least-once policy instead of a key
+    pol = [ProviderPolicy(name="p", ambiguous_resend=True, breaker_min_requests=50,
+                          retry_min_failing_s=60.0)]  # fmt: skip
+    st = stage(serde, Provider("p", lost()), policies=pol, max_attempts=3)
+    out = await st.handle(raw, ORIGIN, "normal")
+    assert out is not None and out.topic == DEAD
+    assert (out.value.payload, out.value.original_offset) == (raw, 40)
+    assert out.value.history[-1].error_class == "TransientProviderError"
+
+
+async def test_a_parked_email_says_what_to_do(serde: Serde) -> None:
+    pol = [ProviderPolicy(name="p", breaker_min_requests=50)]
+    st = stage(serde, Provider("p", lost()), policies=pol)
+    out = await st.handle(payload(serde), ORIGIN, "normal")
+    assert out is not None and out.topic == DEAD
+    assert out.value.message == (
+        "e-1: p may have accepted it (read timeout); it honours no idempotency key, so it "
+        "is not resent: check the provider's log, then replay or drop it"
+    )
+    assert out.value.history[-1].error_class == "TransientProviderError"
+
+
+async def test_an_email_parked_before_is_parked_again_and_its_mark_kept(serde: Serde) -> None:
+    table: dict[bytes, Any] = {b"e-1": {"s": "ambiguous", "p": "p", "m": None, "t": 5.0}}
+    provider = Provider("p")
+    st = stage(serde, provider, table=table)
+    out = await st.handle(payload(serde), ORIGIN, "normal")
+    assert out is not None and out.topic == DEAD and out.value.reason == "ambiguous"
+    assert provider.calls == []
+    assert table[b"e-1"] == {"s": "ambiguous", "p": "p", "m": None, "t": 5.0}  # untouched
+
+
+async def test_a_parked_operator_replay_records_its_replay_number(serde: Serde) -> None:
+    origin = Origin("email.dispatch.normal", 2, 41, 123, b"k-e-1", (("spillway-replay", b"2"),))
+    pol = [ProviderPolicy(name="p", breaker_min_requests=50)]
+    st = stage(serde, Provider("p", lost()), policies=pol)
+    out = await st.handle(payload(serde, replay=True), origin, "normal")
+    assert out is not None and out.topic == DEAD and out.value.reason == "ambiguous"
+    entry = st.ledger.get("e-1")
+    assert entry is not None and (entry.state, entry.replay) == ("ambiguous", 2)
+    assert out.value.replayed == 2
+
+
+async def test_an_unreadable_retry_record_is_dead_at_the_time_it_was_read(serde: Serde) -> None:
+    from app.stages.dispatch import retry_route
+
+    out, delay = await retry_route(serde, b"garbage", ORIGIN, clock=lambda: NOW)
+    assert out.topic == DEAD and delay == 0.0
+    assert out.value.dead_at == int(NOW * 1000)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -618,3 +618,43 @@ async def test_getmany_rewinds_to_the_log_start_and_says_so(
     assert [r.getMessage() for r in caplog.records] == [
         f"{T0}: offsets 7..9 skipped on the way to the stream; rewinding"
     ]
+
+
+class HTP(NamedTuple):
+    """A partition whose place in a set is fixed (its hash), so a test can put one
+    partition before another where the consumer iterates over a set."""
+
+    topic: str
+    partition: int
+
+    def __hash__(self) -> int:
+        return self.partition
+
+
+async def test_unstick_looks_at_every_partition(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    changelog = HTP("app-sent-ledger-changelog", 1)  # iterated first, then waiting, then due
+    waiting, due = HTP("email.dispatch.bulk", 2), HTP("email.dispatch.bulk", 3)
+    positions = {changelog: 50, waiting: 20, due: 12}
+    asked: list[Any] = []
+
+    def position(arg: Any, tp: Any) -> int:
+        asked.append(arg)
+        return positions[tp]
+
+    monkeypatch.setattr(faust_adapter, "fetch_position", position)
+    c, seeks = consumer()
+    c.__dict__["assignment"] = lambda: {changelog, waiting, due}
+    c.tracker().seeked(due, 10)
+    await c.unstick(idle_s=2.0, now=100.0)  # due: first seen
+    c.tracker().seeked(waiting, 15)
+    await c.unstick(idle_s=2.0, now=101.0)  # waiting: first seen
+    caplog.set_level(logging.WARNING, logger="app.consumer")
+    # waiting (iterated before due): 1 s of its 2; due: idle for 2 s
+    assert await c.unstick(idle_s=2.0, now=102.0) == [due]
+    assert seeks == [(due, 10)] and set(asked) == {c}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{due}: offsets 10..11 were fetched but never reached the stream; fetching them again"
+    ]
+    assert await c.unstick(idle_s=2.0, now=103.0) == [waiting]

@@ -163,3 +163,80 @@ async def test_a_new_assignment_clears_parked_work_and_reopens_partitions() -> N
     assert d.admissible(work(P1, 5, acks))
     await d.revoke({P0}, bound_s=0.0)  # works on the fresh (empty) parked list
     assert d.parked == []
+
+
+async def test_a_lane_takes_only_below_its_in_flight_limit_and_lookahead() -> None:
+    now = [0.0]
+    d, stage = make(now)
+    d.lane_in_flight, d.lookahead = 2, 5
+    acks: list[tuple[Any, int]] = []
+    assert d.can_take("normal")
+    await d.admit("normal", work(P0, 0, acks))
+    assert d.pending("normal") == 1 and d.can_take("normal")
+    await d.admit("normal", work(P0, 1, acks))
+    assert not d.can_take("normal")  # two in flight: the limit
+    stage.gate.set()  # both pass the fence: on the wire, no longer pending
+    await until(lambda: d.stats.done == 2)
+    assert d.pending("normal") == 0 and d.can_take("normal")
+
+
+async def test_pending_counts_what_is_not_on_the_wire_yet() -> None:
+    now = [0.0]
+    d, _ = make(now)
+    acks: list[tuple[Any, int]] = []
+    hold = asyncio.Event()
+
+    async def handle(payload: bytes, origin: Origin, lane: str) -> None:
+        if origin.offset == 0:
+            d.fence()  # on the wire
+            await hold.wait()
+        else:
+            await hold.wait()  # still waiting for its pace
+        return None
+
+    d.handle = handle
+    await d.admit("normal", work(P0, 0, acks))
+    await d.admit("normal", work(P0, 1, acks))
+    await until(lambda: d.wire["normal"] == 1)
+    assert d.active["normal"] == 2 and d.pending("normal") == 1
+    hold.set()
+    await until(lambda: d.stats.done == 2)
+
+
+async def test_turn_notices_a_gate_that_opened_without_telling() -> None:
+    now = [0.0]
+    d, _ = make(now)
+    open_ = [False]
+    taken: list[str] = []
+    d.may_take = lambda lane: open_[0]
+    d.take = taken.append
+    waiter = asyncio.create_task(d.turn("bulk"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiter.done()
+    open_[0] = True  # the gate's figures changed; nothing notified the dispatcher
+    await asyncio.wait_for(waiter, 5)
+    assert taken == ["bulk"]
+
+
+async def test_a_revocation_returns_even_when_a_task_will_not_unwind() -> None:
+    now = [0.0]
+    d, _ = make(now)
+    acks: list[tuple[Any, int]] = []
+    forever = asyncio.Event()
+
+    async def stubborn(payload: bytes, origin: Origin, lane: str) -> None:
+        d.fence()
+        while not forever.is_set():
+            try:
+                await forever.wait()
+            except asyncio.CancelledError:
+                continue  # an adapter that swallows cancellation
+
+    d.handle = stubborn
+    await d.admit("normal", work(P0, 0, acks))
+    await until(lambda: d.wire["normal"] == 1)
+    await asyncio.wait_for(d.revoke({P0}, bound_s=0.0), 10)
+    assert not d.admissible(work(P0, 1, acks)) and acks == []
+    forever.set()  # let it end
+    await until(lambda: not d.works)

@@ -658,3 +658,26 @@ async def test_unstick_looks_at_every_partition(
         f"{due}: offsets 10..11 were fetched but never reached the stream; fetching them again"
     ]
     assert await c.unstick(idle_s=2.0, now=103.0) == [waiting]
+
+
+def test_install_points_the_transport_at_the_consumer_broker() -> None:
+    from app.factory import create_app
+    from app.settings import Settings
+
+    app = create_app(Settings(stage="dispatch", store="memory://"))  # type: ignore[arg-type]
+    assert app.transport.url == app.conf.broker_consumer
+    assert app.transport.app is app
+
+
+def test_a_lost_message_is_named_once_it_stayed_lost_for_the_wait() -> None:
+    from app.consumer import LostWatch
+
+    w = LostWatch(after_s=3.0)
+    # base 5 not done, not in hand, and the stage took past it (taken 8)
+    assert w.check(T0, 5, 8, in_hand=(), acked=(), now=100.0) is None  # first seen
+    assert w.check(T1, 2, 4, in_hand=(), acked=(), now=100.0) is None
+    assert w.check(T0, 5, 8, in_hand=(), acked=(), now=102.9) is None
+    assert w.check(T0, 5, 8, in_hand=(), acked=(), now=103.0) == 5  # the wait is over
+    assert T0 not in w.since and T1 in w.since  # named once; the other still watched
+    assert w.check(T1, 2, 4, in_hand={2}, acked=(), now=110.0) is None  # in hand: fine
+    assert T1 not in w.since

@@ -215,3 +215,36 @@ def test_expire_skips_a_key_deleted_during_the_pass() -> None:
     del table[b"b"]  # gone meanwhile (another path deleted it)
     assert lg.expire(budget=5) == 1
     assert table == {}
+
+
+def test_a_parking_mark_without_a_replay_number_records_none() -> None:
+    table: dict[bytes, Any] = {}
+    lg = ledger(table)
+    lg.mark_ambiguous("e", "p")
+    assert table[b"e"] == {"s": "ambiguous", "p": "p", "m": None, "t": NOW}
+    assert lg.get("e") == Entry("ambiguous", "p", None, NOW, 0)
+
+
+def test_the_table_is_declared_key_hashed_with_its_states(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.tables import ledger as ledger_module
+
+    calls: list[tuple[Any, ...]] = []
+
+    def declare(app: Any, name: str, partitions: int, *, help: str, key_hashed: bool) -> str:
+        calls.append((app, name, partitions, help, key_hashed))
+        return "table"
+
+    monkeypatch.setattr(ledger_module, "declare_bytes_table", declare)
+    assert ledger_module.declare_table("app", 12) == "table"
+    assert calls == [
+        (
+            "app",
+            "sent-ledger",
+            12,
+            "Sent-ledger: event id -> in_flight | accepted | sent | failed | ambiguous, for "
+            "effectively-once sends.",
+            True,
+        )
+    ]

@@ -13,6 +13,7 @@ import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from app.settings import Settings
 from harness import burst
 from harness.observe import end_offsets
 from harness.workers import wait_until
@@ -233,6 +234,21 @@ def test_replay_from_earliest_calls_no_provider(env: Env, own_sim: Any, mode: st
     report.assert_clean()
 
 
+KILLS = 5
+STALL_S = 120.0  # no event done for this long: the run is stuck
+
+
+def until_progress_stops(count: Any, target: int, stall_s: float) -> bool:
+    """Wait until ``count()`` reaches ``target`` (True), or has not moved for
+    ``stall_s`` (False)."""
+    last = count()
+    while last < target:
+        if not wait_until(lambda seen=last: count() != seen, timeout=stall_s, interval=0.2):
+            return False
+        last = count()
+    return True
+
+
 def sigkill_run(env: Env, own_sim: Any, mode: str) -> tuple[Any, Any, int]:
     """20,000 events, the dispatch worker SIGKILLed five times; the observer's tally and
     the simulator's request log once every event is sent or dead."""
@@ -251,16 +267,14 @@ def sigkill_run(env: Env, own_sim: Any, mode: str) -> tuple[Any, Any, int]:
         env.produce(e.key, e.value)
     env.producer.flush(60)
     rng = random.Random(5)
-    for kill in range(5):
+    for kill in range(KILLS):
         target = (kill + 1) * n // 7 + rng.randint(0, n // 20)
-
-        def reached(t: int = target) -> bool:
-            return observer.snapshot().done >= t
-
-        assert wait_until(reached, timeout=120, interval=0.1)
+        # a deadline on progress, not on the run: the machine may be shared
+        assert until_progress_stops(lambda: observer.snapshot().done, target, STALL_S)
         worker.stop(signal.SIGKILL)
         worker = env.workers.add("dispatch", **prov.worker_env())
-    tally = observer.wait_for(n, timeout=240, check=env.workers.check_alive)
+    until_progress_stops(lambda: observer.snapshot().done, n, STALL_S)
+    tally = observer.wait_for(n, timeout=60, check=env.workers.check_alive)
     report = prov.check_sent_once()
     both = set(tally.sent) & set(tally.dead)
     print(
@@ -272,31 +286,33 @@ def sigkill_run(env: Env, own_sim: Any, mode: str) -> tuple[Any, Any, int]:
     return tally, report, n
 
 
-@pytest.mark.long
-@pytest.mark.skipif(
-    not os.environ.get("SPILLWAY_LONG_TESTS"), reason="long suite: SPILLWAY_LONG_TESTS=1"
-)
+@pytest.mark.timeout(2400)  # 20,000 events: 7 to 12 min on a loaded 2-core machine
 def test_sigkill_during_a_run_loses_nothing_and_delivers_no_email_twice(
     env: Env, own_sim: Any
 ) -> None:
     """Provider with idempotency keys: what was in flight at a kill is resent with the same
-    key, so nothing is lost and no email is delivered twice (the requests after acceptance
-    that this takes are counted in the long test below).
+    key, so nothing is lost and no email is delivered twice, and those requests after
+    acceptance stay within the honest bound (at most max_in_flight per kill: the window
+    between the provider's acceptance and Kafka's ack of the ledger's ``accepted`` mark).
 
-    Long suite for now: it passed in two runs of this stop and failed in the third (CI
-    clone: 94 of 20,000 neither sent nor dead within 240 s), a regression of the dispatch
-    rewrite of issue 12 (bulk offsets held at the lane gate keep the commit at 0, and the
-    gap tracking still commits a few never-sent offsets). Back in the default run once
-    fixed: issues 12 and 17."""
+    Back in the default run: two passes in a row (114 and 124 requests after acceptance,
+    bound 320) once the lanes' commits advance (lane admission, issue 12) and the ledger
+    records the acceptance before the SendResult. It had lost 94 of 20,000 once."""
     tally, report, n = sigkill_run(env, own_sim, "idempotent")
     both = set(tally.sent) & set(tally.dead)
     assert not both, f"{len(both)} events both sent and dead"
     assert tally.done == n, f"{n - tally.done} events neither sent nor dead"
     assert not report.twice_delivered, report.describe()  # one delivered email per event id
     assert set(report.deliveries) == set(tally.sent)
+    # The honest bound (docs/guarantees.md): a request after acceptance only for an email
+    # the provider accepted whose acceptance Kafka had not acknowledged at a kill; the
+    # worker holds a provider slot until then, so at most max_in_flight per kill.
+    bound = KILLS * Settings().dispatch_max_in_flight
+    assert report.after_count <= bound, report.describe()
 
 
 @pytest.mark.long
+@pytest.mark.timeout(2400)
 @pytest.mark.skipif(
     not os.environ.get("SPILLWAY_LONG_TESTS"), reason="long suite: SPILLWAY_LONG_TESTS=1"
 )
@@ -304,10 +320,14 @@ def test_sigkill_during_a_run_loses_nothing_and_delivers_no_email_twice(
 def test_sigkill_makes_no_request_for_an_accepted_email(
     env: Env, own_sim: Any, mode: str
 ) -> None:
-    """Issue 17's target: 0 requests after acceptance in both modes. Long suite while it
-    fails (this stop: 401 with keys, none delivered twice; without keys 117 emails
-    delivered twice and 201 both sent and parked as ambiguous); back in the default run
-    when it passes."""
+    """Issue 17's strict target: 0 requests after acceptance in both modes (long suite).
+
+    Without keys it passes (two runs: 0 delivered twice, 0 both sent and parked, 0
+    requests after acceptance; before: 117 delivered twice, 273 both). With keys it cannot
+    reach 0 without a transaction spanning the provider: a request on the wire at a kill
+    (or answered less than one broker round trip before it) is sent again with its key:
+    114 and 124 in two runs; the bound is asserted in the default-run test above
+    (docs/guarantees.md)."""
     tally, report, n = sigkill_run(env, own_sim, mode)
     assert tally.done == n, f"{n - tally.done} events neither sent nor dead"
     assert not report.twice_delivered, report.describe()

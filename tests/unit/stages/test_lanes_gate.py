@@ -110,3 +110,13 @@ def test_a_negative_turn_interval_says_what_is_wrong() -> None:
     else:
         raise AssertionError("LaneGate(every=-3) was accepted")
     assert LaneGate(every=0).every == 0
+
+
+def test_a_turn_for_every_message_above_when_every_is_one() -> None:
+    gate = LaneGate(every=1)
+    gate.set_backlog("normal", 5)
+    assert not gate.may_take("bulk")
+    gate.take("normal")
+    assert gate.may_take("bulk")  # one taken above: one turn
+    gate.take("bulk")
+    assert not gate.may_take("bulk") and gate.by_credit["bulk"] == 1

@@ -240,3 +240,96 @@ async def test_a_revocation_returns_even_when_a_task_will_not_unwind() -> None:
     assert not d.admissible(work(P0, 1, acks)) and acks == []
     forever.set()  # let it end
     await until(lambda: not d.works)
+
+
+async def test_every_outcome_is_counted_once(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    group = Group()
+    d, stage = make(now, group)
+    lanes_seen: list[str] = []
+    errors: list[str] = []
+    fatal: list[BaseException] = []
+    d.on_fatal = fatal.append
+
+    async def handle(payload: bytes, origin: Origin, lane: str) -> Emission | None:
+        lanes_seen.append(lane)
+        await stage.gate.wait()
+        try:
+            d.fence()
+        except BaseException as exc:
+            errors.append(str(exc))
+            raise
+        if origin.offset == 9:
+            raise RuntimeError("produce failed")  # an infrastructure fault
+        return None
+
+    d.handle = handle
+    acks: list[tuple[Any, int]] = []
+    for offset in (0, 1, 2):
+        assert await d.admit("critical", work(P0, offset, acks))
+    assert await d.admit("bulk", work(P1, 5, acks))
+    assert await d.admit("bulk", work(P1, 6, acks))
+    assert await d.admit("normal", work(P2, 9, acks))
+    assert d.stats.admitted == 6
+    assert {offset: set(tasks) for offset, tasks in d.tasks.items()} == {
+        P0: {0, 1, 2}, P1: {5, 6}, P2: {9}
+    }
+    assert all(d.works[t].offset == off for tasks in d.tasks.values() for off, t in tasks.items())
+    group.owned = {P0, P2}  # P1 moved away (no revocation seen yet): its sends are fenced
+    caplog.set_level(logging.CRITICAL, logger="app.dispatcher")
+    stage.gate.set()
+    await until(lambda: not d.works)
+    assert sorted(lanes_seen) == ["bulk", "bulk", "critical", "critical", "critical", "normal"]
+    assert d.stats.done == 3 and sorted(acks) == [(P0, 0), (P0, 1), (P0, 2)]
+    assert d.stats.fenced == 2 and d.stats.abandoned == 2 and d.parked == []
+    assert errors == ["('lane', 1):5: not owned by this member now",
+                      "('lane', 1):6: not owned by this member now"]  # fmt: skip
+    assert d.tasks == {}  # every finished task is forgotten
+    assert [r.getMessage() for r in caplog.records] == [
+        "dispatch: normal at ('lane', 2):9 not done: RuntimeError('produce failed')"
+    ]
+    assert [str(e) for e in fatal] == ["produce failed"]
+    for offset in (7, 8):
+        assert not await d.admit("bulk", work(P1, offset, acks))
+    assert d.stats.dropped == 2 and d.stats.admitted == 6
+
+
+async def test_admission_waiting_for_a_slot_notices_a_lost_partition() -> None:
+    now = [0.0]
+    group = Group()
+    d, stage = make(now, group)
+    d.lane_in_flight = 1
+    acks: list[tuple[Any, int]] = []
+    assert await d.admit("normal", work(P0, 0, acks))  # holds the lane's only slot
+    waiting = asyncio.create_task(d.admit("normal", work(P1, 1, acks)))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    group.owned = {P0}  # P1 lost without a revocation: nothing notifies the wait
+    assert await asyncio.wait_for(waiting, 5) is False
+    assert d.stats.dropped == 1
+    revoked = asyncio.create_task(d.admit("normal", work(P0, 2, acks)))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await d.revoke({P0}, bound_s=0.0)
+    assert await asyncio.wait_for(revoked, 5) is False
+    assert d.stats.dropped == 2
+    stage.gate.set()
+
+
+async def test_the_fence_takes_a_gap_of_exactly_stall_s_as_no_stall() -> None:
+    now = [0.0]
+    d, stage = make(now)
+    acks: list[tuple[Any, int]] = []
+    d.heartbeat()
+    await d.admit("normal", work(P0, 0, acks))
+    now[0] = 3.0  # the heartbeat timer is late by exactly stall_s
+    stage.gate.set()
+    await until(lambda: d.stats.done == 1)
+    assert d.suspect_since is None and stage.sent == [0]
+    stage.gate.clear()
+    await d.admit("normal", work(P0, 1, acks))
+    now[0] = 6.5  # 3.5 s since the last beat: a stall, caught at the fence
+    stage.gate.set()
+    await until(lambda: d.stats.fenced == 1)
+    assert d.suspect_since == 6.5 and stage.sent == [0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app import faust_adapter
 from app.agents import delivery
 from app.agents.guard import crash_on_error
 from app.runtime import Runtime
@@ -40,6 +41,10 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             async for events in stream.take_events(
                 settings.stage_batch_size, settings.stage_batch_within_s
             ):
+                # Faust acks the batch when the loop moves on, also when the agent is
+                # cancelled (a stop) mid-batch: held, it is acked only once delivered.
+                for event in events:
+                    faust_adapter.hold(event)
                 with crash_on_error("route"):
                     out = []
                     async with gate.turn(lane):
@@ -49,6 +54,8 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                                     await gate.pause(lane)
                                 out.append(await stage.handle(e.value, Origin.of(e.message)))
                     await delivery.deliver(runtime, out, stage="route")
+                for event in events:
+                    faust_adapter.release(event)
 
         return route
 

@@ -681,3 +681,14 @@ def test_a_lost_message_is_named_once_it_stayed_lost_for_the_wait() -> None:
     assert T0 not in w.since and T1 in w.since  # named once; the other still watched
     assert w.check(T1, 2, 4, in_hand={2}, acked=(), now=110.0) is None  # in hand: fine
     assert T1 not in w.since
+
+
+def test_a_skip_starting_exactly_at_the_log_start_is_a_plain_rewind() -> None:
+    # nothing skipped is gone (the first skipped offset is the earliest that exists),
+    # so the commit base stays where it is: 5..9 were delivered and may not be done
+    t = GapTracker()
+    t.positioned(T0, 5)
+    for offset in range(5, 10):
+        assert t.check(T0, offset) is None
+    assert t.check(T0, 12, log_start=10) == 10
+    assert t.base == {T0: 5}

@@ -6,6 +6,8 @@ the stage emits (sent, retry, dead) field by field."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
 import time
 from typing import Any
@@ -606,3 +608,49 @@ async def test_an_unreadable_retry_record_is_dead_at_the_time_it_was_read(serde:
     out, delay = await retry_route(serde, b"garbage", ORIGIN, clock=lambda: NOW)
     assert out.topic == DEAD and delay == 0.0
     assert out.value.dead_at == int(NOW * 1000)
+
+
+async def test_what_the_operator_reads_of_a_trip_and_a_missing_id(
+    serde: Serde, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="app.stages.dispatch")
+    fail = [TransientProviderError("503", provider="p", status=503) for _ in range(2)]
+    pol = [ProviderPolicy(name="p", breaker_min_requests=2, breaker_error_threshold=0.5)]
+    st = stage(serde, Provider("p", *fail, message_id=None), policies=pol)
+    await st.handle(payload(serde, "e-0"), ORIGIN, "normal")
+    br = st.board.state("p", 2).breaker
+    # the second failure trips it; the email then waits (its retry is not this test's)
+    st.max_attempts = 1
+    task = asyncio.create_task(st.handle(payload(serde, "e-1"), ORIGIN, "normal"))
+    await until_true(lambda: br.state == "open")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    messages = [r.getMessage() for r in caplog.records]
+    assert "provider p partition 2: breaker closed -> open" in messages
+    caplog.clear()
+    st2 = stage(serde, Provider("p", message_id=None))
+    await st2.handle(payload(serde, "e-9"), ORIGIN, "normal")
+    assert [r.getMessage() for r in caplog.records] == [
+        "provider p accepted e-9 without a message id"
+    ]
+
+
+async def until_true(cond: Any, deadline_s: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while not cond():
+        assert loop.time() < end, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
+def test_providers_that_fall_back_to_each_other_end_the_search(serde: Serde) -> None:
+    pols = [ProviderPolicy(name="a", fallback="b"), ProviderPolicy(name="b", fallback="a")]
+    st = stage(serde, Provider("a"), Provider("b"), policies=pols)
+    for name, opened in (("a", NOW - 10.0), ("b", NOW - 20.0)):
+        br = st.board.state(name, 2).breaker
+        br.state, br.opened_at = "open", opened
+    # both open: none now, and the shorter of the two cooldowns left (30 - 20 s)
+    assert st._choose(2) == (None, 10.0)
+    st.board.state("b", 2).breaker.opened_at = NOW - 40.0  # b cooled down
+    assert st._choose(2) == ("b", 0.0)

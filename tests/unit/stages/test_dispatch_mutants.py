@@ -654,3 +654,51 @@ def test_providers_that_fall_back_to_each_other_end_the_search(serde: Serde) -> 
     assert st._choose(2) == (None, 10.0)
     st.board.state("b", 2).breaker.opened_at = NOW - 40.0  # b cooled down
     assert st._choose(2) == ("b", 0.0)
+
+
+async def test_a_critical_send_pays_only_the_total_meter(serde: Serde) -> None:
+    pol = [ProviderPolicy(name="p", quota_per_s=100.0, target_utilisation=0.5,
+                          critical_reserve=0.1)]  # fmt: skip
+    st = stage(serde, Provider("p"), policies=pol)
+    req = dispatch_request("e-1", "critical")
+    out = await st.handle(serde.encode("email.dispatch.normal", req), ORIGIN, "critical")
+    assert out is not None and out.topic == SENT
+    share = st.board.state("p", 2)
+    assert share.non_critical.tat == 0.0  # untouched
+    assert share.total.tat > NOW
+
+
+async def test_the_in_flight_mark_names_the_provider_before_the_request(serde: Serde) -> None:
+    marks: list[Any] = []
+
+    class Watching(Provider):
+        async def send(self, email: OutboundEmail) -> SendReceipt:
+            marks.append(st.ledger.get(email.event_id))
+            return await super().send(email)
+
+    st = stage(serde, Watching("p"))
+    await st.handle(payload(serde), ORIGIN, "normal")
+    assert [(m.state, m.provider) for m in marks] == [("in_flight", "p")]
+
+
+async def test_a_probe_cancelled_on_the_wire_gives_its_slot_back(serde: Serde) -> None:
+    hold = asyncio.Event()
+
+    class Hanging(Provider):
+        async def send(self, email: OutboundEmail) -> SendReceipt:
+            self.calls.append(email)
+            await hold.wait()
+            return SendReceipt(self.name, "m", 0.1)
+
+    pol = [ProviderPolicy(name="p", breaker_cooldown_s=30.0, breaker_half_open_probes=2)]
+    provider = Hanging("p")
+    st = stage(serde, provider, policies=pol)
+    br = st.board.state("p", 2).breaker
+    br.state, br.opened_at = "open", NOW - 40.0  # cooled down: the next send is a probe
+    task = asyncio.create_task(st.handle(payload(serde), ORIGIN, "normal"))
+    await until_true(lambda: len(provider.calls) == 1)
+    assert br.state == "half_open" and br.probes_sent == 1
+    task.cancel()  # a revocation while the probe is on the wire
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert br.probes_sent == 0

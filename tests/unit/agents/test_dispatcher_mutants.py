@@ -317,7 +317,10 @@ async def test_admission_waiting_for_a_slot_notices_a_lost_partition() -> None:
     stage.gate.set()
 
 
-async def test_the_fence_takes_a_gap_of_exactly_stall_s_as_no_stall() -> None:
+async def test_the_fence_takes_a_gap_of_exactly_stall_s_as_no_stall(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="app.dispatcher")
     now = [0.0]
     d, stage = make(now)
     acks: list[tuple[Any, int]] = []
@@ -333,3 +336,4 @@ async def test_the_fence_takes_a_gap_of_exactly_stall_s_as_no_stall() -> None:
     stage.gate.set()
     await until(lambda: d.stats.fenced == 1)
     assert d.suspect_since == 6.5 and stage.sent == [0]
+    assert [r.getMessage() for r in caplog.records] == ["event loop stalled 3.5 s: sends fenced"]

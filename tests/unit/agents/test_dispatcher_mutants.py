@@ -332,8 +332,8 @@ async def test_the_fence_takes_a_gap_of_exactly_stall_s_as_no_stall(
     assert d.suspect_since is None and stage.sent == [0]
     stage.gate.clear()
     await d.admit("normal", work(P0, 1, acks))
-    now[0] = 6.5  # 3.5 s since the last beat: a stall, caught at the fence
+    now[0] = 6.5  # 6.5 s since the last beat (at 0): a stall, caught at the fence
     stage.gate.set()
     await until(lambda: d.stats.fenced == 1)
     assert d.suspect_since == 6.5 and stage.sent == [0]
-    assert [r.getMessage() for r in caplog.records] == ["event loop stalled 3.5 s: sends fenced"]
+    assert [r.getMessage() for r in caplog.records] == ["event loop stalled 6.5 s: sends fenced"]

@@ -22,11 +22,13 @@ from app.errors import (
     TransientProviderError,
 )
 from app.models import Attempt, DeadLetter, DispatchRequest, SendResult
+from app.observability import NullMetrics
 from app.providers.base import OutboundEmail, RateLimitInfo, SendReceipt
 from app.serde import Serde
 from app.settings import ProviderPolicy
+from app.stages import dispatch as dispatch_module
 from app.stages.common import Origin
-from app.stages.dispatch import DispatchStage, Hooks, _status_class, first_failure_ms, outbound
+from app.stages.dispatch import DispatchStage, _status_class, first_failure_ms, outbound
 from app.stages.lanes import LaneGate
 from app.stages.pressure import PressureBoard, backoff_s
 from app.tables.ledger import Ledger
@@ -127,21 +129,46 @@ NOW = 1_700_000_000.0
 ORIGIN = Origin("email.dispatch.normal", 2, 40, 123, b"k-e-1")  # key is not the event id
 
 
-class Recorder:
-    """Hooks that keep what they were told."""
+class Recorder(NullMetrics):
+    """The stage's observers, keeping what they were told (as a StageMetrics, or as the
+    older ``Hooks`` while the stage still takes those)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
 
-    def hooks(self) -> Hooks:
-        return Hooks(
-            response=lambda p, s, lat: self.calls.append(("response", p, s, lat)),
-            breaker=lambda p, s: self.calls.append(("breaker", p, s)),
-            remaining=lambda p, n: self.calls.append(("remaining", p, n)),
-            retry=lambda n: self.calls.append(("retry", n)),
-            duplicate=lambda: self.calls.append(("duplicate",)),
-            missing_id=lambda p: self.calls.append(("missing_id", p)),
-        )
+    def provider_response(self, provider: str, status_class: str, latency_s: float) -> None:
+        self.calls.append(("response", provider, status_class, latency_s))
+
+    def breaker_state(self, provider: str, state: str) -> None:
+        self.calls.append(("breaker", provider, state))
+
+    def rate_limit_remaining(self, provider: str, remaining: int) -> None:
+        self.calls.append(("remaining", provider, remaining))
+
+    def retry(self, attempt: int) -> None:
+        self.calls.append(("retry", attempt))
+
+    def missing_message_id(self, provider: str) -> None:
+        self.calls.append(("missing_id", provider))
+
+    def duplicate_suppressed(self) -> None:
+        self.calls.append(("duplicate",))
+
+    def wiring(self) -> dict[str, Any]:
+        """The keyword that connects this recorder to a DispatchStage."""
+        if "metrics" in DispatchStage.__dataclass_fields__:
+            return {"metrics": self}
+        hooks = dispatch_module.Hooks  # type: ignore[attr-defined]
+        return {
+            "hooks": hooks(
+                response=self.provider_response,
+                breaker=self.breaker_state,
+                remaining=self.rate_limit_remaining,
+                retry=self.retry,
+                duplicate=self.duplicate_suppressed,
+                missing_id=self.missing_message_id,
+            )
+        }
 
     def of(self, kind: str) -> list[tuple[Any, ...]]:
         return [c[1:] for c in self.calls if c[0] == kind]
@@ -219,7 +246,7 @@ def payload(serde: Serde, event_id: str = "e-1", **over: Any) -> bytes:
 async def test_a_sent_result_carries_the_request_and_the_receipt(serde: Serde) -> None:
     rl = RateLimitInfo(limit=1000, remaining=42, reset_at=NOW + 30)
     rec = Recorder()
-    st = stage(serde, Provider("p", rate_limit=rl), hooks=rec.hooks())
+    st = stage(serde, Provider("p", rate_limit=rl), **rec.wiring())
     req = dispatch_request("e-1", "critical", created_at=900, replay=True)
     out = await st.handle(serde.encode("email.dispatch.normal", req), ORIGIN, "critical")
     assert out is not None and out.topic == SENT and out.key == b"e-1"
@@ -246,7 +273,7 @@ async def test_a_sent_result_carries_the_request_and_the_receipt(serde: Serde) -
 async def test_a_receipt_without_remaining_reports_none(serde: Serde) -> None:
     rl = RateLimitInfo(limit=1000, remaining=None, reset_at=None)
     rec = Recorder()
-    st = stage(serde, Provider("p", rate_limit=rl), hooks=rec.hooks())
+    st = stage(serde, Provider("p", rate_limit=rl), **rec.wiring())
     await st.handle(payload(serde), ORIGIN, "normal")
     assert rec.of("remaining") == []
     assert st.board.views["p"].limit == 1000
@@ -254,7 +281,7 @@ async def test_a_receipt_without_remaining_reports_none(serde: Serde) -> None:
 
 async def test_an_accepted_send_without_a_message_id_is_counted(serde: Serde) -> None:
     rec = Recorder()
-    st = stage(serde, Provider("p", message_id=None), hooks=rec.hooks())
+    st = stage(serde, Provider("p", message_id=None), **rec.wiring())
     out = await st.handle(payload(serde), ORIGIN, "normal")
     assert out is not None and out.topic == SENT
     await st.handle(payload(serde, event_id="e-2"), ORIGIN, "normal")
@@ -267,7 +294,7 @@ async def test_each_answer_is_reported_with_its_provider_status_and_latency(serd
     rec = Recorder()
     error = TransientProviderError("503", provider="p", status=503)
     pol = [ProviderPolicy(name="p", breaker_min_requests=5)]
-    st = stage(serde, Provider("p", error), policies=pol, hooks=rec.hooks())
+    st = stage(serde, Provider("p", error), policies=pol, **rec.wiring())
     started = time.perf_counter()
     await st.handle(payload(serde), ORIGIN, "normal")
     elapsed = time.perf_counter() - started
@@ -283,7 +310,7 @@ async def test_successes_never_open_the_breaker_and_report_no_transition(serde: 
     rec = Recorder()
     store: dict[bytes, Any] = {}
     pol = [ProviderPolicy(name="p", breaker_min_requests=2, breaker_error_threshold=0.0)]
-    st = stage(serde, Provider("p"), policies=pol, hooks=rec.hooks(), store=store)
+    st = stage(serde, Provider("p"), policies=pol, **rec.wiring(), store=store)
     for i in range(4):
         await st.handle(payload(serde, event_id=f"e-{i}"), ORIGIN, "normal")
     assert st.board.state("p", 2).breaker.state == "closed"
@@ -305,7 +332,7 @@ async def test_breaker_transitions_are_reported_and_persisted_for_the_partition(
     fail = [TransientProviderError("503", provider="p", status=503) for _ in range(2)]
     pol = [ProviderPolicy(name="p", breaker_min_requests=2, breaker_error_threshold=0.5,
                           breaker_cooldown_s=3.0, breaker_half_open_probes=1)]  # fmt: skip
-    st = stage(serde, Provider("p", *fail), policies=pol, hooks=rec.hooks(), store=store,
+    st = stage(serde, Provider("p", *fail), policies=pol, **rec.wiring(), store=store,
                clock=lambda: now[0], sleep=sleep)  # fmt: skip
     first = await asyncio.wait_for(st.handle(payload(serde, "e-0"), ORIGIN, "normal"), 10)
     assert first is not None and first.topic == retry_topic(1)  # closed: a retry
@@ -377,7 +404,7 @@ async def test_a_retry_carries_the_attempt_and_a_seeded_backoff(serde: Serde) ->
     error = TransientProviderError("503", provider="p", status=503)
     pol = [ProviderPolicy(name="p", breaker_min_requests=50, retry_backoff_base_s=2.0,
                           retry_backoff_cap_s=60.0)]  # fmt: skip
-    st = stage(serde, Provider("p", error, error), policies=pol, hooks=rec.hooks(),
+    st = stage(serde, Provider("p", error, error), policies=pol, **rec.wiring(),
                rng=random.Random(7))  # fmt: skip
     out = await st.handle(payload(serde), ORIGIN, "normal")
     assert out is not None and out.topic == retry_topic(1) and out.key == b"e-1"

@@ -21,10 +21,10 @@ Where each figure comes from:
 Stages and agents report through the ``app.observability.StageMetrics`` protocol;
 :class:`PrometheusMetrics` implements it on a :class:`Metrics` registry and the app
 factory hands the worker's one instance (:data:`DEFAULT`, on ``REGISTRY``) to the
-runtime (``Runtime.metrics``). The module-level functions of the same names call
-``DEFAULT``, for the callers not yet handed the object (the dispatch path).
+runtime (``Runtime.metrics``); stages and agents never import this module.
 
-The operations (cheap, never raise, safe to call before the app starts):
+The operations (``PrometheusMetrics``; cheap, never raise, safe to call before the app
+starts):
 
 - ``provider_response(provider, status_class, latency_s)``: after every provider
   request; ``status_class`` is one of ``2xx 4xx 429 5xx timeout error`` (anything
@@ -52,7 +52,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec
 
@@ -434,57 +434,6 @@ class PrometheusMetrics:
 
 
 DEFAULT = PrometheusMetrics(METRICS)
-
-
-# --- module-level hooks: DEFAULT's operations, for callers not yet handed a StageMetrics --
-# (the dispatch path: app/agents/dispatch.py and app/agents/delivery.py; issue 16 pt 4).
-# Each looks DEFAULT up at call time. Remove them once nothing imports them.
-def provider_response(provider: str, status_class: str, latency_s: float) -> None:
-    DEFAULT.provider_response(provider, status_class, latency_s)
-
-
-def breaker_state(provider: str, state: str) -> None:
-    DEFAULT.breaker_state(provider, state)
-
-
-def rate_limit_remaining(provider: str, remaining: int) -> None:
-    DEFAULT.rate_limit_remaining(provider, remaining)
-
-
-def bucket_level(provider: str, tokens: float) -> None:
-    DEFAULT.bucket_level(provider, tokens)
-
-
-def quota(provider: str, per_second: float) -> None:
-    DEFAULT.quota(provider, per_second)
-
-
-def retry(attempt: int) -> None:
-    DEFAULT.retry(attempt)
-
-
-def missing_message_id(provider: str) -> None:
-    DEFAULT.missing_message_id(provider)
-
-
-def duplicate_suppressed() -> None:
-    DEFAULT.duplicate_suppressed()
-
-
-def emitted(emission: Emission, worker_stage: str) -> None:
-    DEFAULT.emitted(emission, worker_stage)
-
-
-def produce_failed(stage: str, topic: str, error: str) -> None:
-    DEFAULT.produce_failed(stage, topic, error)
-
-
-def render_time(template: str, seconds: float) -> None:
-    DEFAULT.render_time(template, seconds)
-
-
-def busy(stage: str) -> AbstractContextManager[None]:
-    return DEFAULT.busy(stage)
 
 
 def status_class_of(status: int | None) -> str:

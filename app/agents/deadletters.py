@@ -11,7 +11,7 @@ answers the counts in the window and in the window just before (so "a new templa
 version started failing" shows as a value with a count and no "previous"), the rate,
 and the alert signal. Every ``analyser_metrics_every_s`` the analyser reports each of
 ``analyser_windows`` and the alert state to ``runtime.metrics.dead_letter_window``
-(app/observability.py); the Prometheus implementation (app/metrics.py) sets these
+(app/observability.py); the Prometheus implementation (``PrometheusMetrics``) sets these
 gauges in the registry that ``/metrics`` serves:
 
     spillway_dead_letters_window_count{window}            dead letters in the window

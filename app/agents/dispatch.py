@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Any
 
-from app import faust_adapter, metrics
+from app import faust_adapter
 from app.agents import delivery
 from app.agents.guard import crash_on_error
 from app.consumer import GaplessConsumer, LostWatch
@@ -26,7 +26,7 @@ from app.dispatcher import Dispatcher, Work
 from app.models import PRIORITIES
 from app.runtime import Runtime, build_provider
 from app.stages.common import Emission, Origin
-from app.stages.dispatch import DispatchStage, Hooks, retry_route
+from app.stages.dispatch import DispatchStage, retry_route
 from app.stages.lanes import LaneGate, waiting_work
 from app.stages.pressure import PacedProvider, PressureBoard
 from app.tables import ledger as ledger_table
@@ -102,24 +102,17 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                 max_attempts=settings.max_attempts,
                 flush_every_s=settings.state_flush_s,
                 durable=app.producer.flush,
-                hooks=Hooks(
-                    response=metrics.provider_response,
-                    breaker=metrics.breaker_state,
-                    remaining=metrics.rate_limit_remaining,
-                    retry=metrics.retry,
-                    duplicate=metrics.duplicate_suppressed,
-                    missing_id=metrics.missing_message_id,
-                ),
+                metrics=runtime.metrics,
             )
             for name, policy in policies.items():
-                metrics.breaker_state(name, "closed")
-                metrics.quota(name, policy.quota_per_s or 0.0)
+                runtime.metrics.breaker_state(name, "closed")
+                runtime.metrics.quota(name, policy.quota_per_s or 0.0)
         return holder["stage"]
 
     membership = FaustMembership(app)
 
     async def handle(payload: bytes, origin: Origin, lane: str) -> Emission | None:
-        with metrics.busy("dispatch"):
+        with runtime.metrics.busy("dispatch"):
             return await stage().handle(payload, origin, lane)
 
     async def deliver_one(emission: Emission) -> None:
@@ -348,8 +341,8 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
         board.flush(settings.state_flush_s)
         now = time.time()
         for name, share in board.shares.items():
-            metrics.bucket_level(name, share.non_critical.tokens(now))
-            metrics.breaker_state(name, share.breaker.state)
+            runtime.metrics.bucket_level(name, share.non_critical.tokens(now))
+            runtime.metrics.breaker_state(name, share.breaker.state)
 
     lost = LostWatch(LOST_AFTER_S)
 

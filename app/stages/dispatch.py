@@ -53,6 +53,7 @@ from app.errors import (
     TransientProviderError,
 )
 from app.models import Attempt, DispatchRequest, SendResult
+from app.observability import NullMetrics, StageMetrics
 from app.providers.base import OutboundEmail, Provider, SendReceipt
 from app.serde import Serde
 from app.settings import ProviderPolicy
@@ -123,18 +124,6 @@ class DispatchStats:
 
 
 @dataclass
-class Hooks:
-    """Optional observers (metrics); every one may be left as a no-op."""
-
-    response: Callable[[str, str, float], None] = lambda provider, status, latency: None
-    breaker: Callable[[str, str], None] = lambda provider, state: None
-    remaining: Callable[[str, int], None] = lambda provider, remaining: None
-    retry: Callable[[int], None] = lambda attempt: None
-    duplicate: Callable[[], None] = lambda: None
-    missing_id: Callable[[str], None] = lambda provider: None
-
-
-@dataclass
 class DispatchStage:
     serde: Serde
     providers: dict[str, Provider]
@@ -147,7 +136,7 @@ class DispatchStage:
     flush_every_s: float = 0.5
     clock: Clock = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-    hooks: Hooks = field(default_factory=Hooks)
+    metrics: StageMetrics = field(default_factory=NullMetrics)
     #: Unused (ignored). The in_flight mark before a send without a key is awaited on
     #: its own ack (``Ledger.settled``); a producer flush did not prove it reached
     #: Kafka. Kept while app/agents/dispatch.py still passes it.
@@ -185,13 +174,13 @@ class DispatchStage:
         entry = self.ledger.get(event_id)
         if (entry is not None and entry.state == "sent") or event_id in self._in_flight:
             self.stats.duplicates_suppressed += 1
-            self.hooks.duplicate()
+            self.metrics.duplicate_suppressed()
             return None
         if entry is not None and entry.state == "accepted":
             # Accepted before a crash; its SendResult may not be in Kafka: produce it
             # again from the ledger (the provider's id), with no request.
             self.stats.duplicates_suppressed += 1
-            self.hooks.duplicate()
+            self.metrics.duplicate_suppressed()
             return self._result(
                 req, entry.provider or "", entry.message_id or "", 0.0, int(entry.at * 1000)
             )
@@ -205,7 +194,7 @@ class DispatchStage:
             # Parked before: never resent. Parked again (the first dead letter may
             # not have reached Kafka before a crash); the mark stays.
             self.stats.duplicates_suppressed += 1
-            self.hooks.duplicate()
+            self.metrics.duplicate_suppressed()
             return await self._ambiguous(
                 req,
                 payload,
@@ -379,17 +368,17 @@ class DispatchStage:
         status: str,
         started: float,
     ) -> None:
-        """Tell the breaker (``ok=None``: not a breaker matter) and the metrics hook."""
+        """Tell the breaker (``ok=None``: not a breaker matter) and the metrics."""
         breaker = self.board.state(name, partition).breaker
         if ok is not None:
             breaker.record(ok, self.clock())
-        self.hooks.response(name, status, time.perf_counter() - started)
+        self.metrics.provider_response(name, status, time.perf_counter() - started)
         if breaker.state != before:
             log.warning(
                 "provider %s partition %d: breaker %s -> %s", name, partition, before, breaker.state
             )
             self.board.persist_breaker(name, partition, self.flush_every_s)
-            self.hooks.breaker(name, breaker.state)
+            self.metrics.breaker_state(name, breaker.state)
 
     # -- outcomes ----------------------------------------------------------------------
     async def _sent(
@@ -403,11 +392,11 @@ class DispatchStage:
             rl = receipt.rate_limit
             self.board.observe(receipt.provider, rl.limit, rl.remaining, rl.reset_at)
             if rl.remaining is not None:
-                self.hooks.remaining(receipt.provider, rl.remaining)
+                self.metrics.rate_limit_remaining(receipt.provider, rl.remaining)
         if not receipt.message_id:
             # Accepted (a 2xx) without an id: sent, with the id missing, and counted.
             self.stats.missing_message_id += 1
-            self.hooks.missing_id(receipt.provider)
+            self.metrics.missing_message_id(receipt.provider)
             log.warning(
                 "provider %s accepted %s without a message id", receipt.provider, req.event_id
             )
@@ -466,7 +455,7 @@ class DispatchStage:
             attempts, policy.retry_backoff_base_s, policy.retry_backoff_cap_s, self.rng
         )
         self.stats.retried += 1
-        self.hooks.retry(attempts)
+        self.metrics.retry(attempts)
         retry = DispatchRequest(
             **{
                 **req.asdict(),

@@ -1,4 +1,5 @@
-"""app/metrics.py: hooks, records to metrics, lag and slope, utilisation, exposition."""
+"""app/metrics.py: the Prometheus operations, records to metrics, lag and slope,
+utilisation, exposition."""
 
 from __future__ import annotations
 
@@ -91,19 +92,21 @@ def test_retry_attempt_label_is_bounded(m: Metrics) -> None:
     assert value(m, "spillway_retries_total", attempt="7") is None
 
 
-def test_module_hooks_write_the_process_registry() -> None:
+def test_the_default_operations_write_the_process_registry() -> None:
+    """``DEFAULT`` (what the app factory hands every runtime) reports to ``REGISTRY``,
+    the registry ``/metrics`` serves."""
     def get(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
 
     before = get("spillway_duplicates_suppressed_total")
-    metrics.duplicate_suppressed()
+    metrics.DEFAULT.duplicate_suppressed()
     assert get("spillway_duplicates_suppressed_total") == before + 1
-    metrics.quota("hook-p", 50.0)
-    metrics.bucket_level("hook-p", 3.5)
-    metrics.rate_limit_remaining("hook-p", 99)
-    metrics.breaker_state("hook-p", "closed")
-    metrics.provider_response("hook-p", "429", 0.001)
-    metrics.retry(2)
+    metrics.DEFAULT.quota("hook-p", 50.0)
+    metrics.DEFAULT.bucket_level("hook-p", 3.5)
+    metrics.DEFAULT.rate_limit_remaining("hook-p", 99)
+    metrics.DEFAULT.breaker_state("hook-p", "closed")
+    metrics.DEFAULT.provider_response("hook-p", "429", 0.001)
+    metrics.DEFAULT.retry(2)
     assert get("spillway_provider_quota_per_second", provider="hook-p") == 50
     assert get("spillway_provider_bucket_tokens", provider="hook-p") == 3.5
     assert get("spillway_provider_ratelimit_remaining", provider="hook-p") == 99
@@ -339,24 +342,25 @@ async def test_every_app_serves_metrics_and_status() -> None:
     assert page.status == 200 and b'id="stages"' in page.body
 
 
-def test_hooks_never_raise_into_the_pipeline(
+def test_operations_never_raise_into_the_pipeline(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(metrics, "_failed", set())  # "logged once" is per process
     fresh = Metrics(CollectorRegistry())
-    monkeypatch.setattr(metrics, "DEFAULT", metrics.PrometheusMetrics(fresh))
+    ops = metrics.PrometheusMetrics(fresh)
     caplog.set_level("WARNING", logger=metrics.log.name)
 
     def warned() -> list[str]:
         return [r.getMessage().split("(")[0] for r in caplog.records if r.levelname == "WARNING"]
 
-    metrics.rate_limit_remaining("p", "lots")  # type: ignore[arg-type]
-    metrics.render_time("t", None)  # type: ignore[arg-type]
-    metrics.emitted(Emission("sent", None, sent("critical", "soon")), "dispatch")  # type: ignore[arg-type]
+    ops.rate_limit_remaining("p", "lots")  # type: ignore[arg-type]
+    ops.render_time("t", None)  # type: ignore[arg-type]
+    ops.emitted(Emission("sent", None, sent("critical", "soon")), "dispatch")  # type: ignore[arg-type]
     first = warned()
     assert any("rate_limit_remaining" in w for w in first)
+    assert any("render_time" in w for w in first)
     assert any("emitted" in w for w in first)
-    metrics.rate_limit_remaining("p", "lots")  # type: ignore[arg-type]
-    assert warned() == first  # once per hook, not once per call
-    metrics.rate_limit_remaining("p", 7)  # the hook still works after a failure
+    ops.rate_limit_remaining("p", "lots")  # type: ignore[arg-type]
+    assert warned() == first  # once per operation, not once per call
+    ops.rate_limit_remaining("p", 7)  # the operation still works after a failure
     assert value(fresh, "spillway_provider_ratelimit_remaining", provider="p") == 7

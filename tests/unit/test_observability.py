@@ -47,14 +47,6 @@ def test_each_implementation_has_every_operation_with_its_parameters(impl: Any) 
         assert list(inspect.signature(getattr(impl, name)).parameters) == want, name
 
 
-def test_the_module_hooks_are_the_default_operations() -> None:
-    for name in set(OPERATIONS) - {"dead_letter_window"}:  # hooks kept for old callers
-        hook = getattr(prometheus, name)
-        assert list(inspect.signature(hook).parameters) == list(
-            inspect.signature(getattr(prometheus.DEFAULT, name)).parameters
-        ), name
-
-
 def test_prometheus_operations_set_the_same_series_as_before() -> None:
     m = Metrics(CollectorRegistry())
     p = PrometheusMetrics(m)

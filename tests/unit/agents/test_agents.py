@@ -77,7 +77,9 @@ async def test_dispatch_agent_sends_through_the_provider(
     monkeypatch.setattr(dispatch_module, "FaustMembership", Owner)
     monkeypatch.setattr(dispatch_module.ledger_table, "declare_table", lambda app, n: table)
     monkeypatch.setattr(dispatch_module.pressure_table, "declare_table", lambda app, n: {})
-    app, out = make_app("dispatch", registry, monkeypatch)
+    recording = RecordingMetrics()
+    app, out = make_app("dispatch", registry, monkeypatch, metrics=recording)
+    process = registry_figures()
     dispatcher = app.spillway_dispatcher  # type: ignore[attr-defined]
     serde = app.spillway.serde  # type: ignore[attr-defined]
     payload = serde.encode("email.dispatch.critical", request("c1", "critical"))
@@ -92,3 +94,30 @@ async def test_dispatch_agent_sends_through_the_provider(
     assert [e.topic for e in out] == ["sent"]
     assert [c.event_id for c in provider.calls] == ["c1"]
     assert table[b"c1"]["s"] == "sent"
+    # the stage and the agent report to the metrics they were given (issue 16 pt 4)
+    assert ("sim-http", "closed") in recording.of("breaker_state")
+    assert [p for p, _ in recording.of("quota")] == ["sim-http"]
+    assert [(p, c) for p, c, _ in recording.of("provider_response")] == [("sim-http", "2xx")]
+    assert recording.of("duplicate_suppressed") == [()]
+    assert recording.of("busy") == [("dispatch",), ("dispatch",)]
+    assert recording.open_busy["dispatch"] == 0
+    assert registry_figures() == process  # not to the process's Prometheus registry
+
+
+def registry_figures() -> dict[str, float]:
+    """The dispatch figures of the process's Prometheus registry (``app.metrics.REGISTRY``)."""
+    from app.metrics import REGISTRY
+
+    names = (
+        "spillway_provider_requests_total",
+        "spillway_duplicates_suppressed_total",
+        "spillway_agent_busy_seconds_total",
+        "spillway_provider_quota_per_second",
+        "spillway_provider_breaker_state_code",
+    )
+    return {
+        f"{s.name}{sorted(s.labels.items())}": s.value
+        for family in REGISTRY.collect()
+        for s in family.samples
+        if s.name in names
+    }

@@ -20,12 +20,13 @@ from app.providers.http import HttpProvider
 from app.serde import Serde
 from app.settings import ProviderPolicy
 from app.stages.common import Origin
-from app.stages.dispatch import DispatchStage, Hooks
+from app.stages.dispatch import DispatchStage
 from app.stages.lanes import LaneGate
 from app.stages.pressure import PressureBoard
 from app.tables.ledger import Ledger
 from app.tables.pressure import key_for
 from tests.plugins.factories import dispatch_request
+from tests.plugins.metrics import RecordingMetrics
 
 ORIGIN = Origin("email.dispatch.critical", 1, 3, None, b"e-1")
 
@@ -138,7 +139,7 @@ def stage_for(serde: Serde, *pairs: tuple[Adversary, ProviderPolicy]) -> Dispatc
         )
         for a, p in pairs
     }
-    transitions: list[tuple[str, str]] = []
+    metrics = RecordingMetrics()
     stage = DispatchStage(
         serde,
         providers,  # type: ignore[arg-type]
@@ -147,9 +148,9 @@ def stage_for(serde: Serde, *pairs: tuple[Adversary, ProviderPolicy]) -> Dispatc
         Ledger({}),
         LaneGate(),
         PressureBoard(policies, 4, {}, key_for),
-        hooks=Hooks(breaker=lambda name, state: transitions.append((name, state))),
+        metrics=metrics,
     )
-    stage.transitions = transitions  # type: ignore[attr-defined]
+    stage.recorded = metrics  # type: ignore[attr-defined]
     return stage
 
 
@@ -232,7 +233,7 @@ async def test_every_probe_throttled_reopens_the_breaker_instead_of_hanging_half
     out = await send(stage, serde, "e-1")
     assert out is not None and out.topic == "sent"
     # 500 opens; each throttled probe (half-open) reopens it; the 202 probe closes it
-    states = [s for _, s in stage.transitions]  # type: ignore[attr-defined]
+    states = [s for _, s in stage.recorded.of("breaker_state")]  # type: ignore[attr-defined]
     assert states == ["open", "open", "open", "closed"]
     assert len(adv.seen) == 4
 

@@ -26,7 +26,6 @@ from app.observability import NullMetrics
 from app.providers.base import OutboundEmail, RateLimitInfo, SendReceipt
 from app.serde import Serde
 from app.settings import ProviderPolicy
-from app.stages import dispatch as dispatch_module
 from app.stages.common import Origin
 from app.stages.dispatch import DispatchStage, _status_class, first_failure_ms, outbound
 from app.stages.lanes import LaneGate
@@ -130,8 +129,7 @@ ORIGIN = Origin("email.dispatch.normal", 2, 40, 123, b"k-e-1")  # key is not the
 
 
 class Recorder(NullMetrics):
-    """The stage's observers, keeping what they were told (as a StageMetrics, or as the
-    older ``Hooks`` while the stage still takes those)."""
+    """The stage's metrics (a StageMetrics), keeping what they were told."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
@@ -156,19 +154,7 @@ class Recorder(NullMetrics):
 
     def wiring(self) -> dict[str, Any]:
         """The keyword that connects this recorder to a DispatchStage."""
-        if "metrics" in DispatchStage.__dataclass_fields__:
-            return {"metrics": self}
-        hooks = dispatch_module.Hooks  # type: ignore[attr-defined]
-        return {
-            "hooks": hooks(
-                response=self.provider_response,
-                breaker=self.breaker_state,
-                remaining=self.rate_limit_remaining,
-                retry=self.retry,
-                duplicate=self.duplicate_suppressed,
-                missing_id=self.missing_message_id,
-            )
-        }
+        return {"metrics": self}
 
     def of(self, kind: str) -> list[tuple[Any, ...]]:
         return [c[1:] for c in self.calls if c[0] == kind]

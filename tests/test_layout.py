@@ -13,11 +13,10 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 
-#: modules still allowed to import a test module, each with the reason; remove an entry
-#: as soon as the module imports from ``tests.plugins`` instead.
-ALLOWED: dict[str, str] = {
-    "integration/test_reliability.py": "edited in parallel for issue 12 (H1a/H1b)",
-}
+#: modules still allowed to import a test module, each with the reason (none left: add
+#: one only for a module edited in parallel, and remove it as soon as it imports from
+#: ``tests.plugins`` instead).
+ALLOWED: dict[str, str] = {}
 
 
 def _module_of(path: Path, root: Path) -> str:

@@ -8,8 +8,4 @@ from __future__ import annotations
 
 import pytest
 
-# Kept importable from here only for tests/integration/test_reliability.py and
-# test_chaos.py, edited in parallel (issue 12); drop once they import tests.plugins.stack.
-from tests.plugins.stack import ARTIFACTS, Env  # noqa: F401
-
 pytestmark = pytest.mark.integration

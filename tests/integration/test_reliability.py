@@ -17,9 +17,9 @@ from app.settings import Settings
 from harness import burst
 from harness.observe import end_offsets
 from harness.workers import wait_until
-from tests.integration.conftest import Env
-from tests.integration.provider_modes import MODES, consumed, lane_partition, provider
-from tests.integration.test_pressure import PARTITIONS, fill_lanes, produce, providers_env
+from tests.plugins.providers import MODES, consumed, lane_partition, provider
+from tests.plugins.stack import Env
+from tests.plugins.traffic import PARTITIONS, fill_lanes, produce, providers_env
 
 pytestmark = pytest.mark.integration
 

@@ -67,8 +67,11 @@ from app.tables import declare_bytes_table
 State = Literal["in_flight", "accepted", "sent", "failed", "ambiguous"]
 TABLE_NAME = "sent-ledger"
 DEFAULT_HORIZON_S = 7 * 24 * 3600.0
-#: How long ``settled`` waits for the broker's ack of a ledger write.
-DEFAULT_ACK_TIMEOUT_S = 30.0
+#: How long ``settled`` waits for the broker's ack of a ledger write: a broker outage
+#: this long is waited out (nothing new is sent meanwhile: the slot stays held); longer
+#: is an infrastructure fault (exit 70; the restarted worker redoes the message). 30 s
+#: stopped the dispatch worker in the chaos suite's broker scenario (broker down ~30 s).
+DEFAULT_ACK_TIMEOUT_S = 300.0
 
 
 class LedgerWriteError(Exception):

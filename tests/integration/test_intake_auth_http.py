@@ -74,7 +74,7 @@ def post(
     )
 
 
-def read_at(env: Env, partition: int, offset: int) -> Message:
+def read_at(env: Env, answer: dict[str, Any]) -> Message:
     c = Consumer(
         {
             "bootstrap.servers": env.settings.kafka_bootstrap,
@@ -83,7 +83,8 @@ def read_at(env: Env, partition: int, offset: int) -> Message:
         }
     )
     try:
-        c.assign([TopicPartition(env.topic("email.raw-events"), partition, offset)])
+        # the topic, partition and offset the intake answered with
+        c.assign([TopicPartition(answer["topic"], answer["partition"], answer["offset"])])
         msg = c.poll(10)
         assert msg is not None and msg.error() is None
         return msg
@@ -125,7 +126,7 @@ def test_right_key_is_202_and_the_source_is_the_integration(intake: tuple[Env, W
         {"Authorization": f"Bearer {SHOP_KEY}"},
     )
     assert r.status_code == 202, r.text
-    msg = read_at(env, r.json()["partition"], r.json()["offset"])
+    msg = read_at(env, r.json())
     assert json.loads(msg.value())["source"] == "shop-backend"
     assert (INTEGRATION_HEADER, b"shop-backend") in (msg.headers() or [])
 
@@ -141,7 +142,7 @@ def test_right_key_is_202_and_the_source_is_the_integration(intake: tuple[Env, W
         },
     )
     assert r.status_code == 202, r.text
-    msg = read_at(env, r.json()["partition"], r.json()["offset"])
+    msg = read_at(env, r.json())
     assert json.loads(msg.value())["source"] == "shop-backend"
 
     r = post(
@@ -152,7 +153,7 @@ def test_right_key_is_202_and_the_source_is_the_integration(intake: tuple[Env, W
     )
     assert r.status_code == 202, r.text
     for result in r.json()["results"]:
-        msg = read_at(env, result["partition"], result["offset"])
+        msg = read_at(env, result)
         assert json.loads(msg.value())["source"] == "shop-backend"
 
 

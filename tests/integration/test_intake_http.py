@@ -16,7 +16,7 @@ from tests.plugins.stack import Env, healthy
 pytestmark = pytest.mark.integration
 
 
-def read_at(env: Env, partition: int, offset: int) -> tuple[bytes | None, bytes]:
+def read_at(env: Env, answer: dict[str, Any]) -> tuple[bytes | None, bytes]:
     c = Consumer(
         {
             "bootstrap.servers": env.settings.kafka_bootstrap,
@@ -25,7 +25,8 @@ def read_at(env: Env, partition: int, offset: int) -> tuple[bytes | None, bytes]
         }
     )
     try:
-        c.assign([TopicPartition(env.topic("email.raw-events"), partition, offset)])
+        # the topic, partition and offset the intake answered with
+        c.assign([TopicPartition(answer["topic"], answer["partition"], answer["offset"])])
         msg = c.poll(10)
         assert msg is not None and msg.error() is None
         return msg.key(), msg.value()
@@ -56,9 +57,9 @@ def test_intake_appends_and_answers_with_the_offset(env: Env) -> None:
     )
     assert r.status_code == 202, r.text
     result = r.json()
-    assert result["topic"] == env.topic("email.raw-events")
+    assert result["topic"] == env.topic("email.raw-events.critical")  # its priority's topic
     assert result["sequence"] == f"{result['partition']}:{result['offset']}"
-    assert read_at(env, result["partition"], result["offset"]) == (event_id.encode(), body)
+    assert read_at(env, result) == (event_id.encode(), body)
 
     batch = [
         {
@@ -113,7 +114,7 @@ def test_large_bodies_reach_kafka_whole(intake: tuple[Env, Worker], size: int) -
         timeout=30,
     )
     assert r.status_code == 202, r.text
-    assert read_at(env, r.json()["partition"], r.json()["offset"]) == (event_id.encode(), body)
+    assert read_at(env, r.json()) == (event_id.encode(), body)
 
 
 def test_chunked_body_reaches_kafka_whole(intake: tuple[Env, Worker]) -> None:
@@ -131,7 +132,7 @@ def test_chunked_body_reaches_kafka_whole(intake: tuple[Env, Worker]) -> None:
         timeout=30,
     )
     assert r.status_code == 202, r.text
-    assert read_at(env, r.json()["partition"], r.json()["offset"]) == (event_id.encode(), body)
+    assert read_at(env, r.json()) == (event_id.encode(), body)
 
 
 def chunked(total: int) -> Iterator[bytes]:

@@ -55,20 +55,24 @@ def produce(env: Env, priority: str, records: list[tuple[bytes, bytes]]) -> None
 
 
 def read_all(env: Env, topic: str, expected: int) -> list[Any]:
-    """Every record of ``topic`` (``expected`` of them), from the start."""
+    """The first record of each of ``expected`` keys of ``topic``, from the start.
+
+    Between stages delivery is at least once: a record a stage fetched again after a
+    rewind is written again (dispatch's ledger absorbs it), so a key may appear twice;
+    its first copy is when it first went through."""
     conf = {"bootstrap.servers": env.settings.kafka_bootstrap, "group.id": f"{env.ns}-reader"}
     consumer = Consumer({**conf, "enable.auto.commit": False})
     try:
         parts = env.settings.topic_partitions
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(parts)])
-        records: list[Any] = []
+        first: dict[bytes, Any] = {}
         deadline = time.monotonic() + 60
-        while len(records) < expected and time.monotonic() < deadline:
+        while len(first) < expected and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is not None and msg.error() is None:
-                records.append(msg)
-        assert len(records) == expected, f"{topic}: read {len(records)} of {expected}"
-        return records
+                first.setdefault(msg.key(), msg)
+        assert len(first) == expected, f"{topic}: read {len(first)} keys of {expected}"
+        return list(first.values())
     finally:
         consumer.close()
 
@@ -98,7 +102,8 @@ def test_critical_overtakes_a_burst_at_render_and_route(env: Env) -> None:
 
     def routed() -> bool:
         env.workers.check_alive()
-        return all(end_offsets(bootstrap, lanes[p], parts) == n for p, n in want.items())
+        # at least: a record routed again after a rewind is a second copy (read_all)
+        return all(end_offsets(bootstrap, lanes[p], parts) >= n for p, n in want.items())
 
     assert wait_until(routed, timeout=300, interval=1.0), "the lanes did not fill"
 

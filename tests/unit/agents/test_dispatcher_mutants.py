@@ -291,7 +291,9 @@ async def test_every_outcome_is_counted_once(caplog: pytest.LogCaptureFixture) -
         for r in caplog.records
         if r.name == "app.dispatcher" and r.levelno == logging.CRITICAL
     ]
-    assert line.startswith("dispatch: normal at ('lane', 2):9 not done: RuntimeError(")
+    # (the redaction filter may also replace the partition's topic string by '…')
+    assert line.startswith("dispatch: normal at ('") and line.endswith("')")
+    assert "', 2):9 not done: RuntimeError(" in line
     assert [str(e) for e in fatal] == ["produce failed"]
     for offset in (7, 8):
         assert not await d.admit("bulk", work(P1, offset, acks))

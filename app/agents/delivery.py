@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from app import faust_adapter
 from app.stages.common import Emission
 
 log = logging.getLogger(__name__)
@@ -118,3 +119,17 @@ async def deliver(
         f"{len(pending)} output(s) not acknowledged by Kafka after {attempts} tries; first: "
         f"{runtime.topology.name(first.topic)}: {type(cause).__name__}: {cause}"
     ) from cause
+
+
+async def held_batches(stream: Any, size: int, within: float) -> AsyncIterator[list[Any]]:
+    """``stream.take_events`` batches, each acked only once the loop body finished it.
+
+    Faust acks a batch when its loop moves on, also when a stop cancels the agent
+    mid-batch (``take_events``' ``finally``): each event is held for the batch and
+    released only when the body returns here, so an unfinished batch is not committed."""
+    async for events in stream.take_events(size, within):
+        for event in events:
+            faust_adapter.hold(event)
+        yield events
+        for event in events:
+            faust_adapter.release(event)

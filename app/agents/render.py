@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from app import faust_adapter
 from app.agents import delivery
 from app.agents.guard import crash_on_error
 from app.runtime import Runtime
@@ -57,13 +56,9 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             with crash_on_error("render"):  # registry unreachable at start: one clear exit
                 await runtime.start()
             stage = stage_of()
-            async for events in stream.take_events(
-                settings.stage_batch_size, settings.stage_batch_within_s
+            async for events in delivery.held_batches(
+                stream, settings.stage_batch_size, settings.stage_batch_within_s
             ):
-                # Faust acks the batch when the loop moves on, also when the agent is
-                # cancelled (a stop) mid-batch: held, it is acked only once delivered.
-                for event in events:
-                    faust_adapter.hold(event)
                 with crash_on_error("render"):
                     out = []
                     async with gate.turn(lane):
@@ -80,8 +75,6 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                                     )
                                 out.append(emission)
                     await delivery.deliver(runtime, out, stage="render")
-                for event in events:
-                    faust_adapter.release(event)
 
         return render
 

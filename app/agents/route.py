@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from app import faust_adapter
 from app.agents import delivery
 from app.agents.guard import crash_on_error
 from app.runtime import Runtime
@@ -38,13 +37,9 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             stage = RouteStage(
                 runtime.serde, sealer=Sealer(runtime.encode_record, settings.max_output_bytes)
             )
-            async for events in stream.take_events(
-                settings.stage_batch_size, settings.stage_batch_within_s
+            async for events in delivery.held_batches(
+                stream, settings.stage_batch_size, settings.stage_batch_within_s
             ):
-                # Faust acks the batch when the loop moves on, also when the agent is
-                # cancelled (a stop) mid-batch: held, it is acked only once delivered.
-                for event in events:
-                    faust_adapter.hold(event)
                 with crash_on_error("route"):
                     out = []
                     async with gate.turn(lane):
@@ -54,8 +49,6 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                                     await gate.pause(lane)
                                 out.append(await stage.handle(e.value, Origin.of(e.message)))
                     await delivery.deliver(runtime, out, stage="route")
-                for event in events:
-                    faust_adapter.release(event)
 
         return route
 

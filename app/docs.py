@@ -43,9 +43,10 @@ Every Spillway process (stage workers, the CLI) reads one settings object,
 each for `kafka`, `registry`, `intake`, `providers`, `policy` and `observability`.
 Each field is an environment variable `SPILLWAY_<NAME>` (upper case), named by its
 flat name (the section's prefix plus the field, as before the sections); in code it is
-`settings.<section>.<field>` (the flat `settings.<name>` still works). Defaults match
-the local stack started by `scripts/stack up`, so nothing needs setting for local
-development.
+`settings.<section>.<field>`. The flat names keep working as variables and as
+`Settings(<name>=...)` keywords; the flat attribute `settings.<name>` still works too but
+is deprecated (a `DeprecationWarning` names the sectioned attribute). Defaults match the
+local stack started by `scripts/stack up`, so nothing needs setting for local development.
 
 - Booleans: `true` / `false`. Lists and maps: JSON, e.g.
   `SPILLWAY_INTAKE_API_KEYS='{"shop-backend": "<secret>"}'`.

@@ -142,8 +142,8 @@ def _errors(max_body: int, max_batch: int) -> dict[str, Any]:
 
 def document(settings: Any) -> dict[str, Any]:
     """The OpenAPI document for an intake configured by ``settings``."""
-    max_body, max_batch = settings.intake_max_body_bytes, settings.intake_max_batch
-    auth = settings.intake_auth == "required"
+    max_body, max_batch = settings.intake.max_body_bytes, settings.intake.max_batch
+    auth = settings.intake.auth == "required"
     events_array = {
         "type": "array",
         "minItems": 1,

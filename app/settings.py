@@ -8,10 +8,12 @@ Every field is read from the environment as ``SPILLWAY_<FLAT NAME>``, the names 
 before the sections: a section field's flat name is the section's ``PREFIX`` plus its
 name, or the one its ``FLAT_NAMES`` gives (``kafka.bootstrap`` is
 ``SPILLWAY_KAFKA_BOOTSTRAP``, ``providers.policies`` is ``SPILLWAY_PROVIDERS``). Flat
-names also work as attributes and keyword arguments (``settings.kafka_bootstrap``,
-``Settings(kafka_bootstrap=...)``) for the callers written before; new code uses the
-sections. Defaults match the local stack started by ``scripts/stack up``. Field
-descriptions are the configuration reference (``scripts/gen-config-docs``).
+names also work as keyword arguments (``Settings(kafka_bootstrap=...)``: the variables'
+names) and, deprecated (a ``DeprecationWarning`` names the sectioned form), as attributes
+(``settings.kafka_bootstrap``) for the callers written before; code uses the sections
+(``tests/unit/test_settings.py`` checks it). Defaults match the local stack started by
+``scripts/stack up``. Field descriptions are the configuration reference
+(``scripts/gen-config-docs``).
 
 A new setting goes into the section it belongs to (its flat name must stay unique:
 ``tests/unit/test_settings.py``), or at the top level of ``Settings`` in a commented
@@ -24,6 +26,7 @@ import json
 import os
 import ssl
 import typing
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -833,12 +836,14 @@ class Settings(BaseSettings):
     def __getattr__(self, name: str) -> Any:
         where = FLAT.get(name)
         if where is not None:  # a flat name: settings.kafka_bootstrap
+            _flat_warning(f"settings.{name}", f"settings.{where[0]}.{where[1]}")
             return getattr(getattr(self, where[0]), where[1])
         return super().__getattr__(name)  # type: ignore[misc]
 
     def __setattr__(self, name: str, value: Any) -> None:
         where = FLAT.get(name)
         if where is not None and name not in type(self).model_fields:
+            _flat_warning(f"settings.{name}", f"settings.{where[0]}.{where[1]}")
             setattr(getattr(self, where[0]), where[1], value)
             return
         super().__setattr__(name, value)
@@ -886,18 +891,33 @@ class Settings(BaseSettings):
     def revoke_bound(self) -> float:
         return min(self.policy.dispatch_revoke_bound_s, self.kafka.session_timeout_s / 3)
 
-    # --- flat-name methods (callers before the sections) ---------------------
+    # --- flat-name methods (callers before the sections; deprecated) ---------
     def kafka_ssl_context(self) -> ssl.SSLContext | None:
+        _flat_warning("settings.kafka_ssl_context()", "settings.kafka.ssl_context()")
         return self.kafka.ssl_context()
 
     def kafka_credentials(self) -> Any:
+        _flat_warning("settings.kafka_credentials()", "settings.kafka.credentials()")
         return self.kafka.credentials()
 
     def kafka_client_config(self) -> dict[str, str]:
+        _flat_warning("settings.kafka_client_config()", "settings.kafka.client_config()")
         return self.kafka.client_config()
 
     def registry_client_config(self) -> dict[str, Any]:
+        _flat_warning("settings.registry_client_config()", "settings.registry.client_config()")
         return self.registry.client_config()
 
     def intake_scopes(self) -> dict[str, Any]:
+        _flat_warning("settings.intake_scopes()", "settings.intake.scopes()")
         return self.intake.scopes()
+
+
+def _flat_warning(old: str, new: str) -> None:
+    """Flat attribute names (and their methods) are deprecated in code: a
+    DeprecationWarning names the sectioned one, pointing at the caller's line. The
+    ``SPILLWAY_*`` variables and ``Settings(<flat name>=...)`` keywords are the
+    configuration's names and stay without a warning."""
+    warnings.warn(
+        f"{old} is a flat setting name: use {new}", DeprecationWarning, stacklevel=3
+    )

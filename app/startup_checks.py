@@ -107,7 +107,7 @@ def check_topics(settings: Settings, topology: Topology, admin: Any = None) -> l
     if admin is None:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({**settings.kafka_client_config(), "client.id": "spillway-check"})
+        admin = AdminClient({**settings.kafka.client_config(), "client.id": "spillway-check"})
     expected = topology.expected_topics()
     try:
         existing = describe(admin, sorted(expected))

@@ -325,7 +325,7 @@ def peers_of(setting: str) -> list[str]:
 
 
 def attach(app: Any, runtime: Any, metrics: Any) -> StatusPage:
-    page = StatusPage(metrics.registry, peers_of(runtime.settings.metrics_peers))
+    page = StatusPage(metrics.registry, peers_of(runtime.settings.observability.metrics_peers))
 
     @app.page("/status")
     async def status_html(web: Any, request: Any) -> Any:

@@ -106,10 +106,10 @@ def policy_of(logical: str, settings: Settings) -> TopicPolicy:
     days; dead letters: ``retention_dead_days``, 14 by default)."""
     kind = RETENTION_CLASS[logical]
     if kind == "events":
-        return TopicPolicy("delete", int(settings.retention_events_hours * 3_600_000))
+        return TopicPolicy("delete", int(settings.policy.retention_events_hours * 3_600_000))
     if kind == "sent":
-        return TopicPolicy("delete", int(settings.retention_sent_hours * 3_600_000))
-    return TopicPolicy("delete", int(settings.retention_dead_days * 86_400_000))
+        return TopicPolicy("delete", int(settings.policy.retention_sent_hours * 3_600_000))
+    return TopicPolicy("delete", int(settings.policy.retention_dead_days * 86_400_000))
 
 
 def changelog_topics(settings: Settings, stage: str = "all") -> dict[str, str]:
@@ -171,7 +171,7 @@ class Topology:
         """Topic name -> (partitions, policy) that a worker of ``stage`` relies on: its
         pipeline topics and its tables' changelogs (compacted)."""
         stage = stage or self.settings.stage
-        parts = self.settings.topic_partitions
+        parts = self.settings.kafka.topic_partitions
         out = {self.name(lg): (parts, self.policy(lg)) for lg in self.used_by(stage)}
         for changelog in changelog_topics(self.settings, stage):
             out[changelog] = (parts, COMPACTED)
@@ -189,8 +189,8 @@ def declare(app: Any, settings: Settings) -> Topology:
     topics = {
         logical: app.topic(
             settings.topic(name),
-            partitions=settings.topic_partitions,
-            replicas=settings.topic_replication,
+            partitions=settings.kafka.topic_partitions,
+            replicas=settings.kafka.topic_replication,
             key_type=bytes,
             value_type=bytes,
             key_serializer="raw",

@@ -361,8 +361,8 @@ class Run:
         topics = [
             NewTopic(
                 self.settings.topic(name),
-                num_partitions=self.settings.topic_partitions,
-                replication_factor=self.settings.topic_replication,
+                num_partitions=self.settings.kafka.topic_partitions,
+                replication_factor=self.settings.kafka.topic_replication,
                 config=policy_of(logical, self.settings).config(),
             )
             for logical, (name, _) in TOPICS.items()
@@ -727,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
         if "broker" in names:
             p.error("the broker scenario kills its broker: it needs --stack private")
         default = Settings()
-        stack = Stack(default.kafka_bootstrap, default.schema_registry_url)
+        stack = Stack(default.kafka.bootstrap, default.registry.url)
     rows: list[Figures] = []
     baseline: float | None = None
     try:

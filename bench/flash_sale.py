@@ -438,10 +438,10 @@ def run_spillway(run: Run, sim: Simulator) -> SystemResult:
     try:
         for stage in ("render", "route", "dispatch"):
             workers.add(stage)
-        if not workers.wait_ready(settings.kafka_bootstrap, ns, timeout=120):
+        if not workers.wait_ready(settings.kafka.bootstrap, ns, timeout=120):
             result.notes.append("workers were not all in their groups after 120 s")
         observer = Observer(
-            settings.kafka_bootstrap,
+            settings.kafka.bootstrap,
             serde,
             settings.topic("email.sent"),
             settings.topic("email.dead"),
@@ -459,11 +459,11 @@ def run_spillway(run: Run, sim: Simulator) -> SystemResult:
         )
         produced_at: dict[str, float] = {}
         result.intake = produce_burst(
-            settings.kafka_bootstrap, raw_topic, records, produced_at, topics
+            settings.kafka.bootstrap, raw_topic, records, produced_at, topics
         )
         critical_topic = settings.topic("email.raw-events.critical")
         probe = run.probe(
-            sim, ns, kafka_sender(settings.kafka_bootstrap, critical_topic, serde), produced_at
+            sim, ns, kafka_sender(settings.kafka.bootstrap, critical_topic, serde), produced_at
         )
         obs = observer
         if not wait_drained(
@@ -505,7 +505,7 @@ def run_bare(run: Run, sim: Simulator) -> SystemResult:
     ns = f"benchbare{uuid.uuid4().hex[:6]}"
     settings = run.settings
     topic = f"{ns}.email.raw-events"
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
     for f in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
         f.result()
     registry = registry_client(settings)
@@ -521,16 +521,16 @@ def run_bare(run: Run, sim: Simulator) -> SystemResult:
     logs = [run.log_dir / "bare" / f"bare-{i}.log" for i in range(run.workers)]
     procs = [spawn([sys.executable, "-m", "bench.peers.bare"], log, env) for log in logs]
     try:
-        if not group_stable(settings.kafka_bootstrap, ns, run.workers, 60):
+        if not group_stable(settings.kafka.bootstrap, ns, run.workers, 60):
             result.notes.append("bare consumers not stable after 60 s")
         pids = {f"bare-{i}": p.pid for i, p in enumerate(procs)}
         if (bpid := broker_pid()) is not None:
             pids["kafka-broker"] = bpid
         sampler = Sampler(pids).start()
         produced_at: dict[str, float] = {}
-        result.intake = produce_burst(settings.kafka_bootstrap, topic, records, produced_at)
+        result.intake = produce_burst(settings.kafka.bootstrap, topic, records, produced_at)
         probe = run.probe(
-            sim, ns, kafka_sender(settings.kafka_bootstrap, topic, serde), produced_at
+            sim, ns, kafka_sender(settings.kafka.bootstrap, topic, serde), produced_at
         )
         if not wait_drained(
             lambda: sim.accepted() + count_dead(logs),

@@ -163,7 +163,7 @@ def run(rate: float, seconds: float, batch: int) -> dict[str, Any]:
         "rate_per_s": rate,
         "seconds": seconds,
         "machine": machine(),
-        "intake_linger_ms": settings.intake_linger_ms,
+        "intake_linger_ms": settings.intake.linger_ms,
     }
     try:
         worker = workers.add("intake")
@@ -181,7 +181,7 @@ def run(rate: float, seconds: float, batch: int) -> dict[str, Any]:
             http_load(worker.web_url, rate, seconds, f"{ns}-b", batch=batch)
         )
         doc["kafka"] = kafka_load(
-            settings.kafka_bootstrap, settings.topic("email.raw-events"), rate, seconds, f"{ns}-k"
+            settings.kafka.bootstrap, settings.topic("email.raw-events"), rate, seconds, f"{ns}-k"
         )
     finally:
         workers.stop()

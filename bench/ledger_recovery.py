@@ -139,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     ns = f"ledgerbench{uuid.uuid4().hex[:6]}"
     app_id = f"{ns}-dispatch"
     changelog = f"{app_id}-{TABLE_NAME}-changelog"
-    parts = base.topic_partitions
+    parts = base.kafka.topic_partitions
     work = Path(tempfile.mkdtemp(prefix="ledger-recovery-", dir=PROJECT_ROOT / "var"))
-    create_changelog(base.kafka_bootstrap, changelog, parts)
-    fill_s = fill(base.kafka_bootstrap, changelog, parts, 0, args.keys, ns)
+    create_changelog(base.kafka.bootstrap, changelog, parts)
+    fill_s = fill(base.kafka.bootstrap, changelog, parts, 0, args.keys, ns)
     print(f"filled {args.keys} entries in {fill_s:.1f} s", flush=True)
 
     def env(store: str, data_dir: Path) -> dict[str, str]:
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         figures = run_worker(env(store, data), work / f"{name}.log", args.timeout)
         runs.append({"run": name, **figures})
         print(runs[-1], flush=True)
-    fill(base.kafka_bootstrap, changelog, parts, args.keys, args.tail, ns)
+    fill(base.kafka.bootstrap, changelog, parts, args.keys, args.tail, ns)
     figures = run_worker(env("rocksdb://", work / "rocksdb"), work / "warm.log", args.timeout)
     runs.append({"run": "warm-rocksdb", "tail": args.tail, **figures})
     print(runs[-1], flush=True)

@@ -84,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     for stage in ("render", "route", "dispatch"):
         workers.add(stage)
     print("starting one worker per stage (render, route, dispatch) ...", flush=True)
-    if not workers.wait_ready(settings.kafka_bootstrap, ns):
+    if not workers.wait_ready(settings.kafka.bootstrap, ns):
         print("workers did not join their consumer groups in time", file=sys.stderr)
     observer = Observer(
-        settings.kafka_bootstrap, serde, settings.topic("email.sent"), settings.topic("email.dead")
+        settings.kafka.bootstrap, serde, settings.topic("email.sent"), settings.topic("email.dead")
     ).start()
     acked = Counter[str]()
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         acked["ok" if err is None else "error"] += 1
 
     producer = Producer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5, "acks": "all"}
+        {"bootstrap.servers": settings.kafka.bootstrap, "linger.ms": 5, "acks": "all"}
     )
     raw_topic = settings.topic("email.raw-events")
     started = time.monotonic()

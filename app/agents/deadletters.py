@@ -54,16 +54,17 @@ class Analyser:
 
     def __init__(self, counts: DeadLetterCounts, settings: Settings) -> None:
         self.counts = counts
-        self.bucket_s = settings.analyser_bucket_s
-        self.retention_s = settings.analyser_retention_s
-        self.windows = [w.strip() for w in settings.analyser_windows.split(",") if w.strip()]
+        self.bucket_s = settings.observability.analyser_bucket_s
+        self.retention_s = settings.observability.analyser_retention_s
+        windows = settings.observability.analyser_windows
+        self.windows = [w.strip() for w in windows.split(",") if w.strip()]
         for w in self.windows:
             self.window_s(w)  # fail at start on a bad setting
         self.rule = AlertRule(
-            count=settings.analyser_alert_count,
-            count_window_s=self.window_s(settings.analyser_alert_count_window),
-            rate_per_min=settings.analyser_alert_rate_per_min,
-            rate_window_s=self.window_s(settings.analyser_alert_rate_window),
+            count=settings.observability.analyser_alert_count,
+            count_window_s=self.window_s(settings.observability.analyser_alert_count_window),
+            rate_per_min=settings.observability.analyser_alert_rate_per_min,
+            rate_window_s=self.window_s(settings.observability.analyser_alert_rate_window),
         )
         self.unreadable = 0  # records on email.dead that are not dead letters
         self.firing = False
@@ -135,11 +136,11 @@ async def changelog_known(app: Any, table: Any, timeout_s: float = 30.0) -> bool
 
 def attach(app: Any, runtime: Runtime) -> Any:
     settings = runtime.settings
-    table = declare_table(app, settings.topic_partitions)
+    table = declare_table(app, settings.kafka.topic_partitions)
     counts = DeadLetterCounts(
         table,
-        bucket_s=settings.analyser_bucket_s,
-        retention_s=settings.analyser_retention_s,
+        bucket_s=settings.observability.analyser_bucket_s,
+        retention_s=settings.observability.analyser_retention_s,
         bounds=LabelBounds.from_settings(settings),  # keys and labels from a bounded set
     )
     if hasattr(table, "on_recover"):  # a Faust table (unit tests pass a dict)
@@ -182,7 +183,7 @@ def attach(app: Any, runtime: Runtime) -> Any:
         doc["partitions"] = sorted(tp.partition for tp in assigned if tp.topic == dead_topic)
         return web.json(doc)
 
-    @app.timer(settings.analyser_metrics_every_s, name="dead-letter-analyser-metrics")
+    @app.timer(settings.observability.analyser_metrics_every_s, name="dead-letter-analyser-metrics")
     async def refresh() -> None:
         now = now_ms()
         summaries = {w: analyser.summary(analyser.window_s(w), now) for w in analyser.windows}

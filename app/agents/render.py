@@ -46,7 +46,7 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                     runtime.serde,
                     templates,
                     settings.default_sender,
-                    sealer=Sealer(runtime.encode_record, settings.max_output_bytes),
+                    sealer=Sealer(runtime.encode_record, settings.policy.max_output_bytes),
                 )
             )
         return stages[0]
@@ -57,7 +57,7 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                 await runtime.start()
             stage = stage_of()
             async for events in delivery.held_batches(
-                stream, settings.stage_batch_size, settings.stage_batch_within_s
+                stream, settings.policy.stage_batch_size, settings.policy.stage_batch_within_s
             ):
                 with crash_on_error("render"):
                     out = []

@@ -34,11 +34,10 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
         async def route(stream: Any) -> None:
             with crash_on_error("route"):  # registry unreachable at start: one clear exit
                 await runtime.start()
-            stage = RouteStage(
-                runtime.serde, sealer=Sealer(runtime.encode_record, settings.max_output_bytes)
-            )
+            sealer = Sealer(runtime.encode_record, settings.policy.max_output_bytes)
+            stage = RouteStage(runtime.serde, sealer=sealer)
             async for events in delivery.held_batches(
-                stream, settings.stage_batch_size, settings.stage_batch_within_s
+                stream, settings.policy.stage_batch_size, settings.policy.stage_batch_within_s
             ):
                 with crash_on_error("route"):
                     out = []

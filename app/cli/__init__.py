@@ -67,7 +67,7 @@ def kafka_config(settings: Settings, **extra: Any) -> dict[str, Any]:
         logger.addHandler(logging.NullHandler())
         logger.propagate = False
     return {
-        **settings.kafka_client_config(),
+        **settings.kafka.client_config(),
         "client.id": "spillway-cli",
         "logger": logger,
         **extra,

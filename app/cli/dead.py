@@ -72,7 +72,7 @@ def backend_of(ctx: click.Context) -> Backend:
             cached = kafka_backend(settings)
         except Exception as exc:
             raise CliError(
-                f"schema registry at {settings.schema_registry_url} unavailable: {exc}",
+                f"schema registry at {settings.registry.url} unavailable: {exc}",
                 EXIT_UNAVAILABLE,
             ) from exc
         ctx.meta["spillway.dead.backend"] = cached

@@ -132,7 +132,7 @@ class Encoder:
                 self.serde.register()
             except Exception as exc:
                 raise CliError(
-                    f"schema registry at {settings.schema_registry_url}: {exc}", EXIT_UNAVAILABLE
+                    f"schema registry at {settings.registry.url}: {exc}", EXIT_UNAVAILABLE
                 ) from None
 
     def __call__(self, event: dict[str, Any]) -> bytes:
@@ -345,7 +345,7 @@ def send(
     if failed:
         raise CliError(
             f"{len(failed)} of {len(results)} events were not acknowledged by Kafka at "
-            f"{settings.kafka_bootstrap}: {failed[0].error}",
+            f"{settings.kafka.bootstrap}: {failed[0].error}",
             EXIT_UNAVAILABLE,
         )
 

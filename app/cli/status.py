@@ -141,7 +141,7 @@ def collect(admin: Any, settings: Settings, timeout_s: float) -> Report:
         # a dev-mode worker runs every stage: per-stage groups that never ran are noise
         result = [s for s in result if s.state != "NO GROUP"]
     return Report(
-        bootstrap=settings.kafka_bootstrap,
+        bootstrap=settings.kafka.bootstrap,
         stages=result,
         dead_letters=records(settings.topic(TOPICS[DEAD][0])),
         raw_events=records(settings.topic(TOPICS[RAW][0])),
@@ -247,7 +247,7 @@ def status(max_lag: int | None, timeout: float, workers: tuple[str, ...], as_jso
         report = collect(admin, settings, timeout)
     except KafkaException as exc:
         raise CliError(
-            f"Kafka at {settings.kafka_bootstrap} did not answer: {exc}", EXIT_UNAVAILABLE
+            f"Kafka at {settings.kafka.bootstrap} did not answer: {exc}", EXIT_UNAVAILABLE
         ) from None
     report.workers = {url: worker_status(url, timeout) for url in workers}
     if as_json:

@@ -453,8 +453,8 @@ class LabelBounds:
             except Exception:  # a broken templates folder must not stop the counting
                 return {}
 
-        keys = getattr(settings, "intake_api_keys", None) or {}
-        scopes = getattr(settings, "intake_integrations", None) or {}  # helper A's scopes
+        keys = settings.intake.api_keys
+        scopes = settings.intake.integrations
         return cls(
             sources=frozenset({"cli", *map(str, keys), *map(str, scopes)}),
             providers=frozenset(p.name for p in settings.provider_policies()),

@@ -35,7 +35,7 @@ async def main() -> int:
     provider = http_provider(concurrency)
     consumer = Consumer(
         {
-            **settings.kafka_client_config(),
+            **settings.kafka.client_config(),
             "group.id": os.environ["BENCH_GROUP"],
             "auto.offset.reset": "earliest",
             "enable.auto.commit": True,

@@ -210,11 +210,11 @@ def test_port_parser_sees_the_host_ip(spec: Any, ip: str) -> None:
 
 def test_host_ports_match_the_local_stack_defaults(services: dict[str, dict[str, Any]]) -> None:
     kafka = host_ports(services["kafka"])
-    assert str(port_of(DEFAULTS.kafka_bootstrap)) in kafka.values()
+    assert str(port_of(DEFAULTS.kafka.bootstrap)) in kafka.values()
     registry = host_ports(services["registry"])
-    assert registry[8080] == str(port_of(DEFAULTS.schema_registry_url))
-    assert host_ports(services["simulator"])[8030] == str(port_of(DEFAULTS.provider_http_url))
-    assert host_ports(services["mailpit"])[2525] == str(DEFAULTS.smtp_port)
+    assert registry[8080] == str(port_of(DEFAULTS.registry.url))
+    assert host_ports(services["simulator"])[8030] == str(port_of(DEFAULTS.providers.http_url))
+    assert host_ports(services["mailpit"])[2525] == str(DEFAULTS.providers.smtp_port)
 
 
 def test_internal_addresses_point_at_listening_services(
@@ -232,7 +232,7 @@ def test_internal_addresses_point_at_listening_services(
         assert f"://:{port}" in listeners
         registry = urlsplit(env["SPILLWAY_SCHEMA_REGISTRY_URL"] or "")
         assert registry.hostname == "registry" and registry.port in host_ports(services["registry"])
-        assert registry.path == urlsplit(DEFAULTS.schema_registry_url).path
+        assert registry.path == urlsplit(DEFAULTS.registry.url).path
         assert env["SPILLWAY_SMTP_HOST"] in services
         mailpit = env_of(services["mailpit"])
         assert (mailpit["MP_SMTP_BIND_ADDR"] or "").endswith(f":{env['SPILLWAY_SMTP_PORT']}")

@@ -29,7 +29,7 @@ def test_keda_scaled_object(stage: str) -> None:
     doc = load(f"keda/{stage}.yaml")
     settings = Settings()
     assert doc["kind"] == "ScaledObject" and doc["spec"]["scaleTargetRef"]["name"].endswith(stage)
-    assert doc["spec"]["maxReplicaCount"] == settings.topic_partitions
+    assert doc["spec"]["maxReplicaCount"] == settings.kafka.topic_partitions
     triggers = doc["spec"]["triggers"]
     assert {t["type"] for t in triggers} == {"kafka"}
     assert {t["metadata"]["topic"] for t in triggers} == lanes_of(stage)
@@ -42,7 +42,7 @@ def test_keda_scaled_object(stage: str) -> None:
 def test_hpa_on_exported_lag(stage: str) -> None:
     doc = load(f"hpa/{stage}.yaml")
     assert doc["apiVersion"] == "autoscaling/v2" and doc["kind"] == "HorizontalPodAutoscaler"
-    assert doc["spec"]["maxReplicas"] == Settings().topic_partitions
+    assert doc["spec"]["maxReplicas"] == Settings().kafka.topic_partitions
     [metric] = doc["spec"]["metrics"]
     external = metric["external"]
     assert external["metric"]["selector"]["matchLabels"] == {"stage": stage}

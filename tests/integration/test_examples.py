@@ -45,7 +45,7 @@ def run(
     child_env = {
         **os.environ,
         "TOPIC": env.topic("email.raw-events"),
-        "KAFKA_BOOTSTRAP": env.settings.kafka_bootstrap,
+        "KAFKA_BOOTSTRAP": env.settings.kafka.bootstrap,
         **env.overrides,
         **extra,
     }
@@ -89,7 +89,7 @@ def test_node_json_and_avro(env: Env) -> None:
         env,
         ["node", "produce.js", "--avro", ids[1]],
         cwd=node_dir,
-        SCHEMA_REGISTRY_URL=env.settings.schema_registry_url,
+        SCHEMA_REGISTRY_URL=env.settings.registry.url,
     )
     delivered(env, *ids)
     assert env.observer is not None

@@ -77,7 +77,7 @@ def post(
 def read_at(env: Env, answer: dict[str, Any]) -> Message:
     c = Consumer(
         {
-            "bootstrap.servers": env.settings.kafka_bootstrap,
+            "bootstrap.servers": env.settings.kafka.bootstrap,
             "group.id": f"{env.ns}-r",
             "enable.auto.commit": False,
         }

@@ -71,7 +71,7 @@ class RunningIntake:
 
     async def _start(self) -> None:
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            bootstrap_servers=self.settings.kafka.bootstrap,
             acks="all",
             linger_ms=1,
             max_request_size=1_000_000,
@@ -107,7 +107,7 @@ def intake(stack: None) -> Iterator[RunningIntake]:
         intake_rate_per_s=0,  # unlimited: the fuzzer must not be throttled into 429s only
         intake_max_batch=50,
     )
-    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    admin = AdminClient({"bootstrap.servers": s.kafka.bootstrap})
     topic = s.topic("email.raw-events")
     for future in admin.create_topics([NewTopic(topic, 3, 1)]).values():
         future.result(30)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def read_at(env: Env, answer: dict[str, Any]) -> tuple[bytes | None, bytes]:
     c = Consumer(
         {
-            "bootstrap.servers": env.settings.kafka_bootstrap,
+            "bootstrap.servers": env.settings.kafka.bootstrap,
             "group.id": f"{env.ns}-r",
             "enable.auto.commit": False,
         }

@@ -4,7 +4,7 @@ email.sent; a wrong password is refused; the producer cannot read dead letters.
 
 Runs its OWN KRaft broker (tests/integration/scram_broker.py) on free ports; the
 shared broker of the local stack is not used. The clients are configured by
-Settings (kafka_client_config for librdkafka, kafka_credentials for the workers'
+Settings (kafka.client_config() for librdkafka, kafka.credentials() for the workers'
 aiokafka), as the CLI and the workers configure theirs.
 """
 
@@ -157,13 +157,13 @@ def test_the_producer_cannot_read_dead_letters(broker: ScramBroker) -> None:
 
 
 def test_the_workers_aiokafka_client_authenticates_with_scram(broker: ScramBroker) -> None:
-    """The workers' path: Settings.kafka_credentials -> Faust -> aiokafka."""
+    """The workers' path: Settings.kafka.credentials -> Faust -> aiokafka."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import TopicAuthorizationFailedError
     from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
     settings = broker.settings("shop-intake")
-    auth = credentials_to_aiokafka_auth(settings.kafka_credentials())
+    auth = credentials_to_aiokafka_auth(settings.kafka.credentials())
 
     async def run() -> tuple[int, str]:
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all",

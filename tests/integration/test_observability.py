@@ -223,7 +223,7 @@ def test_prometheus_scrapes_a_burst_and_the_status_page_shows_it(env: Env, prome
     peers = f"{route.web_url},{dispatch.web_url}"
     render = env.workers.add("render", **FAST_METRICS, SPILLWAY_METRICS_PEERS=peers)
     prom = prometheus([render, route, dispatch])
-    assert env.workers.wait_ready(env.settings.kafka_bootstrap, env.ns, timeout=90)
+    assert env.workers.wait_ready(env.settings.kafka.bootstrap, env.ns, timeout=90)
     prom.wait_for('up{job=~"spillway.*"} == 1', lambda r: len(r) == 3)
 
     observer = env.observe()
@@ -359,7 +359,7 @@ def test_breaker_metric_flips_when_the_provider_fails(env: Env, prometheus: Any)
             SPILLWAY_PROVIDER_NAME="sim-breaker",
         )
         prom = prometheus([dispatch])
-        assert env.workers.wait_ready(env.settings.kafka_bootstrap, env.ns, timeout=90)
+        assert env.workers.wait_ready(env.settings.kafka.bootstrap, env.ns, timeout=90)
         lane = env.topic("email.dispatch.normal")
         for i in range(80):
             event_id = f"{env.ns}-b{i}"

@@ -84,8 +84,8 @@ def test_critical_overtakes_earlier_bulk(env: Env) -> None:
     lanes = {p: env.topic(f"email.dispatch.{p}") for p in ("bulk", "critical")}
     assert wait_until(
         lambda: (
-            end_offsets(env.settings.kafka_bootstrap, lanes["bulk"], 4) == 800
-            and end_offsets(env.settings.kafka_bootstrap, lanes["critical"], 4) == 50
+            end_offsets(env.settings.kafka.bootstrap, lanes["bulk"], 4) == 800
+            and end_offsets(env.settings.kafka.bootstrap, lanes["critical"], 4) == 50
         ),
         timeout=120,
     ), "the lanes did not fill"

@@ -98,7 +98,7 @@ def test_each_poison_record_is_one_dead_letter_and_the_good_ones_are_delivered(
 ) -> None:
     for stage in ("render", "route", "dispatch"):
         env.workers.add(stage)
-    assert env.workers.wait_ready(env.settings.kafka_bootstrap, env.ns)
+    assert env.workers.wait_ready(env.settings.kafka.bootstrap, env.ns)
     observer = env.observe()
     raw_topic = env.topic("email.raw-events")
     poison = poison_corpus(env)

@@ -58,7 +58,7 @@ def test_quota_holds_across_two_workers(env: Env, own_sim: Any) -> None:
     env_over = providers_env(policy("sim", sim.url, quota_per_s=200))
     env.workers.add("dispatch", **env_over)
     env.workers.add("dispatch", **env_over)
-    assert env.workers.wait_ready(env.settings.kafka_bootstrap, env.ns)  # both in the group
+    assert env.workers.wait_ready(env.settings.kafka.bootstrap, env.ns)  # both in the group
     observer = env.observe()
     fill_lanes(env, {"bulk": 5000})
     tally = observer.wait_for(5000, timeout=120, check=env.workers.check_alive)
@@ -244,9 +244,9 @@ def test_restart_keeps_the_breaker_open_and_the_quota(env: Env, own_sim: Any) ->
     sim.client.outage(duration_s=120, status=500, rate=1.0)
     wait_breaker(worker, "sim", 1)  # it opened
     changelog = f"{env.settings.app_id('dispatch')}-dispatch-pressure-changelog"
-    flushed = end_offsets(env.settings.kafka_bootstrap, changelog, PARTITIONS)
+    flushed = end_offsets(env.settings.kafka.bootstrap, changelog, PARTITIONS)
     assert wait_until(  # a state flush after it opened reached the changelog
-        lambda: end_offsets(env.settings.kafka_bootstrap, changelog, PARTITIONS) > flushed, 30
+        lambda: end_offsets(env.settings.kafka.bootstrap, changelog, PARTITIONS) > flushed, 30
     )
     worker.stop(signal.SIGKILL)
     last_before_kill = sim.client.requests()[-1]["seq"]

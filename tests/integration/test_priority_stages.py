@@ -60,10 +60,10 @@ def read_all(env: Env, topic: str, expected: int) -> list[Any]:
     Between stages delivery is at least once: a record a stage fetched again after a
     rewind is written again (dispatch's ledger absorbs it), so a key may appear twice;
     its first copy is when it first went through."""
-    conf = {"bootstrap.servers": env.settings.kafka_bootstrap, "group.id": f"{env.ns}-reader"}
+    conf = {"bootstrap.servers": env.settings.kafka.bootstrap, "group.id": f"{env.ns}-reader"}
     consumer = Consumer({**conf, "enable.auto.commit": False})
     try:
-        parts = env.settings.topic_partitions
+        parts = env.settings.kafka.topic_partitions
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(parts)])
         first: dict[bytes, Any] = {}
         deadline = time.monotonic() + 60
@@ -80,8 +80,8 @@ def read_all(env: Env, topic: str, expected: int) -> list[Any]:
 def test_critical_overtakes_a_burst_at_render_and_route(env: Env) -> None:
     env.workers.add("render")
     env.workers.add("route")
-    assert env.workers.wait_ready(env.settings.kafka_bootstrap, env.ns, timeout=120)
-    bootstrap, parts = env.settings.kafka_bootstrap, env.settings.topic_partitions
+    assert env.workers.wait_ready(env.settings.kafka.bootstrap, env.ns, timeout=120)
+    bootstrap, parts = env.settings.kafka.bootstrap, env.settings.kafka.topic_partitions
 
     burst = [event(env, "normal", i) for i in range(N_NORMAL)]
     bulk = [event(env, "bulk", i) for i in range(N_BULK)]

@@ -40,7 +40,7 @@ def test_a_two_minute_outage_delivers_every_email_and_kills_none(
     env.workers.add("render")
     env.workers.add("route")
     env.workers.add("dispatch", **providers_env(policy("sim", sim.url)))  # default policy
-    assert env.workers.wait_ready(env.settings.kafka_bootstrap, env.ns)
+    assert env.workers.wait_ready(env.settings.kafka.bootstrap, env.ns)
     observer = env.observe()
     ids = produce(env, 1, "normal", "warm")
     assert observer.wait_for(1, timeout=60, check=env.workers.check_alive).sent

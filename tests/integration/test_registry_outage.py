@@ -160,9 +160,9 @@ def test_registry_stopped_60s_mid_run_delivers_every_valid_event_and_none_dead(
     raw_topic = env.topic("email.raw-events")
     for stage in ("render", "route", "dispatch"):
         env.workers.add(stage, SPILLWAY_SCHEMA_REGISTRY_URL=own_registry.url)
-    assert env.workers.wait_ready(env.settings.kafka_bootstrap, env.ns)
+    assert env.workers.wait_ready(env.settings.kafka.bootstrap, env.ns)
     observer = Observer(
-        env.settings.kafka_bootstrap, serde, env.topic("email.sent"), env.topic("email.dead")
+        env.settings.kafka.bootstrap, serde, env.topic("email.sent"), env.topic("email.dead")
     ).start()
     variants = [variant(registry, f"{env.ns}-producer-{n}-value", n) for n in range(3)]
 

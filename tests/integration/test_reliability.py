@@ -51,7 +51,7 @@ def test_retries_back_off_without_blocking_the_partition(
             )
         ),
     )
-    assert env.workers.wait_ready(env.settings.kafka_bootstrap, env.ns)
+    assert env.workers.wait_ready(env.settings.kafka.bootstrap, env.ns)
     observer = env.observe()
     special = []
     for who in ("twice", "always"):
@@ -114,7 +114,7 @@ def test_retries_back_off_without_blocking_the_partition(
 def test_one_percent_of_each_poison_leaves_the_good_unaffected(env: Env) -> None:
     for stage in ("render", "route", "dispatch"):
         env.workers.add(stage)
-    assert env.workers.wait_ready(env.settings.kafka_bootstrap, env.ns)
+    assert env.workers.wait_ready(env.settings.kafka.bootstrap, env.ns)
     observer = env.observe()
     n = 2800  # every 14th event bad: 7 kinds, each 1% of the run
     events = list(
@@ -190,7 +190,7 @@ def test_double_intake_sends_once(env: Env, own_sim: Any, mode: str) -> None:
             env.produce(e.key, e.value)
     env.producer.flush(30)
     tally = observer.wait_for(1000, timeout=120, check=env.workers.check_alive)
-    assert end_offsets(env.settings.kafka_bootstrap, env.topic("email.raw-events"), 4) == 2000
+    assert end_offsets(env.settings.kafka.bootstrap, env.topic("email.raw-events"), 4) == 2000
     wait_pipeline_consumed(env, ("render", "route", "dispatch"))  # the second copies too
     assert len(tally.sent) == 1000
     report = prov.check_sent_once({e.event_id for e in events})
@@ -200,7 +200,7 @@ def test_double_intake_sends_once(env: Env, own_sim: Any, mode: str) -> None:
 
 
 def reset_to_earliest(env: Env, group: str, topics: list[str]) -> None:
-    admin = AdminClient({"bootstrap.servers": env.settings.kafka_bootstrap})
+    admin = AdminClient({"bootstrap.servers": env.settings.kafka.bootstrap})
     tps = [TopicPartition(t, p, 0) for t in topics for p in range(PARTITIONS)]
     for future in admin.alter_consumer_group_offsets(
         [ConsumerGroupTopicPartitions(group, tps)]
@@ -301,7 +301,7 @@ def check_idempotent_run(env: Env, own_sim: Any, n: int, kills: int) -> None:
     # The honest bound (docs/guarantees.md): a request after acceptance only for an email
     # the provider accepted whose acceptance Kafka had not acknowledged at a kill; the
     # worker holds a provider slot until then, so at most max_in_flight per kill.
-    bound = kills * Settings().dispatch_max_in_flight
+    bound = kills * Settings().policy.dispatch_max_in_flight
     assert report.after_count <= bound, report.describe()
 
 

@@ -32,8 +32,8 @@ GOOD = 8  # newsletters that are sent at once
 
 def committed(env: Env, stage: str, topic: str) -> int:
     """Sum of the committed offsets of ``stage``'s consumer group on ``topic``."""
-    admin = AdminClient({"bootstrap.servers": env.settings.kafka_bootstrap})
-    tps = [TopicPartition(env.topic(topic), p) for p in range(env.settings.topic_partitions)]
+    admin = AdminClient({"bootstrap.servers": env.settings.kafka.bootstrap})
+    tps = [TopicPartition(env.topic(topic), p) for p in range(env.settings.kafka.topic_partitions)]
     request = [ConsumerGroupTopicPartitions(env.settings.app_id(stage), tps)]
     try:
         [future] = admin.list_consumer_group_offsets(request).values()
@@ -43,7 +43,7 @@ def committed(env: Env, stage: str, topic: str) -> int:
 
 
 def drained(env: Env, stage: str, topic: str) -> bool:
-    end = end_offsets(env.settings.kafka_bootstrap, env.topic(topic), 4)
+    end = end_offsets(env.settings.kafka.bootstrap, env.topic(topic), 4)
     return end > 0 and committed(env, stage, topic) == end
 
 
@@ -116,7 +116,7 @@ def test_fixing_a_template_and_replaying_its_dead_letters(env: Env, tmp_path: Pa
     raw = env.topic("email.raw-events")
     out = cli("replay", *filters, "--dry-run")
     assert f"would replay {N} dead letter(s): {raw} {N}" in out.output
-    assert end_offsets(env.settings.kafka_bootstrap, raw, 4) == N + GOOD  # nothing produced
+    assert end_offsets(env.settings.kafka.bootstrap, raw, 4) == N + GOOD  # nothing produced
     assert f"{N} dead letter(s)" in cli("list", "--template", "password_reset@v1").output
 
     # Fix the template; restart the render worker (templates load at start) once it
@@ -143,7 +143,7 @@ def test_fixing_a_template_and_replaying_its_dead_letters(env: Env, tmp_path: Pa
     lane = "email.dispatch.critical"
     assert wait_until(
         lambda: (
-            end_offsets(env.settings.kafka_bootstrap, env.topic(lane), 4) == 2 * N
+            end_offsets(env.settings.kafka.bootstrap, env.topic(lane), 4) == 2 * N
             and drained(env, "dispatch", lane)
         ),
         timeout=60,

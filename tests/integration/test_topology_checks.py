@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 def ns(stack: None) -> Iterator[str]:
     ns = f"t{uuid.uuid4().hex[:8]}"
     yield ns
-    admin = AdminClient({"bootstrap.servers": Settings().kafka_bootstrap})
+    admin = AdminClient({"bootstrap.servers": Settings().kafka.bootstrap})
     mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(ns)]
     if mine:
         for f in admin.delete_topics(mine).values():
@@ -68,13 +68,13 @@ def test_topics_are_created_with_their_retention_and_policy(ns: str) -> None:
             await app.producer.stop()
 
     asyncio.run(declare_all())
-    admin = AdminClient(s.kafka_client_config())
+    admin = AdminClient(s.kafka.client_config())
     dead = configs(admin, s.topic(TOPICS[DEAD][0]))
     assert (dead["cleanup.policy"], dead["retention.ms"]) == ("delete", str(2 * 86_400_000))
     sent = configs(admin, s.topic(TOPICS[SENT][0]))
-    assert sent["retention.ms"] == str(int(s.retention_sent_hours * 3_600_000))
+    assert sent["retention.ms"] == str(int(s.policy.retention_sent_hours * 3_600_000))
     lane = configs(admin, s.topic("email.dispatch.critical"))
-    assert lane["retention.ms"] == str(int(s.retention_events_hours * 3_600_000))
+    assert lane["retention.ms"] == str(int(s.policy.retention_events_hours * 3_600_000))
     changelogs = changelog_topics(s, "dispatch")
     assert len(changelogs) == 2
     for name in changelogs:
@@ -84,7 +84,7 @@ def test_topics_are_created_with_their_retention_and_policy(ns: str) -> None:
 
 def test_check_names_every_mismatch(ns: str) -> None:
     s = Settings(stage="analyser", topic_namespace=f"{ns}.", app_id_prefix=ns)
-    admin = AdminClient(s.kafka_client_config())
+    admin = AdminClient(s.kafka.client_config())
     [changelog] = changelog_topics(s, "analyser")
     create(
         admin,
@@ -107,7 +107,7 @@ def test_worker_stops_with_one_clear_message(ns: str) -> None:
     """A real ``faust -A app worker`` on a topic with too few partitions exits non-zero
     before consuming, and says why."""
     s = Settings(stage="route", topic_namespace=f"{ns}.", app_id_prefix=ns)
-    admin = AdminClient(s.kafka_client_config())
+    admin = AdminClient(s.kafka.client_config())
     create(admin, [NewTopic(s.topic("email.rendered"), 1, 1)])
     env = {
         **os.environ,

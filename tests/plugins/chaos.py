@@ -16,7 +16,7 @@ QUOTA = 50  # requests/s: 2,000 events keep the lanes backlogged for about 45 s
 
 def shared_stack() -> Stack:
     s = Settings()
-    return Stack(s.kafka_bootstrap, s.schema_registry_url)
+    return Stack(s.kafka.bootstrap, s.registry.url)
 
 
 def run_short(name: str, events: int = EVENTS, quota: int = QUOTA) -> Figures:

@@ -122,7 +122,7 @@ def lane_partition(key: str, partitions: int) -> int:
 
 def consumed(env: Env, group: str, topics: list[str], partitions: int) -> bool:
     """Whether ``group`` has committed the end of every partition of ``topics``."""
-    consumer = Consumer({"bootstrap.servers": env.settings.kafka_bootstrap, "group.id": group})
+    consumer = Consumer({"bootstrap.servers": env.settings.kafka.bootstrap, "group.id": group})
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
         committed = consumer.committed(tps, timeout=10)

@@ -59,7 +59,7 @@ class ScramBroker:
     def client_config(self, user: str, password: str | None = None) -> dict[str, Any]:
         """librdkafka settings for ``user``, built the way the CLI builds them."""
         settings = self.settings(user, password)
-        return {**settings.kafka_client_config(), "log_level": 0}
+        return {**settings.kafka.client_config(), "log_level": 0}
 
     def settings(self, user: str, password: str | None = None) -> Any:
         from app.settings import Settings

@@ -61,7 +61,7 @@ class Env:
         self.serde = Serde(registry, {self.topic(t): s for t, s in TOPICS.values()})
         self.serde.register()
         self.producer = Producer(
-            {"bootstrap.servers": self.settings.kafka_bootstrap, "linger.ms": 5, "acks": "all"}
+            {"bootstrap.servers": self.settings.kafka.bootstrap, "linger.ms": 5, "acks": "all"}
         )
         self.samples = {
             n: TemplateStore(self.settings.templates_dir).sample_data(n)
@@ -85,7 +85,7 @@ class Env:
 
     def observe(self) -> Observer:
         self.observer = Observer(
-            self.settings.kafka_bootstrap,
+            self.settings.kafka.bootstrap,
             self.serde,
             self.topic("email.sent"),
             self.topic("email.dead"),

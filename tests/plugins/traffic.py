@@ -55,7 +55,7 @@ def fill_lanes(env: Env, counts: dict[str, int]) -> dict[str, list[str]]:
     env.workers.add("render")
     env.workers.add("route")
     ids = {p: produce(env, n, p, p[0]) for p, n in counts.items()}
-    boot = env.settings.kafka_bootstrap
+    boot = env.settings.kafka.bootstrap
     assert wait_until(
         lambda: all(
             end_offsets(boot, env.topic(f"email.dispatch.{p}"), PARTITIONS) >= n

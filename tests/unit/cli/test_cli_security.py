@@ -1,7 +1,7 @@
 """One security config for every command (issue 15 point 5): with SASL/TLS and
 registry credentials set in SPILLWAY_*, every Kafka client and registry client that
 ``send``, ``status``, ``dead list/inspect/summary`` and ``dead replay`` build gets them,
-exactly as the workers do (Settings.kafka_client_config, registry_client_config).
+exactly as the workers do (settings.kafka.client_config(), settings.registry.client_config()).
 
 Each client class is replaced by a recorder that keeps the config it was given and
 then refuses to connect; what the command does after that does not matter here.
@@ -85,7 +85,7 @@ def assert_secure(conf: dict[str, Any], ca: str) -> None:
     assert conf["ssl.ca.location"] == ca
     assert conf["ssl.endpoint.identification.algorithm"] == "https"
     # and exactly what the workers' librdkafka config says
-    expected = Settings().kafka_client_config()
+    expected = Settings().kafka.client_config()
     assert {k: conf[k] for k in expected} == expected
 
 
@@ -167,4 +167,4 @@ def test_plaintext_default_adds_no_security(monkeypatch: pytest.MonkeyPatch) -> 
     conf = kafka_config(Settings())
     assert conf["security.protocol"] == "PLAINTEXT"
     assert not [k for k in conf if k.startswith(("sasl.", "ssl."))]
-    assert "basic.auth.user.info" not in Settings().registry_client_config()
+    assert "basic.auth.user.info" not in Settings().registry.client_config()

@@ -24,7 +24,7 @@ def test_key_partition_matches_kafka_default_partitioner() -> None:
 def test_ledger_and_pressure_hash_keys_without_the_producer() -> None:
     settings = Settings(stage="dispatch", store="memory://")  # type: ignore[arg-type]
     app = create_app(settings)  # declares the dispatch stage's tables
-    n = settings.topic_partitions
+    n = settings.kafka.topic_partitions
     table = app.tables[ledger.TABLE_NAME]
     assert isinstance(table, KeyHashedTable)
     # No producer, no metadata, no current event: the partition is the key's hash.
@@ -75,7 +75,7 @@ async def test_a_key_hashed_table_keeps_each_key_s_changelog_future_until_acked(
     table[b"e1"] = {"s": "in_flight"}
     first = table.written(b"e1")
     assert first is not None and produced == [first] and not first.done()
-    assert first.message.partition == key_partition(b"e1", settings.topic_partitions)
+    assert first.message.partition == key_partition(b"e1", settings.kafka.topic_partitions)
     table[b"e1"] = {"s": "ambiguous"}  # a later write of the key is the one to await
     second = table.written(b"e1")
     assert second is produced[1] and second is not first

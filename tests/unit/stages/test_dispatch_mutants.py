@@ -715,3 +715,268 @@ async def test_a_probe_cancelled_on_the_wire_gives_its_slot_back(serde: Serde) -
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert br.probes_sent == 0
+
+
+# -- the send loop's rechecks and side paths (survivors of the 16:09 run) ---------------------
+
+
+class Hanging(Provider):
+    """Holds every request on the wire until ``hold`` is set, then accepts it."""
+
+    def __init__(self, name: str, hold: asyncio.Event, **kw: Any) -> None:
+        super().__init__(name, **kw)
+        self.hold = hold
+
+    async def send(self, email: OutboundEmail) -> SendReceipt:
+        self.calls.append(email)
+        await self.hold.wait()
+        return SendReceipt(self.name, "m", 0.1)
+
+
+def slot_waiters(st: DispatchStage, name: str) -> int:
+    return len(getattr(st._slots[name], "_waiters", None) or ())
+
+
+async def test_a_message_cancelled_while_waiting_for_a_slot_gives_back_no_probe(
+    serde: Serde,
+) -> None:
+    # it was never admitted: the probe slot it would give back is the first message's
+    hold = asyncio.Event()
+    pol = [ProviderPolicy(name="p", max_in_flight=1, breaker_half_open_probes=2)]
+    provider = Hanging("p", hold)
+    st = stage(serde, provider, policies=pol)
+    br = st.board.state("p", 2).breaker
+    br.state, br.opened_at = "open", NOW - 40.0  # cooled down: the next send is a probe
+    first = asyncio.create_task(st.handle(payload(serde, "e-1"), ORIGIN, "normal"))
+    await until_true(lambda: len(provider.calls) == 1)
+    assert (br.state, br.probes_sent) == ("half_open", 1)
+    second = asyncio.create_task(st.handle(payload(serde, "e-2"), ORIGIN, "normal"))
+    await until_true(lambda: slot_waiters(st, "p") == 1)
+    second.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await second
+    assert (br.state, br.probes_sent) == ("half_open", 1)  # the first probe still counts
+    hold.set()
+    out = await asyncio.wait_for(first, 5)
+    assert out is not None and out.topic == SENT and len(provider.calls) == 1
+
+
+async def test_bulk_held_by_a_remaining_that_fell_while_it_waited_for_a_slot(
+    serde: Serde,
+) -> None:
+    now = [NOW]
+    sleeps: list[float] = []
+
+    async def sleep(s: float) -> None:
+        sleeps.append(s)
+        now[0] += s
+        await asyncio.sleep(0)
+
+    hold = asyncio.Event()
+    pol = [ProviderPolicy(name="p", max_in_flight=1, remaining_threshold=100)]
+    provider = Hanging("p", hold)
+    sent_at: list[float] = []
+    real_send = provider.send
+
+    async def send(email: OutboundEmail) -> SendReceipt:
+        sent_at.append(now[0])
+        return await real_send(email)
+
+    provider.send = send  # type: ignore[method-assign]
+    st = stage(serde, provider, policies=pol, clock=lambda: now[0], sleep=sleep)
+    st.board.sleep = sleep
+    first = asyncio.create_task(st.handle(payload(serde, "e-1"), ORIGIN, "normal"))
+    await until_true(lambda: len(provider.calls) == 1)
+    req = dispatch_request("e-2", "bulk")
+    bulk = asyncio.create_task(
+        st.handle(serde.encode("email.dispatch.bulk", req), ORIGIN, "bulk")
+    )
+    await until_true(lambda: slot_waiters(st, "p") == 1)
+    assert sleeps == []  # it passed its pace before Remaining fell
+    st.board.observe("p", 1000, 5, NOW + 10.0)  # 5 left for 10 s: bulk is held
+    hold.set()
+    out = await asyncio.wait_for(first, 5)
+    assert out is not None and out.topic == SENT
+    out = await asyncio.wait_for(bulk, 5)
+    assert out is not None and out.topic == SENT and out.value.event_id == "e-2"
+    assert sent_at[0] == NOW and sent_at[1] >= NOW + 10.0  # held until the reset
+    assert sleeps and max(sleeps) <= 0.25
+
+
+async def test_a_slot_freed_late_sends_no_probe_past_the_half_open_limit(serde: Serde) -> None:
+    hold = asyncio.Event()
+    sleeps: list[float] = []
+
+    async def sleep(s: float) -> None:
+        sleeps.append(s)
+        await asyncio.sleep(0)
+
+    pol = [ProviderPolicy(name="p", max_in_flight=2, breaker_half_open_probes=1)]
+    provider = Hanging("p", hold)
+    st = stage(serde, provider, policies=pol, sleep=sleep)
+    br = st.board.state("p", 2).breaker
+    br.state, br.opened_at = "open", NOW - 40.0  # cooled down: one probe may go
+    slots = st._slots["p"]
+    await slots.acquire()
+    await slots.acquire()  # both slots busy: the two messages pass the breaker, then wait
+    tasks = [
+        asyncio.create_task(st.handle(payload(serde, e), ORIGIN, "normal")) for e in ("a", "b")
+    ]
+    await until_true(lambda: slot_waiters(st, "p") == 2)
+    slots.release()
+    slots.release()
+    # one is the probe (on the wire); the other finds the probes taken and waits
+    await until_true(lambda: bool(sleeps) or len(provider.calls) == 2)
+    assert len(provider.calls) == 1 and (br.state, br.probes_sent) == ("half_open", 1)
+    assert sleeps[0] == 0.05  # waits for the probe's answer, in short polls
+    hold.set()  # the probe is accepted: closed, and the other goes
+    outs = await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert [o.topic for o in outs if o is not None] == [SENT, SENT]
+    assert len(provider.calls) == 2 and br.state == "closed"
+
+
+async def test_a_key_that_lives_one_second_still_spares_the_wait_for_the_mark(
+    serde: Serde,
+) -> None:
+    from tests.plugins.ledger import AckedTable
+
+    table = AckedTable()
+    provider = Provider("p", ttl=1.0)  # a short key is still a key: no ack awaited first
+    st = stage(serde, provider, table=table)
+    task = asyncio.create_task(st.handle(payload(serde), ORIGIN, "normal"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert table.writes[0] == (b"e-1", "in_flight") and not table.acked(b"e-1")
+    assert len(provider.calls) == 1  # sent while the in_flight mark is not acked
+    table.ack(b"e-1")  # the accepted mark
+    out = await asyncio.wait_for(task, 5)
+    assert out is not None and out.topic == SENT
+
+
+async def test_an_in_flight_mark_kafka_refused_sends_nothing_and_fails_the_attempt(
+    serde: Serde, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.plugins.ledger import AckedTable
+
+    caplog.set_level(logging.WARNING, logger="app.stages.dispatch")
+    pol = [ProviderPolicy(name="p", retry_min_failing_s=0.0)]  # no key: the mark is awaited
+    for max_attempts, topic in ((3, retry_topic(1)), (1, DEAD)):
+        caplog.clear()
+        table = AckedTable()
+        provider = Provider("p")
+        st = stage(serde, provider, policies=pol, table=table, max_attempts=max_attempts)
+        br = st.board.state("p", 2).breaker
+        br.state, br.opened_at = "open", NOW - 40.0  # the send would be a probe
+        raw = payload(serde)
+        task = asyncio.create_task(st.handle(raw, ORIGIN, "normal"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert table.writes == [(b"e-1", "in_flight")] and not task.done()
+        assert br.probes_sent == 1
+        table.fail(b"e-1")
+        out = await asyncio.wait_for(task, 5)
+        assert provider.calls == [] and br.probes_sent == 0  # nothing sent: probe given back
+        assert out is not None and out.topic == topic
+        entry = st.ledger.get("e-1")
+        assert entry is not None and (entry.state, entry.provider) == ("failed", "p")
+        value = out.value
+        last = value.history[-1]
+        assert (last.stage, last.error_class, last.provider) == ("dispatch", "LedgerWriteError",
+                                                                 "p")  # fmt: skip
+        if topic == DEAD:
+            assert isinstance(value, DeadLetter) and value.payload == raw
+            assert (value.error_class, value.provider) == ("LedgerWriteError", "p")
+        [line] = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "app.stages.dispatch" and r.levelno == logging.WARNING
+        ]
+        assert line.startswith("dispatch: in_flight mark not durable: ledger write of ")
+
+
+async def test_an_unencodable_email_is_dead_with_its_input(serde: Serde) -> None:
+    from app.errors import EventError
+
+    st = stage(serde, Provider("p", EventError("cannot encode the subject")))
+    raw = payload(serde)
+    out = await st.handle(raw, ORIGIN, "normal")
+    assert out is not None and out.topic == DEAD
+    assert isinstance(out.value, DeadLetter) and out.value.payload == raw
+    assert out.value.error_class == "EventError"
+
+
+class Transitions(Recorder):
+    """Also keeps the breaker's opened_at at each reported transition."""
+
+    def __init__(self, board: Any = None) -> None:
+        super().__init__()
+        self.board = board
+        self.opened: list[float] = []
+
+    def breaker_state(self, provider: str, state: str) -> None:
+        super().breaker_state(provider, state)
+        if state == "open":
+            self.opened.append(self.board.state(provider).breaker.opened_at)
+
+
+async def test_a_throttled_probe_reopens_the_breaker_at_that_time(
+    serde: Serde, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="app.stages.dispatch")
+    now = [NOW]
+
+    async def sleep(s: float) -> None:
+        now[0] += s
+        await asyncio.sleep(0)
+
+    store: dict[bytes, Any] = {}
+    throttled = ThrottledError("429", provider="p", retry_after=2.0)
+    pol = [ProviderPolicy(name="p", breaker_cooldown_s=30.0, breaker_half_open_probes=1)]
+    rec = Transitions()
+    st = stage(serde, Provider("p", throttled), policies=pol, store=store, **rec.wiring(),
+               clock=lambda: now[0], sleep=sleep)  # fmt: skip
+    st.board.sleep = sleep
+    rec.board = st.board
+    br = st.board.state("p", 2).breaker
+    br.state, br.opened_at = "open", NOW - 40.0
+    snaps: list[Any] = []
+    real_persist = st.board.persist_breaker
+
+    def persist(provider: str, partition: int, flush_every_s: float) -> None:
+        real_persist(provider, partition, flush_every_s)
+        snaps.append((partition, dict(store[key_for("p", 2, 4)])))
+
+    st.board.persist_breaker = persist  # type: ignore[method-assign]
+    out = await asyncio.wait_for(st.handle(payload(serde), ORIGIN, "normal"), 10)
+    assert out is not None and out.topic == SENT
+    # the probe was throttled at NOW: reopened then, for a whole cooldown
+    assert rec.of("breaker") == [("p", "open"), ("p", "closed")] and rec.opened == [NOW]
+    assert [p for p, _ in snaps] == [2, 2]
+    assert [s["breaker"] for _, s in snaps] == ["open", "closed"]
+    assert [s for _, s, _ in rec.of("response")] == ["429", "2xx"]
+    assert st.stats.throttled == 1
+    messages = [r.getMessage() for r in caplog.records if r.name == "app.stages.dispatch"]
+    assert messages[0] == "provider p partition 2: breaker half_open -> open"
+
+
+async def test_a_429_on_a_closed_breaker_is_no_transition_and_each_is_counted(
+    serde: Serde,
+) -> None:
+    now = [NOW]
+
+    async def sleep(s: float) -> None:
+        now[0] += s
+        await asyncio.sleep(0)
+
+    store: dict[bytes, Any] = {}
+    throttled = [ThrottledError("429", provider="p", retry_after=1.0) for _ in range(2)]
+    rec = Recorder()
+    st = stage(serde, Provider("p", *throttled), store=store, **rec.wiring(),
+               clock=lambda: now[0], sleep=sleep)  # fmt: skip
+    st.board.sleep = sleep
+    out = await asyncio.wait_for(st.handle(payload(serde), ORIGIN, "normal"), 10)
+    assert out is not None and out.topic == SENT
+    assert st.stats.throttled == 2
+    assert [s for _, s, _ in rec.of("response")] == ["429", "429", "2xx"]
+    assert rec.of("breaker") == [] and store == {}
+    assert st.board.state("p", 2).breaker.state == "closed"

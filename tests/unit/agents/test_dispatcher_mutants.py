@@ -343,3 +343,35 @@ async def test_the_fence_takes_a_gap_of_exactly_stall_s_as_no_stall(
     await until(lambda: d.stats.fenced == 1)
     assert d.suspect_since == 6.5 and stage.sent == [0]
     assert [r.getMessage() for r in caplog.records] == ["event loop stalled 6.5 s: sends fenced"]
+
+
+async def test_a_finished_task_leaves_a_newer_task_of_its_offset_indexed() -> None:
+    # a redelivered offset (a rewind) admitted while its first copy still runs: the
+    # first copy finishing must not drop the second from the index a revocation drains
+    now = [0.0]
+    gates = {"first": asyncio.Event(), "second": asyncio.Event()}
+    calls: list[str] = []
+
+    async def handle(payload: bytes, origin: Origin, lane: str) -> Emission | None:
+        name = "first" if not calls else "second"
+        calls.append(name)
+        await gates[name].wait()
+        return None
+
+    d = Dispatcher(handle=handle, deliver=lambda e: asyncio.sleep(0), membership=Group(),
+                   lanes=LANES, stall_s=3.0, session_timeout_s=10.0,
+                   clock=lambda: now[0])  # fmt: skip
+    acks: list[tuple[Any, int]] = []
+    assert await d.admit("normal", work(P1, 7, acks))
+    first = d.tasks[P1][7]
+    assert await d.admit("normal", work(P1, 7, acks))
+    second = d.tasks[P1][7]
+    assert second is not first
+    await until(lambda: calls == ["first", "second"])
+    gates["first"].set()
+    await until(first.done)
+    await asyncio.sleep(0)  # the done callback
+    assert d.tasks == {P1: {7: second}} and d.active["normal"] == 1
+    gates["second"].set()
+    await until(lambda: d.tasks == {})
+    assert d.active["normal"] == 0 and len(acks) == 2

@@ -13,7 +13,8 @@ batch_too_large     413     more events than ``intake_max_batch``
 body_incomplete     400     the client stopped sending, or the chunked/gzip framing is broken
 body_timeout        408     the body did not arrive within ``intake_body_timeout_s``
 empty_body          400     zero bytes
-malformed_json      400     not UTF-8 JSON (NaN and Infinity included: they are not JSON)
+malformed_json      400     not UTF-8 JSON (NaN and Infinity included: they are not JSON; so is
+                            a number too large for a double, e.g. ``1e400``)
 too_deep            400     nesting deeper than ``intake_max_json_depth``
 too_many_values     400     more than ``intake_max_json_values`` keys and items in one event
 invalid_event       400     not an object, or a field of the raw event schema has a wrong type
@@ -30,8 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any
 
+import orjson
 from aiohttp.http_exceptions import DecompressSizeError, HttpProcessingError
 
 from app import serde
@@ -122,16 +125,35 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is too large for a double")
+    return value
+
+
 def loads(body: bytes) -> Any:
-    """Strict JSON (no NaN/Infinity); 400 ``malformed_json`` or ``too_deep``."""
+    """Strict JSON (no NaN/Infinity, no number that overflows a double to infinity);
+    400 ``malformed_json`` or ``too_deep``."""
     try:
-        return json.loads(body, parse_constant=_no_constants)
+        return json.loads(body, parse_constant=_no_constants, parse_float=_finite)
     except RecursionError:
         raise Refused("JSON nests too deeply to parse", status=400, code="too_deep") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise Refused(
             f"body is not valid UTF-8 JSON: {str(exc)[:200]}", status=400, code="malformed_json"
         ) from None
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON of a value :func:`loads` returned (so no NaN, no infinity, no
+    lone surrogate once :func:`check_bounds` passed): orjson, or the standard library for
+    what orjson does not take (integers beyond 64 bits). The same JSON either way, up to
+    how a float is spelled (``1e16`` for ``1e+16``)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def check_bounds(value: Any, max_depth: int, max_values: int, where: str = "body") -> None:

@@ -1,16 +1,22 @@
 """Intake latency at a fixed offered load: the HTTP intake endpoint and a Kafka producer.
 
-    python -m bench.intake [--rate 1250] [--seconds 10]
+    python -m bench.intake [--rate 1250] [--batch-rate 20000] [--batch 100] [--seconds 10]
 
 Open loop: requests (events) are started on a fixed schedule whatever the answers, and
-latency counts from the scheduled moment, so a stall shows up in the figures instead of
-slowing the offered load down. HTTP: ``POST /v1/events`` (one JSON event per request, 202
-only after the broker's acks=all) against an intake worker of its own, then the same
-events ``--batch`` at a time through ``POST /v1/events/batch`` (latency of an event: that
-of its request). Kafka: one
-confluent-kafka producer, acks=all, ``linger.ms`` 1, ack latency from the delivery
-callback. Writes ``bench/results/intake-<utc time>.json``; ``bench.report`` renders the
-newest one.
+latency counts from the scheduled moment, so a stall (of the intake, the broker or this
+generator itself) shows up in the figures instead of slowing the offered load down.
+Bodies are encoded before the clock starts, so the generator spends its CPU on the
+requests only. HTTP: ``POST /v1/events`` (one JSON event per request, 202 only after the
+broker's acks=all) at ``--rate`` requests/s against an intake worker of its own, then
+``POST /v1/events/batch`` with ``--batch`` events per request at ``--batch-rate``
+events/s (latency of an event: that of its request). Requests carry an API key
+(``--auth key``, the production setting: the integration's name replaces each event's
+``source``, so every event is re-encoded); the intake's per-integration rate limit is
+off (``SPILLWAY_INTAKE_RATE_PER_S=0``: its default, 2,000 events/s, would answer the
+batch load 429 by design). Kafka: one confluent-kafka producer, acks=all, ``linger.ms``
+1, ack latency from the delivery callback. Each phase records the CPU seconds of the
+intake worker and of this generator, and the load average before and after it. Writes
+``bench/results/intake-<utc time>.json``; ``bench.report`` renders the newest one.
 """
 
 from __future__ import annotations
@@ -19,12 +25,18 @@ import argparse
 import asyncio
 import functools
 import json
+import os
+import resource
+import secrets
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import psutil
 from confluent_kafka import Producer
 
 from app.settings import PROJECT_ROOT, Settings
@@ -32,6 +44,8 @@ from bench.flash_sale import RESULTS_DIR, machine, pct
 from harness.workers import Workers, wait_until
 
 HTTP_CONNECTIONS = 64
+#: The integration the benchmark's requests authenticate as (``--auth key``).
+INTEGRATION = "bench"
 
 
 def summary(latencies_ms: list[float], errors: int, offered: int, elapsed: float) -> dict[str, Any]:
@@ -61,25 +75,68 @@ def event(prefix: str, i: int) -> dict[str, Any]:
     }
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by these processes and their children."""
+    total = 0.0
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            for p in [proc, *proc.children(recursive=True)]:
+                t = p.cpu_times()
+                total += t.user + t.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def own_cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+@contextmanager
+def measured(doc: dict[str, Any], pids: list[int]) -> Iterator[None]:
+    """Adds to ``doc``: the phase's wall time, the CPU seconds of ``pids`` (the intake)
+    and of this process (the generator), and the load average before and after."""
+    load0, cpu0, own0, t0 = os.getloadavg(), cpu_seconds(pids), own_cpu_seconds(), time.time()
+    yield
+    wall = time.time() - t0
+    intake_cpu, own = cpu_seconds(pids) - cpu0, own_cpu_seconds() - own0
+    doc["wall_s"] = round(wall, 2)
+    doc["intake_cpu_s"] = round(intake_cpu, 2)
+    doc["generator_cpu_s"] = round(own, 2)
+    doc["load_avg_before"] = [round(x, 2) for x in load0]
+    doc["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+
+
 async def http_load(
-    url: str, rate: float, seconds: float, prefix: str, batch: int = 1
+    url: str,
+    rate: float,
+    seconds: float,
+    prefix: str,
+    batch: int = 1,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """``rate`` events/s, one request per ``batch`` events (batch 1: ``/v1/events``)."""
     n = int(rate * seconds / batch)
     rate = rate / batch
+    path = "/v1/events" if batch == 1 else "/v1/events/batch"
+    headers = {"Content-Type": "application/json", **(headers or {})}
+
+    def body(i: int) -> bytes:
+        if batch == 1:
+            return json.dumps(event(prefix, i)).encode()
+        return json.dumps([event(prefix, i * batch + j) for j in range(batch)]).encode()
+
+    bodies = [body(i) for i in range(n)]  # encoded before the clock starts
     latencies: list[float] = []
     errors: list[str] = []
     connector = aiohttp.TCPConnector(limit=HTTP_CONNECTIONS)
     async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def one(i: int, due: float) -> None:
-            if batch == 1:
-                path, body = "/v1/events", event(prefix, i)
-            else:
-                path = "/v1/events/batch"
-                body = [event(prefix, i * batch + j) for j in range(batch)]  # type: ignore[assignment]
+        async def one(data: bytes, due: float) -> None:
             try:
-                async with session.post(f"{url}{path}", json=body) as resp:
+                async with session.post(f"{url}{path}", data=data, headers=headers) as resp:
                     await resp.read()
                     if resp.status != 202:
                         errors.append(f"{resp.status}")
@@ -90,7 +147,7 @@ async def http_load(
             latencies.append((time.perf_counter() - due) * 1000)
 
         # warm-up: connections and the producer's metadata
-        await asyncio.gather(*(one(-1 - i, time.perf_counter()) for i in range(20)))
+        await asyncio.gather(*(one(body(-1 - i), time.perf_counter()) for i in range(20)))
         latencies.clear()
         errors.clear()
         start = time.perf_counter()
@@ -100,12 +157,14 @@ async def http_load(
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, due)))
+            # a late start is not forgiven: latency counts from ``due``
+            tasks.append(asyncio.create_task(one(bodies[i], due)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
     out = summary(latencies, len(errors), n, elapsed)
     out["error_kinds"] = sorted(set(errors))[:5]
     out["batch"] = batch
+    out["offered_events_per_s"] = rate * batch
     out["events_per_s"] = round(len(latencies) * batch / elapsed, 1) if elapsed > 0 else None
     return out
 
@@ -145,25 +204,35 @@ def kafka_load(
     return summary(latencies, errors, n, time.perf_counter() - start)
 
 
-def run(rate: float, seconds: float, batch: int) -> dict[str, Any]:
+def run(
+    rate: float, seconds: float, batch: int, batch_rate: float, auth: str = "key"
+) -> dict[str, Any]:
     ns = f"benchin{uuid.uuid4().hex[:6]}"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     settings = Settings(topic_namespace=f"{ns}.", app_id_prefix=ns)
-    workers = Workers(
-        {
-            "SPILLWAY_TOPIC_NAMESPACE": f"{ns}.",
-            "SPILLWAY_APP_ID_PREFIX": ns,
-            "SPILLWAY_INTAKE_AUTH": "off",
-        },
-        PROJECT_ROOT / "var" / f"bench-intake-{stamp}",
-    )
+    secret = secrets.token_urlsafe(32)
+    env = {
+        "SPILLWAY_TOPIC_NAMESPACE": f"{ns}.",
+        "SPILLWAY_APP_ID_PREFIX": ns,
+        "SPILLWAY_INTAKE_RATE_PER_S": "0",
+    }
+    if auth == "key":
+        env["SPILLWAY_INTAKE_API_KEYS"] = json.dumps({INTEGRATION: secret})
+        headers = {"Authorization": f"Bearer {secret}"}
+    else:
+        env["SPILLWAY_INTAKE_AUTH"] = "off"
+        headers = {}
+    workers = Workers(env, PROJECT_ROOT / "var" / f"bench-intake-{stamp}")
     doc: dict[str, Any] = {
         "benchmark": "intake",
         "started_at": stamp,
         "rate_per_s": rate,
+        "batch_rate_per_s": batch_rate,
         "seconds": seconds,
         "machine": machine(),
         "intake_linger_ms": settings.intake.linger_ms,
+        "intake_auth": "API key (Authorization: Bearer)" if auth == "key" else "off",
+        "intake_rate_limit": "off (SPILLWAY_INTAKE_RATE_PER_S=0)",
     }
     try:
         worker = workers.add("intake")
@@ -176,12 +245,38 @@ def run(rate: float, seconds: float, batch: int) -> dict[str, Any]:
 
         if not wait_until(healthy, 60):
             raise RuntimeError(f"intake worker did not start: see {worker.log_path}")
-        doc["http"] = asyncio.run(http_load(worker.web_url, rate, seconds, f"{ns}-h"))
-        doc["http_batch"] = asyncio.run(
-            http_load(worker.web_url, rate, seconds, f"{ns}-b", batch=batch)
+        assert worker.proc is not None
+        pids = [worker.proc.pid]
+
+        def phase(name: str, load: Callable[[], dict[str, Any]]) -> None:
+            out: dict[str, Any] = {}
+            with measured(out, pids):
+                result = load()
+            doc[name] = {**result, **out}
+
+        phase(
+            "http",
+            lambda: asyncio.run(
+                http_load(worker.web_url, rate, seconds, f"{ns}-h", headers=headers)
+            ),
         )
-        doc["kafka"] = kafka_load(
-            settings.kafka.bootstrap, settings.topic("email.raw-events"), rate, seconds, f"{ns}-k"
+        phase(
+            "http_batch",
+            lambda: asyncio.run(
+                http_load(
+                    worker.web_url, batch_rate, seconds, f"{ns}-b", batch=batch, headers=headers
+                )
+            ),
+        )
+        phase(
+            "kafka",
+            lambda: kafka_load(
+                settings.kafka.bootstrap,
+                settings.topic("email.raw-events"),
+                rate,
+                seconds,
+                f"{ns}-k",
+            ),
         )
     finally:
         workers.stop()
@@ -199,24 +294,43 @@ def httpx_get(url: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--rate", type=float, default=1250.0, help="offered events/s")
+    parser.add_argument(
+        "--rate", type=float, default=1250.0, help="offered single-event requests/s"
+    )
+    parser.add_argument(
+        "--batch-rate", type=float, default=20000.0, help="offered events/s in batch requests"
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--batch", type=int, default=25, help="events per batch request")
+    parser.add_argument("--batch", type=int, default=100, help="events per batch request")
+    parser.add_argument(
+        "--auth",
+        choices=("key", "off"),
+        default="key",
+        help="key: requests carry an API key (production); off: SPILLWAY_INTAKE_AUTH=off",
+    )
     args = parser.parse_args(argv)
-    doc = run(args.rate, args.seconds, args.batch)
+    doc = run(args.rate, args.seconds, args.batch, args.batch_rate, args.auth)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"intake-{doc['started_at']}.json"
     path.write_text(json.dumps(doc, indent=1))
     names = ("http", "http_batch", "kafka")
     for name in names:
         r = doc[name]
+        offered = r.get("offered_events_per_s", args.rate)
         print(
-            f"{name:<10} offered {args.rate:.0f} events/s: answered {r['answered']}/"
-            f"{r['offered']} ({r['achieved_per_s']}/s), errors {r['errors']}, latency p50 "
-            f"{r['p50_ms']:.1f} p99 {r['p99_ms']:.1f} max {r['max_ms']:.1f} ms"
+            f"{name:<10} offered {offered:.0f} events/s: answered {r['answered']}/"
+            f"{r['offered']} ({r['achieved_per_s']}/s, {r.get('events_per_s', '-')} "
+            f"events/s), errors {r['errors']}, latency p50 {fmt_ms(r['p50_ms'])} p99 "
+            f"{fmt_ms(r['p99_ms'])} max {fmt_ms(r['max_ms'])} ms; CPU s intake "
+            f"{r['intake_cpu_s']} generator {r['generator_cpu_s']} in {r['wall_s']} s; "
+            f"load {r['load_avg_before'][0]} -> {r['load_avg_after'][0]}"
         )
     print(f"saved {path.relative_to(PROJECT_ROOT)}")
     return 0 if all(doc[k]["errors"] == 0 for k in names) else 1
+
+
+def fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 if __name__ == "__main__":

@@ -53,12 +53,13 @@ from app.models import (
     RenderedEmail,
     SendResult,
 )
+from app.resources import data_path
 
 log = logging.getLogger(__name__)
 
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
-SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMAS_DIR = data_path("schemas")  # the repository's schemas/, or the wheel's app/schemas
 #: Deepest nesting of template data (``data`` and ``data_json``), in containers.
 MAX_DEPTH = 64
 #: Longest body of a recursive schema read with fastavro's C reader: it survived 2,000

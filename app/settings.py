@@ -39,6 +39,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from app.resources import data_path
+
 Stage = Literal["render", "route", "dispatch", "intake", "analyser", "all"]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -774,7 +776,8 @@ class Settings(BaseSettings):
 
     # --- render --------------------------------------------------------------
     templates_dir: Path = Field(
-        PROJECT_ROOT / "templates", description="Folder of email templates (one folder each)."
+        data_path("templates"),  # the repository's templates/, or the wheel's app/templates
+        description="Folder of email templates (one folder each).",
     )
     default_sender: str = Field(
         "Spillway Shop <no-reply@shop.example>",

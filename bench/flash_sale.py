@@ -2,17 +2,20 @@
 the peers a Python team would otherwise pick, side by side in one run.
 
     python -m bench.flash_sale --preset smoke|quick|full \
-        [--systems spillway,bare,celery,pgqueue] [--quota N] [--workers K]
+        [--systems spillway,bare,celery,pgqueue,spillway-3dispatch] [--quota 0,N]
+        [--workers K] [--late N]
 
 Presets: smoke 3,000 events, quick 30,000, full 300,000 (5% critical password
 resets, 60% normal order confirmations with order lines, 35% bulk newsletters; the
 mix of harness/burst.py). Systems run one after another on the same machine and
 local Kafka, each against a fresh provider simulator of its own (unlimited, or
-``--quota`` requests/s). Needs the local stack (``python3 scripts/stack up``),
-``redis-server`` and PostgreSQL 15 from Debian (``scripts/setup`` installs them).
+``--quota`` requests/s; ``--quota 0,1000`` runs every system unlimited, then every
+system at 1000/s). ``spillway-<N>dispatch`` is Spillway with N dispatch workers.
+Needs the local stack (``python3 scripts/stack up``), ``redis-server`` and PostgreSQL 15
+from Debian (``scripts/setup`` installs them).
 
-Writes ``bench/results/flash-sale-<preset>-<quota>-<utc time>.json``; render the
-report with ``python -m bench.report``.
+Writes ``bench/results/flash-sale-<preset>-<quota>-<utc time>.json``, one per provider
+setting; render the report with ``python -m bench.report``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import math
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -129,6 +133,7 @@ class SystemResult:
     series: dict[str, list[float]] = field(default_factory=dict)
     correct: bool = False
     notes: list[str] = field(default_factory=list)
+    run_s: float | None = None  # wall time of the system's whole run, start-up to stop
 
 
 def intake_of(how: str, n: int, elapsed: float, latencies_s: list[float]) -> Intake:
@@ -156,8 +161,13 @@ def analyse(
     if not mine:
         return
     last = max(e["accepted_at"] for e in mine)
-    result.drain_s = last - t0
-    result.send_rate_per_s = len(mine) / result.drain_s if result.drain_s > 0 else None
+    # drain and send rate: the burst's (late critical resets are a trickle that may
+    # arrive after the burst in a short run; they have their own time-to-send)
+    burst_sent = [e for e in mine if LATE not in e["key"]]
+    if burst_sent:
+        result.drain_s = max(e["accepted_at"] for e in burst_sent) - t0
+        if result.drain_s > 0:
+            result.send_rate_per_s = len(burst_sent) / result.drain_s
     by_priority: dict[str, list[float]] = {p: [] for p in PRIORITIES}
     for e in mine:
         p = "critical_late" if LATE in e["key"] else e["custom_args"].get("priority", "normal")
@@ -408,7 +418,10 @@ class Run:
         return result
 
 
-def run_spillway(run: Run, sim: Simulator) -> SystemResult:
+def run_spillway(
+    run: Run, sim: Simulator, dispatch_workers: int = 1, system: str = "spillway"
+) -> SystemResult:
+    """One worker per stage, or ``dispatch_workers`` dispatch workers in one group."""
     ns = f"bench{uuid.uuid4().hex[:6]}"
     policy: dict[str, Any] = {"name": "sim", "url": sim.url}
     if run.quota:
@@ -427,16 +440,17 @@ def run_spillway(run: Run, sim: Simulator) -> SystemResult:
     # a priority-aware producer (issue 14): each event to its priority's raw topic
     topics = [settings.topic(f"email.raw-events.{e.get('priority', 'normal')}") for e in events]
     records = encode_all(events, serde, raw_topic, topics)
+    dispatch = "dispatch" if dispatch_workers == 1 else f"{dispatch_workers} dispatch workers"
     result = SystemResult(
-        "spillway",
-        "one faust worker per stage: render, route, dispatch; each event produced to its "
+        system,
+        f"one faust worker per stage: render, route, {dispatch}; each event produced to its "
         "priority's raw topic",
         run.n + run.late,
     )
-    workers = Workers(overrides, run.log_dir / "spillway")
+    workers = Workers(overrides, run.log_dir / system)
     observer: Observer | None = None
     try:
-        for stage in ("render", "route", "dispatch"):
+        for stage in ("render", "route", *["dispatch"] * dispatch_workers):
             workers.add(stage)
         if not workers.wait_ready(settings.kafka.bootstrap, ns, timeout=120):
             result.notes.append("workers were not all in their groups after 120 s")
@@ -446,7 +460,12 @@ def run_spillway(run: Run, sim: Simulator) -> SystemResult:
             settings.topic("email.sent"),
             settings.topic("email.dead"),
         ).start()
-        pids = {f"spillway-{w.stage}": w.proc.pid for w in workers.workers if w.proc}
+        pids = {}
+        for w in workers.workers:
+            if w.proc:
+                many = sum(x.stage == w.stage for x in workers.workers) > 1
+                name = f"spillway-{w.stage}"
+                pids[f"{name}-{w.log_path.stem.rsplit('-', 1)[1]}" if many else name] = w.proc.pid
         if (bpid := broker_pid()) is not None:
             pids["kafka-broker"] = bpid
         sampler = Sampler(pids).start()
@@ -557,10 +576,12 @@ def check_procs(procs: list[Any], logs: list[Path]) -> None:
 
 
 def run_celery(run: Run, sim: Simulator) -> SystemResult:
+    from bench.peers import celery_app
+
     result = SystemResult(
         "celery",
-        f"{run.workers} worker process(es), -P threads -c 64, prefetch x16, no results, "
-        "one Redis queue",
+        f"{run.workers} worker process(es), -P threads -c 64, no results, one Redis queue "
+        f"with {celery_app.DESCRIPTION}",
         run.n + run.late,
     )
     with ExitStack() as stack:
@@ -582,7 +603,7 @@ def run_celery(run: Run, sim: Simulator) -> SystemResult:
                     "-c",
                     "64",
                     "--prefetch-multiplier",
-                    "16",
+                    str(celery_app.PREFETCH_MULTIPLIER),
                     "--without-gossip",
                     "--without-mingle",
                     "--without-heartbeat",
@@ -607,9 +628,12 @@ def run_celery(run: Run, sim: Simulator) -> SystemResult:
             60,
         ):
             result.notes.append("celery workers not ready after 60 s")
-        from bench.peers import celery_app
+        producer = celery_app.producer_app(redis_srv.url)
+        stack.callback(producer.close)
 
-        celery_app.app.conf.broker_url = redis_srv.url
+        def enqueue(e: dict[str, Any]) -> None:
+            celery_app.enqueue(producer, e)
+
         prefix = f"benchcel{uuid.uuid4().hex[:6]}"
         events = run.events(prefix)
         pids = {f"celery-{i}": p.pid for i, p in enumerate(procs)}
@@ -621,18 +645,16 @@ def run_celery(run: Run, sim: Simulator) -> SystemResult:
         for e in events:
             produced_at[e["event_id"]] = time.time()
             t = time.perf_counter()
-            celery_app.send_email.apply_async((e,), queue=celery_app.QUEUE)
+            enqueue(e)
             latencies.append(time.perf_counter() - t)
         elapsed = time.perf_counter() - start
         result.intake = intake_of(
-            "Task.apply_async (one LPUSH per event)", run.n, elapsed, latencies
+            "Celery.send_task with the event's priority (one LPUSH per event)",
+            run.n,
+            elapsed,
+            latencies,
         )
-        probe = run.probe(
-            sim,
-            prefix,
-            lambda e: celery_app.send_email.apply_async((e,), queue=celery_app.QUEUE),
-            produced_at,
-        )
+        probe = run.probe(sim, prefix, enqueue, produced_at)
         marker = "raised unexpected"
         if not wait_drained(
             lambda: sim.accepted() + count_dead(logs, marker),
@@ -644,7 +666,6 @@ def run_celery(run: Run, sim: Simulator) -> SystemResult:
         if probe:
             probe.join()
         result.dead = count_dead(logs, marker)
-        celery_app.app.close()
         return run.finish(result, sim, sampler, produced_at)
     raise AssertionError("unreachable")
 
@@ -751,6 +772,39 @@ RUNNERS: dict[str, Callable[[Run, Simulator], SystemResult]] = {
     "celery": run_celery,
     "pgqueue": run_pgqueue,
 }
+#: Spillway with N dispatch workers in one consumer group (its own row, e.g.
+#: ``spillway-3dispatch``); render and route keep one worker each.
+SPILLWAY_DISPATCH = re.compile(r"spillway-([1-9][0-9]?)dispatch")
+
+
+def runner(system: str) -> Callable[[Run, Simulator], SystemResult]:
+    """The run function of a system name (KeyError for an unknown one)."""
+    if system in RUNNERS:
+        return RUNNERS[system]
+    m = SPILLWAY_DISPATCH.fullmatch(system)
+    if m is None:
+        raise KeyError(system)
+    return functools.partial(run_spillway, dispatch_workers=int(m.group(1)), system=system)
+
+
+def parse_quotas(text: str | None) -> list[int | None]:
+    """``--quota``: one provider setting or several, comma-separated; 0 or "none" is
+    unlimited. ``"0,1000"`` -> ``[None, 1000]``."""
+    if text is None:
+        return [None]
+    out: list[int | None] = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part in ("0", "none", "unlimited"):
+            value = None
+        elif re.fullmatch(r"[0-9]{1,9}", part):
+            value = int(part)
+        else:
+            raise ValueError(f"quota {part!r}: an integer requests/s, or 0 for none")
+        if value in out:
+            raise ValueError(f"quota {part!r} given twice")
+        out.append(value)
+    return out
 
 
 # --- machine and versions ---------------------------------------------------------------
@@ -870,14 +924,18 @@ def run_all(
         "logs": str(log_dir.relative_to(PROJECT_ROOT)),
         "systems": [],
     }
+    if log is print:
+        log = functools.partial(print, flush=True)  # progress shows when piped to a file
     for system in systems:
         provider = f"quota {quota}/s" if quota else "unlimited"
-        log(f"[{system}] {n} events, provider {provider}")
+        log(f"[{system}] {n} events, provider {provider}, late critical {late}")
+        started = time.monotonic()
         sim = Simulator(log_dir, quota)
         try:
-            result = RUNNERS[system](run, sim)
+            result = runner(system)(run, sim)
         finally:
             sim.close()
+        result.run_s = round(time.monotonic() - started, 1)
         log(summary_line(result))
         doc["systems"].append(asdict(result))
     return doc
@@ -891,11 +949,15 @@ def summary_line(r: SystemResult) -> str:
     def f(v: float | int | None, spec: str = ".0f") -> str:
         return "-" if v is None else format(v, spec)
 
+    late = tts.get("critical_late", {})
+    bulk = tts.get("bulk", {})
     return (
         f"  {r.system:<9} intake {f(intake.events_per_s if intake else None)}/s "
         f"ack p99 {f(intake.ack_p99_ms if intake else None, '.1f')} ms | "
         f"drain {f(r.drain_s, '.1f')} s "
-        f"({f(r.send_rate_per_s)}/s) | critical p99 {f(crit.get('p99'))} ms | "
+        f"({f(r.send_rate_per_s)}/s) | p50/p99 ms: critical {f(crit.get('p50'))}/"
+        f"{f(crit.get('p99'))} bulk {f(bulk.get('p50'))}/{f(bulk.get('p99'))} "
+        f"late critical {f(late.get('p50'))}/{f(late.get('p99'))} | "
         f"sent {r.sent} dead {r.dead} missing {r.missing} dups {r.duplicates} | "
         f"{'OK' if r.correct else 'INCORRECT'} {'; '.join(r.notes)}"
     )
@@ -914,7 +976,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
     parser.add_argument("--events", type=int, help="override the preset's event count")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--quota", type=int, help="provider quota, requests/s (default: none)")
+    parser.add_argument(
+        "--quota",
+        help="provider quota, requests/s (default: none); several settings comma-separated, "
+        "0 for none: '0,1000' runs every system unlimited, then at 1000/s, one result file each",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -924,8 +990,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--late",
         type=int,
-        help="password resets sent at 5/s once half the burst is accepted "
-        "(default: 50 with --quota, else 0)",
+        help="password resets sent at 5/s once half the burst is accepted, in every "
+        "provider setting (default: 50 with a quota, else 0)",
     )
     parser.add_argument(
         "--profile",
@@ -935,21 +1001,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = set(systems) - set(SYSTEMS)
+    unknown = [s for s in systems if s not in RUNNERS and not SPILLWAY_DISPATCH.fullmatch(s)]
     if unknown:
-        parser.error(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
-    doc = run_all(
-        args.preset,
-        systems,
-        args.quota,
-        args.workers,
-        args.events,
-        profile=args.profile,
-        late=args.late,
-    )
-    path = save(doc)
-    print(f"saved {path.relative_to(PROJECT_ROOT)}; render with: python -m bench.report")
-    return 0 if all(s["correct"] for s in doc["systems"]) else 1
+        parser.error(
+            f"unknown systems {unknown}; known: {', '.join(SYSTEMS)}, spillway-<N>dispatch"
+        )
+    if len(set(systems)) != len(systems):
+        parser.error("a system is listed twice")
+    try:
+        quotas = parse_quotas(args.quota)
+    except ValueError as exc:
+        parser.error(str(exc))
+    ok = True
+    for quota in quotas:  # one result file per provider setting, saved as soon as it is done
+        doc = run_all(
+            args.preset,
+            systems,
+            quota,
+            args.workers,
+            args.events,
+            profile=args.profile,
+            late=args.late,
+        )
+        path = save(doc)
+        print(f"saved {path.relative_to(PROJECT_ROOT)}", flush=True)
+        ok = ok and all(s["correct"] for s in doc["systems"])
+    print("render with: python -m bench.report")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Render docs/benchmarks.md and docs/benchmarks-flash-sale.png from the results.
 
-    python -m bench.report [RESULT.json ...]
+    python -m bench.report [RESULT.json ...] [--doc PATH] [--plot PATH]
 
 Without arguments: every preset and provider setting (unlimited, and each quota)
 under bench/results/, biggest preset first. Figures are ratios within one run; with several runs
@@ -151,10 +151,12 @@ def section(runs: list[dict[str, Any]]) -> tuple[list[str], dict[str, dict[str, 
             "",
             f"Late critical: {doc['late_critical']} password resets sent at "
             f"{doc['late_rate_per_s']:.0f}/s through each system's own intake once half "
-            "the burst was accepted by the provider, i.e. while the burst saturates the "
-            "quota. The critical column counts the resets inside the burst, which wait "
+            "the burst was accepted by the provider, i.e. while the burst "
+            + ("saturates the quota" if doc["quota_per_s"] else "is still draining")
+            + ". The critical column counts the resets inside the burst, which wait "
             "for everything produced before them to be read.",
         ]
+    variants = [s for s in f if s.startswith("spillway-")]  # e.g. spillway-3dispatch
     lines += ["", "Ratios (drain time: lower is better; Spillway's drain vs each):", ""]
     sp = f.get("spillway")
     if sp:
@@ -164,7 +166,7 @@ def section(runs: list[dict[str, Any]]) -> tuple[list[str], dict[str, dict[str, 
             "late critical p99 (other ÷ Spillway) |"
         )
         lines.append("|---|---:|---:|---:|---:|---:|")
-        for other in ("bare", *PEERS):
+        for other in ("bare", *PEERS, *variants):
             if other in f:
                 o = f[other]
                 lines.append(
@@ -337,7 +339,8 @@ def render(groups: list[list[dict[str, Any]]], doc_path: Path = DOC, plot_path: 
         "",
         "Reproduce: `python3 scripts/stack up && python -m bench.flash_sale --preset quick "
         "&& python -m bench.report` (presets: smoke 3,000, quick 30,000, full 300,000 events; "
-        "`--quota 1000` for a provider quota).",
+        "`--quota 1000` for a provider quota, `--quota 0,1000` for both settings in one run; "
+        "`spillway-3dispatch` in `--systems` adds Spillway with 3 dispatch workers).",
         "",
         f"Machine: {m['cores']} cores ({m['cpu_model']}), {m['memory_gb']} GB RAM, "
         f"{m['os']}, Python {m['python']}; load average at start "
@@ -370,6 +373,8 @@ def render(groups: list[list[dict[str, Any]]], doc_path: Path = DOC, plot_path: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("results", nargs="*", type=Path)
+    parser.add_argument("--doc", type=Path, default=DOC, help=f"default {DOC.name} in docs/")
+    parser.add_argument("--plot", type=Path, default=PLOT, help=f"default {PLOT.name} in docs/")
     args = parser.parse_args(argv)
     if args.results:
         by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -378,8 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         groups = [sorted(g, key=lambda r: r["started_at"]) for _, g in sorted(by.items())]
     else:
         groups = newest_groups(RESULTS_DIR)
-    render(groups)
-    print(f"wrote {DOC.relative_to(PROJECT_ROOT)} and {PLOT.relative_to(PROJECT_ROOT)}")
+    render(groups, args.doc, args.plot)
+    print(f"wrote {args.doc} and {args.plot}")
     return 0
 
 

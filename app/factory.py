@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -23,6 +25,8 @@ from app.settings import Settings
 from app.stages.deadletters import install_log_redaction
 from app.topology import declare, stages_of
 
+log = logging.getLogger(__name__)
+
 WEB_PORTS = {
     "all": 6066,
     "render": 6067,
@@ -31,6 +35,24 @@ WEB_PORTS = {
     "analyser": 6070,
     "intake": 8080,
 }
+
+
+_niced: list[int] = []  # the niceness this process already added (once per process)
+
+
+def lower_cpu_priority(by: int, nice: Callable[[int], int] = os.nice) -> int:
+    """Raise this process's niceness by ``by`` once (later calls add nothing); returns
+    what was added. A refusal is logged, never fatal: priority is an optimisation."""
+    if by <= 0 or _niced:
+        return 0
+    try:
+        nice(by)
+    except OSError as exc:
+        log.warning("worker_nice %d not applied: %s", by, exc)
+        return 0
+    _niced.append(by)
+    log.info("worker niceness raised by %d (SPILLWAY_WORKER_NICE)", by)
+    return by
 
 
 def create_app(
@@ -44,6 +66,7 @@ def create_app(
     if settings.policy.redact_pii:
         install_log_redaction()  # mask addresses and quoted values in every log line
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
+    lower_cpu_priority(settings.worker_nice)
     app = faust.App(
         settings.app_id(),
         broker=f"kafka://{settings.kafka.bootstrap}",

@@ -765,6 +765,15 @@ class Settings(BaseSettings):
         description="At start, compare existing topics with the topology (partition count, "
         "cleanup policy) and stop with one message listing every mismatch.",
     )
+    worker_nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="Lower this worker's CPU priority by this much at start (Unix niceness, "
+        "0: unchanged). When every stage shares one machine, render and route at 10 leave "
+        "dispatch the CPU it needs to keep the provider's pace through a burst "
+        "(docs/capacity.md).",
+    )
 
     # --- web (Faust's web server: intake, health, metrics) ------------------
     web_host: str = Field("127.0.0.1", description="Address the worker's web server binds to.")

@@ -64,7 +64,7 @@ from bench.infra import (
 )
 from harness import burst
 from harness.observe import Observer
-from harness.workers import Workers, wait_until
+from harness.workers import Workers, one_host_env, wait_until
 
 PRESETS = {"smoke": 3_000, "quick": 30_000, "full": 300_000}
 SYSTEMS = ("spillway", "bare", "celery", "pgqueue")
@@ -443,15 +443,15 @@ def run_spillway(
     dispatch = "dispatch" if dispatch_workers == 1 else f"{dispatch_workers} dispatch workers"
     result = SystemResult(
         system,
-        f"one faust worker per stage: render, route, {dispatch}; each event produced to its "
-        "priority's raw topic",
+        f"one faust worker per stage: render, route, {dispatch} (render and route at "
+        "SPILLWAY_WORKER_NICE=10); each event produced to its priority's raw topic",
         run.n + run.late,
     )
     workers = Workers(overrides, run.log_dir / system)
     observer: Observer | None = None
     try:
         for stage in ("render", "route", *["dispatch"] * dispatch_workers):
-            workers.add(stage)
+            workers.add(stage, **one_host_env(stage))
         if not workers.wait_ready(settings.kafka.bootstrap, ns, timeout=120):
             result.notes.append("workers were not all in their groups after 120 s")
         observer = Observer(

@@ -22,7 +22,7 @@ from app.templating import TemplateStore
 from app.topology import TOPICS
 from harness import burst
 from harness.observe import Observer, Tally, percentile
-from harness.workers import Workers
+from harness.workers import Workers, one_host_env
 
 
 def progress_line(produced: int, acked: int, total: int, tally: Tally, elapsed: float) -> str:
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workers = Workers(overrides, PROJECT_ROOT / "var" / ns)
     for stage in ("render", "route", "dispatch"):
-        workers.add(stage)
+        workers.add(stage, **one_host_env(stage))
     print("starting one worker per stage (render, route, dispatch) ...", flush=True)
     if not workers.wait_ready(settings.kafka.bootstrap, ns):
         print("workers did not join their consumer groups in time", file=sys.stderr)

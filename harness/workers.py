@@ -22,6 +22,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: Stages that fill Kafka run at a lower CPU priority when every stage shares one
+#: machine (the demo, the benchmark): dispatch keeps the provider's pace (issue 14).
+FILLING_STAGES_NICE = {"render": 10, "route": 10}
+
+
+def one_host_env(stage: str) -> dict[str, str]:
+    """Extra settings of ``stage``'s worker when all stages share one machine."""
+    nice = FILLING_STAGES_NICE.get(stage, 0)
+    return {"SPILLWAY_WORKER_NICE": str(nice)} if nice else {}
+
+
 @dataclass
 class Worker:
     stage: str

@@ -283,11 +283,19 @@ def hot_path(dir_: Path) -> list[str]:
         ]
         for top in sorted(prof.glob("*.top.txt")):
             text = top.read_text().splitlines()
-            own = text[text.index("own %  function") + 1 :][:4] if "own %  function" in text else []
+            own = text[text.index("own %  function") + 1 :][:6] if "own %  function" in text else []
             frames = "; ".join(
                 f"{line.split(None, 1)[1].split(' (')[0]} {line.split()[0]}%" for line in own
             )
-            lines.append(f"- {top.name.removesuffix('.top.txt')}: {frames}")
+            ours = [
+                line.split()
+                for line in text[text.index("inclusive %  own %  function") + 1 :]
+                if "(app/" in line and line.split()[0].replace(".", "", 1).isdigit()
+            ] if "inclusive %  own %  function" in text else []
+            inclusive = "; ".join(f"{' '.join(f[2:])} {f[0]}%" for f in ours[:6])
+            lines.append(f"- {top.name.removesuffix('.top.txt')}: own time: {frames}")
+            if inclusive:
+                lines.append(f"  - Spillway's code, inclusive: {inclusive}")
     lines.append("")
     return lines
 

@@ -52,6 +52,7 @@ one token per event.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import hmac
 import json
@@ -339,6 +340,7 @@ class FaustSink:
             await topic.maybe_declare()
             self._producer = await topic.app.maybe_start_producer()
             name = self._declared[topic] = topic.get_topic_name()
+            settle_heap()  # the cluster metadata just fetched stays for good
         future: Awaitable[Any] = await self._producer.send(
             name, key, value, None, None, headers or None
         )
@@ -372,6 +374,18 @@ class ProducerSink:
             topic, value=value, key=key, headers=headers or None
         )
         return future
+
+
+def settle_heap() -> None:
+    """Move every object alive now (the worker's modules, Faust, the cluster metadata)
+    out of the garbage collector's reach (``gc.freeze``, O(1)).
+
+    Requests in flight outlive young collections and are promoted, so the collector
+    runs a full collection every few thousand requests, and a full collection walked the
+    whole heap: 100-240 ms pauses every ~3 s at 1,250 requests/s, the intake's p99.
+    Frozen objects are never collected, which is right for what lives as long as the
+    worker; what requests make is collected as before."""
+    gc.freeze()
 
 
 def record_bytes(key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> int:
@@ -665,6 +679,11 @@ def attach(app: Any, runtime: Runtime) -> None:
             ", ".join(sorted(gate.auth.integrations)),
             ", ".join(scoped) or "none",
         )
+    @app.task
+    async def settle() -> None:
+        """Once the worker has started: its heap as it is now is there for good."""
+        settle_heap()
+
     web_application = getattr(getattr(app, "web", None), "web_app", None)
     if web_application is not None:
         # Straight on the worker's aiohttp application, like web_app(): Faust's View

@@ -6,7 +6,8 @@ Open loop: requests (events) are started on a fixed schedule whatever the answer
 latency counts from the scheduled moment, so a stall (of the intake, the broker or this
 generator itself) shows up in the figures instead of slowing the offered load down.
 Bodies are encoded before the clock starts, so the generator spends its CPU on the
-requests only. HTTP: ``POST /v1/events`` (one JSON event per request, 202 only after the
+requests only, and the generator does not collect garbage while it measures (its own
+pauses would count as the intake's latency). HTTP: ``POST /v1/events`` (one JSON event per request, 202 only after the
 broker's acks=all) at ``--rate`` requests/s against an intake worker of its own, then
 ``POST /v1/events/batch`` with ``--batch`` events per request at ``--batch-rate``
 events/s (latency of an event: that of its request). Requests carry an API key
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import gc
 import json
 import os
 import resource
@@ -44,6 +46,8 @@ from bench.flash_sale import RESULTS_DIR, machine, pct
 from harness.workers import Workers, wait_until
 
 HTTP_CONNECTIONS = 64
+#: A request not answered within this long counts as an error (and does not stall the run).
+REQUEST_TIMEOUT_S = 60.0
 #: The integration the benchmark's requests authenticate as (``--auth key``).
 INTEGRATION = "bench"
 
@@ -132,7 +136,8 @@ async def http_load(
     latencies: list[float] = []
     errors: list[str] = []
     connector = aiohttp.TCPConnector(limit=HTTP_CONNECTIONS)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def one(data: bytes, due: float) -> None:
             try:
@@ -141,7 +146,7 @@ async def http_load(
                     if resp.status != 202:
                         errors.append(f"{resp.status}")
                         return
-            except aiohttp.ClientError as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 errors.append(type(exc).__name__)
                 return
             latencies.append((time.perf_counter() - due) * 1000)
@@ -150,17 +155,27 @@ async def http_load(
         await asyncio.gather(*(one(body(-1 - i), time.perf_counter()) for i in range(20)))
         latencies.clear()
         errors.clear()
-        start = time.perf_counter()
-        tasks = []
-        for i in range(n):
-            due = start + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            # a late start is not forgiven: latency counts from ``due``
-            tasks.append(asyncio.create_task(one(bodies[i], due)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
+        # No garbage collection in the generator while it measures: a full collection
+        # walks every pending request (1.4 s pauses seen when thousands were pending),
+        # which would count as intake latency. The intake worker collects as usual.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        try:
+            start = time.perf_counter()
+            tasks = []
+            for i in range(n):
+                due = start + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                # a late start is not forgiven: latency counts from ``due``
+                tasks.append(asyncio.create_task(one(bodies[i], due)))
+            await asyncio.gather(*tasks)
+            elapsed = time.perf_counter() - start
+        finally:
+            gc.enable()
+            gc.unfreeze()
     out = summary(latencies, len(errors), n, elapsed)
     out["error_kinds"] = sorted(set(errors))[:5]
     out["batch"] = batch

@@ -6,6 +6,7 @@ once (no flat-name lookups per request)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import warnings
@@ -97,6 +98,24 @@ async def test_a_failed_declaration_is_tried_again_on_the_next_send() -> None:
         await sink.send(b"k", b"v", [], None)
     await (await sink.send(b"k", b"v", [], None))
     assert (calls, len(app.producer.sent)) == (2, 1)
+
+
+async def test_the_heap_is_frozen_once_a_topic_is_declared() -> None:
+    """What the worker holds after start-up and the first metadata fetch leaves the
+    collector's full collections (app.intake.settle_heap); a later send freezes nothing."""
+    app = FakeApp()
+    sink = FaustSink(FakeTopic(app, "ns.email.raw-events"), 1_000_000)
+    gc.unfreeze()
+    try:
+        assert gc.get_freeze_count() == 0
+        await (await sink.send(b"k", b"v", [], None))
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        gc.unfreeze()
+        await (await sink.send(b"k", b"v", [], None))
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
 
 
 # -- numbers --------------------------------------------------------------------------

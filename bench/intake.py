@@ -7,17 +7,23 @@ latency counts from the scheduled moment, so a stall (of the intake, the broker 
 generator itself) shows up in the figures instead of slowing the offered load down.
 Bodies are encoded before the clock starts, so the generator spends its CPU on the
 requests only, and the generator does not collect garbage while it measures (its own
-pauses would count as the intake's latency). HTTP: ``POST /v1/events`` (one JSON event per request, 202 only after the
-broker's acks=all) at ``--rate`` requests/s against an intake worker of its own, then
-``POST /v1/events/batch`` with ``--batch`` events per request at ``--batch-rate``
-events/s (latency of an event: that of its request). Requests carry an API key
-(``--auth key``, the production setting: the integration's name replaces each event's
-``source``, so every event is re-encoded); the intake's per-integration rate limit is
-off (``SPILLWAY_INTAKE_RATE_PER_S=0``: its default, 2,000 events/s, would answer the
-batch load 429 by design). Kafka: one confluent-kafka producer, acks=all, ``linger.ms``
-1, ack latency from the delivery callback. Each phase records the CPU seconds of the
-intake worker and of this generator, and the load average before and after it. Writes
-``bench/results/intake-<utc time>.json``; ``bench.report`` renders the newest one.
+pauses would count as the intake's latency).
+
+- HTTP single: ``POST /v1/events``, one JSON event per request, at ``--rate``
+  requests/s against an intake worker of its own; 202 only after the broker's acks=all.
+- HTTP batch: ``POST /v1/events/batch``, ``--batch`` events per request, at
+  ``--batch-rate`` events/s; an event's latency is its request's.
+- Kafka: one confluent-kafka producer, acks=all, ``linger.ms`` 1, at ``--rate``; ack
+  latency from the delivery callback.
+
+Requests carry an API key (``--auth key``, the production setting: the integration's
+name replaces each event's ``source``, so every event is re-encoded). The intake's
+per-integration rate limit is off (``SPILLWAY_INTAKE_RATE_PER_S=0``): its default,
+2,000 events/s, would answer the batch load 429 by design. Each phase records the CPU
+seconds of the intake worker and of this generator, and the load average before and
+after it. ``--phases http`` runs only the single-event phase (likewise ``http_batch``,
+``kafka``). Writes ``bench/results/intake-<utc time>.json``; ``bench.report`` renders
+the newest one.
 """
 
 from __future__ import annotations
@@ -219,8 +225,16 @@ def kafka_load(
     return summary(latencies, errors, n, time.perf_counter() - start)
 
 
+PHASES = ("http", "http_batch", "kafka")
+
+
 def run(
-    rate: float, seconds: float, batch: int, batch_rate: float, auth: str = "key"
+    rate: float,
+    seconds: float,
+    batch: int,
+    batch_rate: float,
+    auth: str = "key",
+    phases: tuple[str, ...] = PHASES,
 ) -> dict[str, Any]:
     ns = f"benchin{uuid.uuid4().hex[:6]}"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -264,6 +278,8 @@ def run(
         pids = [worker.proc.pid]
 
         def phase(name: str, load: Callable[[], dict[str, Any]]) -> None:
+            if name not in phases:
+                return
             out: dict[str, Any] = {}
             with measured(out, pids):
                 result = load()
@@ -323,12 +339,20 @@ def main(argv: list[str] | None = None) -> int:
         default="key",
         help="key: requests carry an API key (production); off: SPILLWAY_INTAKE_AUTH=off",
     )
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"which to run, comma-separated (default {','.join(PHASES)})",
+    )
     args = parser.parse_args(argv)
-    doc = run(args.rate, args.seconds, args.batch, args.batch_rate, args.auth)
+    phases = tuple(p for p in args.phases.split(",") if p)
+    if unknown := set(phases) - set(PHASES):
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    doc = run(args.rate, args.seconds, args.batch, args.batch_rate, args.auth, phases)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"intake-{doc['started_at']}.json"
     path.write_text(json.dumps(doc, indent=1))
-    names = ("http", "http_batch", "kafka")
+    names = [name for name in PHASES if name in doc]
     for name in names:
         r = doc[name]
         offered = r.get("offered_events_per_s", args.rate)

@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from app import faust_adapter
 from app.stages.common import Emission
+from app.stages.priority import PAUSE_EVERY, PriorityGate
 
 log = logging.getLogger(__name__)
 
@@ -133,3 +134,31 @@ async def held_batches(stream: Any, size: int, within: float) -> AsyncIterator[l
         yield events
         for event in events:
             faust_adapter.release(event)
+
+
+async def prioritised(
+    runtime: Any,
+    stream: Any,
+    gate: PriorityGate,
+    lane: str,
+    stage: str,
+    handle: Callable[[Any], Awaitable[Emission]],
+) -> None:
+    """The loop of a render or route agent: each held batch of ``stream`` is handled in
+    ``lane``'s turn at the stages' shared ``gate`` (pausing every ``PAUSE_EVERY`` events
+    so that a higher lane's waiting batch goes first), one ``handle(event)`` each, and
+    its emissions delivered before the batch is acked. An infrastructure fault stops the
+    worker through the guard without acking."""
+    from app.agents.guard import crash_on_error
+
+    policy = runtime.settings.policy
+    async for events in held_batches(stream, policy.stage_batch_size, policy.stage_batch_within_s):
+        with crash_on_error(stage):
+            out = []
+            async with gate.turn(lane):
+                with runtime.metrics.busy(stage):
+                    for i, event in enumerate(events):
+                        if i and i % PAUSE_EVERY == 0:
+                            await gate.pause(lane)
+                        out.append(await handle(event))
+            await deliver(runtime, out, stage=stage)

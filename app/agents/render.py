@@ -23,8 +23,8 @@ from typing import Any
 from app.agents import delivery
 from app.agents.guard import crash_on_error
 from app.runtime import Runtime
-from app.stages.common import Origin, Sealer
-from app.stages.priority import PAUSE_EVERY, PriorityGate
+from app.stages.common import Emission, Origin, Sealer
+from app.stages.priority import PriorityGate
 from app.stages.render import RenderStage, is_rendered
 from app.templating import TemplateStore
 from app.topology import RAW, RAW_LANES
@@ -56,25 +56,14 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             with crash_on_error("render"):  # registry unreachable at start: one clear exit
                 await runtime.start()
             stage = stage_of()
-            async for events in delivery.held_batches(
-                stream, settings.policy.stage_batch_size, settings.policy.stage_batch_within_s
-            ):
-                with crash_on_error("render"):
-                    out = []
-                    async with gate.turn(lane):
-                        with runtime.metrics.busy("render"):
-                            for i, event in enumerate(events):
-                                if i and i % PAUSE_EVERY == 0:
-                                    await gate.pause(lane)
-                                emission = await stage.handle(
-                                    event.value, Origin.of(event.message)
-                                )
-                                if is_rendered(emission.topic):
-                                    runtime.metrics.render_time(
-                                        emission.value.template, stage.last_render_s
-                                    )
-                                out.append(emission)
-                    await delivery.deliver(runtime, out, stage="render")
+
+            async def handle(event: Any) -> Emission:
+                emission = await stage.handle(event.value, Origin.of(event.message))
+                if is_rendered(emission.topic):
+                    runtime.metrics.render_time(emission.value.template, stage.last_render_s)
+                return emission
+
+            await delivery.prioritised(runtime, stream, gate, lane, "render", handle)
 
         return render
 

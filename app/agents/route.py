@@ -17,8 +17,8 @@ from typing import Any
 from app.agents import delivery
 from app.agents.guard import crash_on_error
 from app.runtime import Runtime
-from app.stages.common import Origin, Sealer
-from app.stages.priority import PAUSE_EVERY, PriorityGate
+from app.stages.common import Emission, Origin, Sealer
+from app.stages.priority import PriorityGate
 from app.stages.route import RouteStage
 from app.topology import RENDERED, RENDERED_LANES
 
@@ -36,18 +36,11 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                 await runtime.start()
             sealer = Sealer(runtime.encode_record, settings.policy.max_output_bytes)
             stage = RouteStage(runtime.serde, sealer=sealer)
-            async for events in delivery.held_batches(
-                stream, settings.policy.stage_batch_size, settings.policy.stage_batch_within_s
-            ):
-                with crash_on_error("route"):
-                    out = []
-                    async with gate.turn(lane):
-                        with runtime.metrics.busy("route"):
-                            for i, e in enumerate(events):
-                                if i and i % PAUSE_EVERY == 0:
-                                    await gate.pause(lane)
-                                out.append(await stage.handle(e.value, Origin.of(e.message)))
-                    await delivery.deliver(runtime, out, stage="route")
+
+            async def handle(event: Any) -> Emission:
+                return await stage.handle(event.value, Origin.of(event.message))
+
+            await delivery.prioritised(runtime, stream, gate, lane, "route", handle)
 
         return route
 

@@ -36,45 +36,30 @@ def raw_record(**over: Any) -> RawEvent:
     return RawEvent(**raw_event(**over))
 
 
+#: what a rendered email says (shared by RenderedEmail and DispatchRequest)
+EMAIL: dict[str, Any] = {
+    "to": "a@b.example",
+    "from_address": "s@b.example",
+    "subject": "s",
+    "html": "<p>h</p>",
+    "text": "h",
+    "template": "t",
+    "template_version": "v1",
+    "source": "src",
+}
+
+
 def rendered_email(**over: Any) -> RenderedEmail:
-    fields: dict[str, Any] = {
-        "event_id": "e",
-        "priority": "normal",
-        "to": "a@b.example",
-        "from_address": "s@b.example",
-        "subject": "s",
-        "html": "<p>h</p>",
-        "text": "h",
-        "template": "t",
-        "template_version": "v1",
-        "source": "src",
-        "accepted_at": 1,
-        "rendered_at": 2,
-    }
-    fields.update(over)
-    return RenderedEmail(**fields)
+    fields = {"event_id": "e", "priority": "normal", **EMAIL, "accepted_at": 1, "rendered_at": 2}
+    return RenderedEmail(**{**fields, **over})
 
 
 def dispatch_request(
     event_id: str = "e-1", priority: str = "normal", **over: Any
 ) -> DispatchRequest:
     """A first-attempt request (attempts 0, no history)."""
-    fields: dict[str, Any] = {
-        "event_id": event_id,
-        "priority": priority,
-        "to": "a@b.example",
-        "from_address": "s@b.example",
-        "subject": "s",
-        "html": "<p>h</p>",
-        "text": "h",
-        "template": "t",
-        "template_version": "v1",
-        "source": "src",
-        "accepted_at": 1_000,
-        "rendered_at": 1_100,
-    }
-    fields.update(over)
-    return DispatchRequest(**fields)
+    fields = {"event_id": event_id, "priority": priority, **EMAIL}
+    return DispatchRequest(**{**fields, "accepted_at": 1_000, "rendered_at": 1_100, **over})
 
 
 def failed_request(**over: Any) -> DispatchRequest:
@@ -127,29 +112,6 @@ def send_result(**over: Any) -> SendResult:
     return SendResult(**fields)
 
 
-def dead_letter(**over: Any) -> DeadLetter:
-    """A render dead letter with every optional label set (event, template, source)."""
-    fields: dict[str, Any] = {
-        "stage": "render",
-        "error_class": "RenderError",
-        "reason": "render_error",
-        "message": "template 'order_confirmation' v2: 'customer' is undefined",
-        "retriable": False,
-        "original_topic": "email.raw-events",
-        "original_partition": 1,
-        "original_offset": 7,
-        "payload": b'{"event_id": "e1"}',
-        "payload_format": "json",
-        "dead_at": T0,
-        "event_id": "e1",
-        "template": "order_confirmation",
-        "template_version": "v2",
-        "source": "shop",
-    }
-    fields.update(over)
-    return DeadLetter(**fields)
-
-
 def bare_dead_letter(**over: Any) -> DeadLetter:
     """A dead letter with only the required fields (no event, template or source)."""
     fields: dict[str, Any] = {
@@ -165,8 +127,24 @@ def bare_dead_letter(**over: Any) -> DeadLetter:
         "payload_format": "json",
         "dead_at": 1,
     }
-    fields.update(over)
-    return DeadLetter(**fields)
+    return DeadLetter(**{**fields, **over})
+
+
+def dead_letter(**over: Any) -> DeadLetter:
+    """A render dead letter with every optional label set (event, template, source)."""
+    fields: dict[str, Any] = {
+        "message": "template 'order_confirmation' v2: 'customer' is undefined",
+        "original_topic": "email.raw-events",
+        "original_partition": 1,
+        "original_offset": 7,
+        "payload": b'{"event_id": "e1"}',
+        "dead_at": T0,
+        "event_id": "e1",
+        "template": "order_confirmation",
+        "template_version": "v2",
+        "source": "shop",
+    }
+    return bare_dead_letter(**{**fields, **over})
 
 
 def stored(dl: DeadLetter, partition: int = 0, offset: int = 0) -> StoredDeadLetter:

@@ -129,9 +129,10 @@ def test_agents_use_delivery() -> None:
 
     from app.agents import render, route
 
-    for module in (render, route):
+    for module in (render, route):  # both run delivery's loop, which delivers each batch
         source = inspect.getsource(module)
-        assert "delivery.deliver(" in source and "runtime.emit(" not in source
+        assert "delivery.prioritised(" in source and "runtime.emit(" not in source
+    assert "await deliver(" in inspect.getsource(delivery.prioritised)
     assert delivery.deliver is deliver
 
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from app.dispatcher import Dispatcher, Work
+from app.dispatcher import Dispatcher
 from app.stages.common import Emission, Origin
 from app.tables.ledger import Ledger
+from tests.plugins.dispatcher import Result, until, work
 
 LANES = ("critical", "normal", "bulk")
 P0, P1 = ("lane", 0), ("lane", 1)
@@ -51,11 +52,6 @@ class Stage:
 
 
 @dataclass
-class Result:
-    event_id: str
-
-
-@dataclass
 class Kafka:
     acked: list[Emission] = field(default_factory=list)
     fail: bool = False
@@ -87,25 +83,6 @@ def make(
     )
     ledger.guard = d.fence
     return d, stage, group, kafka, table, fatal
-
-
-def work(tp: Any, offset: int, acks: list[tuple[Any, int]], generation: int = 1) -> Work:
-    return Work(
-        tp=tp,
-        offset=offset,
-        generation=generation,
-        value=f"e{tp[1]}-{offset}".encode(),
-        origin=Origin(topic="lane", partition=tp[1], offset=offset),
-        release=lambda: acks.append((tp, offset)),
-    )
-
-
-async def until(cond: Any, deadline_s: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    while not cond():
-        assert loop.time() < end, "condition not reached"
-        await asyncio.sleep(0.005)
 
 
 async def test_messages_parked_at_a_gate_never_block_a_revocation() -> None:

@@ -14,6 +14,7 @@ from app.dispatcher import Dispatcher, Work
 from app.stages.common import Emission, Origin
 from app.stages.lanes import LaneGate
 from app.tables.ledger import Ledger
+from tests.plugins.dispatcher import until
 
 LANES = ("critical", "normal", "bulk")
 
@@ -107,14 +108,6 @@ class Rig:
     def close(self) -> None:
         for loop in self.loops:
             loop.cancel()
-
-
-async def until(cond: Any, deadline_s: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    while not cond():
-        assert loop.time() < end, "condition not reached"
-        await asyncio.sleep(0.002)
 
 
 async def test_a_held_back_lane_takes_nothing_off_its_stream() -> None:

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from app.dispatcher import Dispatcher, Work
+from app.dispatcher import Dispatcher
 from app.stages.common import Emission, Origin
+from tests.plugins.dispatcher import until, work
 
 LANES = ("critical", "normal", "bulk")
 P0, P1, P2 = ("lane", 0), ("lane", 1), ("lane", 2)
@@ -55,25 +56,6 @@ def make(now: list[float], group: Group | None = None) -> tuple[Dispatcher, Stag
     )
     stage.fence = d.fence
     return d, stage
-
-
-def work(tp: Any, offset: int, acks: list[tuple[Any, int]]) -> Work:
-    return Work(
-        tp=tp,
-        offset=offset,
-        generation=1,
-        value=b"v",
-        origin=Origin(topic="lane", partition=tp[1], offset=offset),
-        release=lambda: acks.append((tp, offset)),
-    )
-
-
-async def until(cond: Any, deadline_s: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    while not cond():
-        assert loop.time() < end, "condition not reached"
-        await asyncio.sleep(0.005)
 
 
 def test_a_stall_is_a_gap_longer_than_stall_s(caplog: pytest.LogCaptureFixture) -> None:

@@ -18,49 +18,11 @@ from app.stages.lanes import LaneGate
 from app.stages.pressure import PressureBoard
 from app.tables.ledger import Ledger
 from app.tables.pressure import key_for
+from tests.plugins.factories import dispatch_request as request
+from tests.plugins.fakes import FakeProvider
 from tests.plugins.ledger import AckedTable
 
 ORIGIN = Origin("email.dispatch.normal", 1, 3, None, b"e-1")
-
-
-class FakeProvider:
-    """Answers from a script of outcomes (None = accept), then accepts."""
-
-    def __init__(self, *script: Exception | None, name: str = "fake", delay: float = 0.0):
-        self.name = name
-        self.calls: list[OutboundEmail] = []
-        self.script = list(script)
-        self.delay = delay
-
-    async def send(self, email: OutboundEmail) -> SendReceipt:
-        self.calls.append(email)
-        await asyncio.sleep(self.delay)
-        outcome = self.script.pop(0) if self.script else None
-        if outcome is not None:
-            raise outcome
-        return SendReceipt(provider=self.name, message_id=f"m-{email.event_id}", latency_s=0.01)
-
-    async def aclose(self) -> None:
-        pass
-
-
-def request(event_id: str = "e-1", priority: str = "normal", **over: Any) -> DispatchRequest:
-    fields: dict[str, Any] = dict(
-        event_id=event_id,
-        priority=priority,
-        to="a@b.example",
-        from_address="s@b.example",
-        subject="s",
-        html="<p>h</p>",
-        text="h",
-        template="t",
-        template_version="v1",
-        source="src",
-        accepted_at=1_000,
-        rendered_at=1_100,
-    )
-    fields.update(over)
-    return DispatchRequest(**fields)
 
 
 async def no_sleep(_: float) -> None:

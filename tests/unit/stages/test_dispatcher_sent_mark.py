@@ -6,18 +6,13 @@ as an email the ledger forgot it sent."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any
 
 from app.dispatcher import Dispatcher, Work
 from app.stages.common import Emission, Origin
 from app.tables.ledger import Ledger
+from tests.plugins.dispatcher import Result
 from tests.plugins.ledger import AckedTable
-
-
-@dataclass
-class Result:
-    event_id: str
 
 
 class Group:

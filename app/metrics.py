@@ -68,6 +68,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from app import faust_adapter
 from app.models import PRIORITIES, DeadLetter, DispatchRequest, SendResult
 from app.stages.common import Emission
 from app.stages.deadletters import DIMENSIONS, WindowSummary
@@ -528,7 +529,7 @@ async def measure_lag(consumer: Any, topics: Mapping[str, tuple[str, str]]) -> d
     if not tps:
         return {}
     ends = await consumer.highwaters(*tps)
-    committed = getattr(consumer, "_committed_offset", {})  # Faust's view of the group
+    committed = faust_adapter.committed_offsets(consumer)  # Faust's view of the group
     missing = [tp for tp in tps if committed.get(tp) is None]
     starts = dict(committed)
     if missing:  # nothing committed yet: everything from the log start is lag

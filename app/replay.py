@@ -38,7 +38,7 @@ from app.stages.deadletters import (
     newest_per_event,
     plan_replay,
 )
-from app.topology import DEAD, TOPICS
+from app.topology import DEAD, TOPICS, topic_schemas
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ def kafka_backend(settings: Settings | None = None) -> Backend:
     settings = settings or Settings()
     serde = Serde(
         registry_client(settings),
-        {settings.topic(name): schema for name, schema in TOPICS.values()},
+        topic_schemas(settings),
     )
     serde.register()  # idempotent; gives the ids that encode() writes
     backend = Backend(

@@ -25,7 +25,7 @@ import jinja2
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.models import PRIORITIES
-from app.topology import STAGE_ORDER
+from app.topology import STAGE_ORDER, dispatch_topics
 
 TEMPLATE = Path(__file__).parent / "static" / "status.html"
 REFRESH_S = 5
@@ -183,8 +183,10 @@ def summarise(sources: Sequence[Source], rates: RateBook, now: float | None = No
             }
         )
 
+    topic_of = dispatch_topics()
+    lane_of = {topic: lane for lane, topic in topic_of.items()}
     lane_names = [p for p in PRIORITIES] + sorted(
-        {t.removeprefix("email.dispatch.") for (st, t) in lag if st == "dispatch"} - set(PRIORITIES)
+        {lane_of.get(t, t) for (st, t) in lag if st == "dispatch"} - set(PRIORITIES)
     )
     tts: dict[str, dict[float, float]] = defaultdict(dict)
     for s in samples:
@@ -195,7 +197,7 @@ def summarise(sources: Sequence[Source], rates: RateBook, now: float | None = No
     sent_by_prio = _by(samples, "spillway_emails_sent_total", "priority")
     lanes = []
     for lane in lane_names:
-        key = ("dispatch", f"email.dispatch.{lane}")
+        key = ("dispatch", topic_of.get(lane, lane))
         p95 = quantile_from_buckets(tts.get(lane, {}), 0.95)
         lanes.append(
             {

@@ -45,6 +45,13 @@ LANES = {p: f"dispatch.{p}" for p in PRIORITIES}
 RETRIES = {n: f"dispatch.retry-{n}" for n in (1, 2, 3)}
 
 
+def dispatch_topics() -> dict[str, str]:
+    """Lane or retry name (``critical``, ``retry-1``) -> Kafka topic name (no namespace):
+    the topics the dispatch stage reads, as the status page names them."""
+    names = (*LANES.values(), *RETRIES.values())
+    return {name.removeprefix("dispatch."): TOPICS[name][0] for name in names}
+
+
 def retry_topic(attempts: int) -> str:
     return RETRIES[min(attempts, max(RETRIES))]
 
@@ -147,6 +154,20 @@ def stages_of(stage: str) -> tuple[str, ...]:
     return STAGE_ORDER if stage == "all" else (stage,)
 
 
+def topic_name(logical: str, settings: Settings | None = None) -> str:
+    """The Kafka name of topic ``logical`` (``sent`` -> ``email.sent``), in ``settings``'
+    namespace (none: without one): for code that has no Topology (CLI, harness, bench)."""
+    name = TOPICS[logical][0]
+    return settings.topic(name) if settings is not None else name
+
+
+def topic_schemas(settings: Settings | None = None) -> dict[str, str]:
+    """Kafka topic name (in ``settings``' namespace; none: no namespace) -> schema file
+    stem: what a ``Serde`` is built with, by the workers, the CLI and the harness."""
+    name = settings.topic if settings is not None else str
+    return {name(topic): schema for topic, schema in TOPICS.values()}
+
+
 @dataclass
 class Topology:
     """The Faust topic objects of one app, by logical name."""
@@ -162,7 +183,7 @@ class Topology:
 
     def topic_schemas(self) -> dict[str, str]:
         """Kafka topic name -> schema file stem, for registration."""
-        return {self.name(logical): schema for logical, (_, schema) in TOPICS.items()}
+        return topic_schemas(self.settings)
 
     def policy(self, logical: str) -> TopicPolicy:
         return policy_of(logical, self.settings)

@@ -55,7 +55,7 @@ from app.runtime import registry_client
 from app.serde import Serde
 from app.settings import PROJECT_ROOT, Settings
 from app.templating import TemplateStore
-from app.topology import TOPICS
+from app.topology import DEAD, RAW, SENT, TOPICS, topic_name, topic_schemas
 from bench.chaos_stack import PrivateStack
 from bench.infra import Simulator
 from harness import burst
@@ -258,7 +258,7 @@ class Run:
         self.feeder: Feeder | None = None
         self.records: list[dict[str, Any]] | None = None  # the request log, after finish
         self.registry = registry_client(self.settings)
-        self.serde = Serde(self.registry, {self.settings.topic(t): s for t, s in TOPICS.values()})
+        self.serde = Serde(self.registry, topic_schemas(self.settings))
         self.serde.register()
 
     # --- workers ---
@@ -382,12 +382,12 @@ class Run:
         self.observer = Observer(
             self.stack.bootstrap,
             self.serde,
-            self.settings.topic("email.sent"),
-            self.settings.topic("email.dead"),
+            topic_name(SENT, self.settings),
+            topic_name(DEAD, self.settings),
         ).start()
         store = TemplateStore(self.settings.templates_dir)
         samples = {t: store.sample_data(t) for _, t, _ in MIX}
-        raw = self.settings.topic("email.raw-events")
+        raw = topic_name(RAW, self.settings)
         records = [
             (
                 e["event_id"].encode(),

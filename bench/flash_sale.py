@@ -50,7 +50,7 @@ from app.runtime import registry_client
 from app.serde import Serde
 from app.settings import PROJECT_ROOT, Settings
 from app.templating import TemplateStore
-from app.topology import TOPICS
+from app.topology import DEAD, RAW, RAW_LANES, SENT, topic_name, topic_schemas
 from bench.infra import (
     Postgres,
     Profiler,
@@ -433,12 +433,12 @@ def run_spillway(
     }
     settings = Settings(topic_namespace=f"{ns}.", app_id_prefix=ns)
     registry = registry_client(settings)
-    serde = Serde(registry, {settings.topic(t): s for t, s in TOPICS.values()})
+    serde = Serde(registry, topic_schemas(settings))
     serde.register()
-    raw_topic = settings.topic("email.raw-events")
+    raw_topic = topic_name(RAW, settings)
     events = run.events(ns)
     # a priority-aware producer (issue 14): each event to its priority's raw topic
-    topics = [settings.topic(f"email.raw-events.{e.get('priority', 'normal')}") for e in events]
+    topics = [topic_name(RAW_LANES[e.get("priority", "normal")], settings) for e in events]
     records = encode_all(events, serde, raw_topic, topics)
     dispatch = "dispatch" if dispatch_workers == 1 else f"{dispatch_workers} dispatch workers"
     result = SystemResult(
@@ -457,8 +457,8 @@ def run_spillway(
         observer = Observer(
             settings.kafka.bootstrap,
             serde,
-            settings.topic("email.sent"),
-            settings.topic("email.dead"),
+            topic_name(SENT, settings),
+            topic_name(DEAD, settings),
         ).start()
         pids = {}
         for w in workers.workers:
@@ -480,7 +480,7 @@ def run_spillway(
         result.intake = produce_burst(
             settings.kafka.bootstrap, raw_topic, records, produced_at, topics
         )
-        critical_topic = settings.topic("email.raw-events.critical")
+        critical_topic = topic_name(RAW_LANES["critical"], settings)
         probe = run.probe(
             sim, ns, kafka_sender(settings.kafka.bootstrap, critical_topic, serde), produced_at
         )
@@ -523,7 +523,7 @@ def count_dead(logs: list[Path], marker: str = "dead: ") -> int:
 def run_bare(run: Run, sim: Simulator) -> SystemResult:
     ns = f"benchbare{uuid.uuid4().hex[:6]}"
     settings = run.settings
-    topic = f"{ns}.email.raw-events"
+    topic = f"{ns}.{topic_name(RAW)}"
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
     for f in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
         f.result()

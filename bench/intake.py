@@ -48,6 +48,7 @@ import psutil
 from confluent_kafka import Producer
 
 from app.settings import PROJECT_ROOT, Settings
+from app.topology import RAW, topic_name
 from bench.flash_sale import RESULTS_DIR, machine, pct
 from harness.workers import Workers, wait_until
 
@@ -303,7 +304,7 @@ def run(
             "kafka",
             lambda: kafka_load(
                 settings.kafka.bootstrap,
-                settings.topic("email.raw-events"),
+                topic_name(RAW, settings),
                 rate,
                 seconds,
                 f"{ns}-k",

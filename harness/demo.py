@@ -19,7 +19,7 @@ from app.runtime import registry_client
 from app.serde import Serde
 from app.settings import PROJECT_ROOT, Settings
 from app.templating import TemplateStore
-from app.topology import TOPICS
+from app.topology import DEAD, RAW, SENT, topic_name, topic_schemas
 from harness import burst
 from harness.observe import Observer, Tally, percentile
 from harness.workers import Workers, one_host_env
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"SPILLWAY_TOPIC_NAMESPACE": f"{ns}.", "SPILLWAY_APP_ID_PREFIX": ns}
     settings = Settings(topic_namespace=f"{ns}.", app_id_prefix=ns)
     registry = registry_client(settings)
-    serde = Serde(registry, {settings.topic(t): s for t, s in TOPICS.values()})
+    serde = Serde(registry, topic_schemas(settings))
     serde.register()
     store = TemplateStore(settings.templates_dir)
     samples = {n: store.sample_data(n) for n in store.names()}
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if not workers.wait_ready(settings.kafka.bootstrap, ns):
         print("workers did not join their consumer groups in time", file=sys.stderr)
     observer = Observer(
-        settings.kafka.bootstrap, serde, settings.topic("email.sent"), settings.topic("email.dead")
+        settings.kafka.bootstrap, serde, topic_name(SENT, settings), topic_name(DEAD, settings)
     ).start()
     acked = Counter[str]()
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     producer = Producer(
         {"bootstrap.servers": settings.kafka.bootstrap, "linger.ms": 5, "acks": "all"}
     )
-    raw_topic = settings.topic("email.raw-events")
+    raw_topic = topic_name(RAW, settings)
     started = time.monotonic()
     produced = 0
     try:

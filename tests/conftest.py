@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from app.serde import Serde
-from app.topology import TOPICS
+from app.topology import topic_schemas
 
 pytest_plugins = [
     "tests.plugins.factories",
@@ -38,6 +38,6 @@ def registry() -> Any:
 
 @pytest.fixture
 def serde(registry: Any) -> Serde:
-    s = Serde(registry, {name: schema for name, schema in TOPICS.values()})
+    s = Serde(registry, topic_schemas())
     s.register()
     return s

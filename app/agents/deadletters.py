@@ -26,10 +26,12 @@ itself and needs no analyser.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
 
+from app import faust_adapter
 from app.agents.guard import crash_on_error
 from app.runtime import Runtime
 from app.settings import Settings
@@ -127,9 +129,8 @@ async def changelog_known(app: Any, table: Any, timeout_s: float = 30.0) -> bool
         if time.monotonic() > deadline:
             log.warning("analyser: no partitions known for %s after %.0f s", name, timeout_s)
             return False
-        client = getattr(getattr(consumer, "_consumer", None), "_client", None)  # aiokafka
-        if client is not None:
-            client.force_metadata_update()
+        with contextlib.suppress(AttributeError):  # AttributeError: a test double
+            await faust_adapter.refresh_metadata(consumer)
         await asyncio.sleep(0.2)
     return True
 

@@ -26,8 +26,9 @@ from app.cli import (
     load_settings,
 )
 from app.settings import Settings
+from app.topology import RAW, TOPICS
 
-RAW_TOPIC = "email.raw-events"
+RAW_TOPIC = TOPICS[RAW][0]  # email.raw-events
 #: At most this many events are listed one per line; more get a summary.
 LIST_LIMIT = 20
 

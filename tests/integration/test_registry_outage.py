@@ -34,7 +34,7 @@ from app.models import RawEvent
 from app.runtime import registry_client
 from app.serde import Serde, load_schema_texts, to_avro
 from app.settings import PROJECT_ROOT, Settings
-from app.topology import TOPICS
+from app.topology import topic_schemas
 from harness.observe import Observer
 from harness.workers import free_port, wait_until
 from tests.plugins.stack import Env
@@ -155,7 +155,7 @@ def test_registry_stopped_60s_mid_run_delivers_every_valid_event_and_none_dead(
         topic_namespace=f"{env.ns}.", app_id_prefix=env.ns, schema_registry_url=own_registry.url
     )
     registry = registry_client(settings)
-    serde = Serde(registry, {env.topic(t): s for t, s in TOPICS.values()})
+    serde = Serde(registry, topic_schemas(settings))
     serde.register()
     raw_topic = env.topic("email.raw-events")
     for stage in ("render", "route", "dispatch"):

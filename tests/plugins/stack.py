@@ -25,7 +25,7 @@ from app.runtime import registry_client
 from app.serde import Serde
 from app.settings import PROJECT_ROOT, Settings
 from app.templating import TemplateStore
-from app.topology import TOPICS
+from app.topology import topic_schemas
 from harness.observe import Observer
 from harness.workers import Workers
 from simulator.client import SyncSimulatorClient, SyncSmtpSinkClient, provider_command
@@ -58,7 +58,7 @@ class Env:
         }
         self.settings = Settings(topic_namespace=f"{ns}.", app_id_prefix=ns)
         registry = registry_client(self.settings)
-        self.serde = Serde(registry, {self.topic(t): s for t, s in TOPICS.values()})
+        self.serde = Serde(registry, topic_schemas(self.settings))
         self.serde.register()
         self.producer = Producer(
             {"bootstrap.servers": self.settings.kafka.bootstrap, "linger.ms": 5, "acks": "all"}

@@ -26,7 +26,7 @@ from app.stages.common import Emission, Origin, dead_letter
 from app.stages.render import RenderStage, default_sealer
 from app.stages.route import RouteStage
 from app.templating import TemplateStore, header_values
-from app.topology import TOPICS
+from app.topology import TOPICS, topic_schemas
 
 PROPS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -37,7 +37,7 @@ ORIGIN = Origin("email.raw-events", 0, 1, 1_700_000_000_000, b"key")
 
 def make_serde() -> Serde:
     registry = SchemaRegistryClient.new_client({"url": "mock://props"})
-    serde = Serde(registry, {name: schema for name, schema in TOPICS.values()})
+    serde = Serde(registry, topic_schemas())
     serde.register()
     return serde
 

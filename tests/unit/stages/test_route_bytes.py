@@ -30,7 +30,7 @@ from app.stages.route import (
     routing_headers,
 )
 from app.templating import TemplateStore
-from app.topology import TOPICS
+from app.topology import topic_schemas
 from tests.plugins.factories import raw_event
 
 STORE = TemplateStore(Settings().templates_dir)
@@ -193,7 +193,7 @@ def test_parse_routing_never_raises_and_accepts_only_valid_values(
 
 
 _REGISTRY = SchemaRegistryClient.new_client({"url": "mock://route-props"})
-SERDE = Serde(_REGISTRY, {name: schema for name, schema in TOPICS.values()})
+SERDE = Serde(_REGISTRY, topic_schemas())
 SERDE.register()
 ROUTE = RouteStage(SERDE)
 

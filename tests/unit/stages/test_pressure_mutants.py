@@ -311,3 +311,54 @@ async def test_normal_pays_once_when_remaining_lasts_at_our_pace() -> None:
     share.total.tat = share.non_critical.tat = 0.0
     await asyncio.wait_for(board.acquire("p", 0, "normal", LaneGate()), 5)
     assert share.non_critical.tat == pytest.approx(now + 2 / 50)
+
+
+# -- the send window (PressureBoard.on_wire; survivors of the 18:32 run) -----------------------
+
+
+def test_a_request_exactly_one_window_old_no_longer_counts() -> None:
+    from app.stages.pressure import SendWindow
+
+    # a time at which (now - w) + w - now is one ulp above 0 in floats: a request
+    # exactly one window old that still counted would make this wait 1e-16 s
+    now, window_s = 0.9424876140084605, 0.3
+    w = SendWindow()
+    w.take(now - window_s)
+    assert w.wait(now, limit=1, window_s=window_s) == 0.0
+    assert list(w.sent) == []
+
+
+def test_a_worker_with_a_sliver_of_the_quota_may_still_send_one() -> None:
+    b = PressureBoard({"p": policy(quota_per_s=1.0)}, 4, {}, key_for, clock=lambda: 0.0)
+    b.own({0})
+    assert b.send_limit("p") == 1  # 1/4 of one request per window, rounded down, is 0
+    b.own({0, 1, 2, 3})
+    assert b.send_limit("p") == 1
+
+
+async def test_each_provider_has_its_own_send_window_and_waits_alone() -> None:
+    now = [100.0]
+    sleeps: list[tuple[str, float]] = []
+    waiting = asyncio.Event()
+    release = asyncio.Event()
+
+    async def sleep(s: float) -> None:
+        sleeps.append(("sleep", s))
+        waiting.set()
+        await release.wait()
+        now[0] += 5.0
+
+    pols = {"a": policy(name="a", quota_per_s=2.0), "b": policy(name="b", quota_per_s=2.0)}
+    b = PressureBoard(pols, 1, {}, key_for, clock=lambda: now[0], sleep=sleep)
+    b.own({0})
+    for _ in range(2):
+        await b.on_wire("a")
+    stuck = asyncio.create_task(b.on_wire("a"))  # a's window is full: waits
+    await asyncio.wait_for(waiting.wait(), 5)
+    # b has sent nothing: its window is its own, and a's wait does not hold it
+    for _ in range(2):
+        await asyncio.wait_for(b.on_wire("b"), 5)
+    assert len(sleeps) == 1 and not stuck.done()
+    release.set()
+    await asyncio.wait_for(stuck, 5)
+    assert [len(b._windows[p].sent) for p in ("a", "b")] == [1, 2]  # a's two left its window

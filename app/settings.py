@@ -69,6 +69,15 @@ class ProviderPolicy(BaseModel):
     )
     timeout_s: float = Field(10.0, gt=0, description="Request timeout.")
     max_in_flight: int = Field(64, ge=1, description="Most concurrent requests per worker.")
+    max_unrecorded: int = Field(
+        256,
+        ge=1,
+        description="Most emails per worker that the provider may have accepted while "
+        "Kafka has not yet acknowledged the ledger's record of it (requests on the wire "
+        "included; never below max_in_flight). At a crash this many at most are resent "
+        "with their key, or parked as ambiguous for keyless providers. Larger: more "
+        "throughput when Kafka's acks are slow.",
+    )
     quota_per_s: float | None = Field(
         None, gt=0, description="Provider quota, messages per second (none: unlimited)."
     )
@@ -533,6 +542,13 @@ class PolicySettings(Section):
     dispatch_max_in_flight: int = Field(
         64, ge=1, description="Most concurrent provider requests of one dispatch worker."
     )
+    dispatch_max_unrecorded: int = Field(
+        256,
+        ge=1,
+        description="Most provider acceptances of one dispatch worker not yet acknowledged "
+        "by Kafka in the sent-ledger (requests on the wire included): what a crash can "
+        "leave to resend with its key or to park as ambiguous (docs/guarantees.md).",
+    )
     dispatch_lane_in_flight: int = Field(
         256,
         ge=1,
@@ -884,6 +900,7 @@ class Settings(BaseSettings):
                 smtp_starttls=p.smtp_starttls,
                 timeout_s=p.timeout_s,
                 max_in_flight=self.policy.dispatch_max_in_flight,
+                max_unrecorded=self.policy.dispatch_max_unrecorded,
                 idempotency_ttl_s=p.idempotency_key_ttl_s,
             )
         ]

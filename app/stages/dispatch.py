@@ -148,6 +148,10 @@ class DispatchStage:
         self._slots = {
             name: asyncio.Semaphore(policy.max_in_flight) for name, policy in self.policies.items()
         }
+        self._unrecorded = {
+            name: asyncio.Semaphore(max(policy.max_unrecorded, policy.max_in_flight))
+            for name, policy in self.policies.items()
+        }
         self._in_flight: set[str] = set()  # ids this process is sending right now
 
     # -- entry point ---------------------------------------------------------------
@@ -288,28 +292,32 @@ class DispatchStage:
             started = time.perf_counter()
             admitted = False
             try:
-                async with self._slots[name]:
-                    if self.board.blocked(name, lane):
-                        continue  # paused or shed while this waited for a slot: wait again
-                    if breaker.admit(self.clock()) > 0:
-                        continue  # tripped while this waited for its pace or a slot
-                    admitted = True
-                    before = breaker.state  # admit may have made it half-open
-                    self.ledger.mark_in_flight(req.event_id, name, replay_of(req, origin))
-                    if self.key_ttl(name) <= 0:
-                        # No key to make a resend harmless: the mark must be in Kafka
-                        # before the request, so a crash can never forget it was made.
-                        try:
-                            await self.ledger.settled(req.event_id)
-                        except LedgerWriteError as exc:  # Kafka's fault, not the provider's:
-                            breaker.release_probe()  # nothing was sent; retry later
-                            log.warning("dispatch: in_flight mark not durable: %s", exc)
-                            return self._fail(req, payload, origin, exc, name, final=False)
-                    receipt = await self.providers[name].send(outbound(req))
-                    # Accepted: recorded (acked by Kafka) before the slot is freed, so at
-                    # a kill at most ``max_in_flight`` accepted emails per worker are not
-                    # in the ledger (each resent with its key, or parked, on restart).
-                    self.ledger.mark_sent(req.event_id, receipt.provider, receipt.message_id)
+                # Two bounds: ``_slots`` (max_in_flight) holds the request itself;
+                # ``_unrecorded`` (max_unrecorded) holds it until its acceptance is
+                # acknowledged by Kafka, so at a kill at most ``max_unrecorded`` accepted
+                # emails per worker are missing from the ledger (each resent with its
+                # key, or parked, on restart), while the connection already serves the
+                # next request during the ledger's ack.
+                async with self._unrecorded[name]:
+                    async with self._slots[name]:
+                        if self.board.blocked(name, lane):
+                            continue  # paused or shed while this waited: wait again
+                        if breaker.admit(self.clock()) > 0:
+                            continue  # tripped while this waited for its pace or a slot
+                        admitted = True
+                        before = breaker.state  # admit may have made it half-open
+                        self.ledger.mark_in_flight(req.event_id, name, replay_of(req, origin))
+                        if self.key_ttl(name) <= 0:
+                            # No key to make a resend harmless: the mark must be in Kafka
+                            # before the request, so a crash can never forget it was made.
+                            try:
+                                await self.ledger.settled(req.event_id)
+                            except LedgerWriteError as exc:  # Kafka's fault, not the provider's
+                                breaker.release_probe()  # nothing was sent; retry later
+                                log.warning("dispatch: in_flight mark not durable: %s", exc)
+                                return self._fail(req, payload, origin, exc, name, final=False)
+                        receipt = await self.providers[name].send(outbound(req))
+                        self.ledger.mark_sent(req.event_id, receipt.provider, receipt.message_id)
                     recorded = asyncio.ensure_future(self.ledger.settled(req.event_id))
                     await asyncio.wait([recorded])
             except ThrottledError as exc:

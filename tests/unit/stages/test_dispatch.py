@@ -619,12 +619,12 @@ async def test_the_dead_letter_counts_the_replays_so_the_next_one_is_newer(serde
     assert out is not None and out.topic == "sent" and len(provider.calls) == 3
 
 
-async def test_a_request_slot_is_freed_only_once_its_acceptance_is_recorded(serde: Serde) -> None:
-    # so a kill finds at most max_in_flight accepted emails missing from the ledger
+async def test_an_acceptance_holds_an_unrecorded_place_until_kafka_acked_it(serde: Serde) -> None:
+    # so a kill finds at most max_unrecorded accepted emails missing from the ledger
     # (the bound on requests after acceptance that a restart makes)
     table = AckedTable()
     provider = FakeProvider(name="p")
-    policy = ProviderPolicy(name="p", idempotency_ttl_s=60, max_in_flight=1)
+    policy = ProviderPolicy(name="p", idempotency_ttl_s=60, max_in_flight=1, max_unrecorded=1)
     stage = make(serde, provider, table=table, policies=[policy])
     tasks = [
         asyncio.ensure_future(stage.handle(encode(serde, request(e)), ORIGIN, "normal"))
@@ -632,7 +632,7 @@ async def test_a_request_slot_is_freed_only_once_its_acceptance_is_recorded(serd
     ]
     for _ in range(50):
         await asyncio.sleep(0)
-    assert [c.event_id for c in provider.calls] == ["e-1"]  # e-2 waits for the slot
+    assert [c.event_id for c in provider.calls] == ["e-1"]  # e-2 waits for e-1's ack
     assert table.writes[-1] == (b"e-1", "accepted")
     table.ack(b"e-1")
     for _ in range(50):
@@ -641,3 +641,37 @@ async def test_a_request_slot_is_freed_only_once_its_acceptance_is_recorded(serd
     table.ack(b"e-2")
     outs = await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert [o.topic for o in outs if o is not None] == ["sent", "sent"]
+
+
+async def test_the_request_slot_is_free_while_kafka_acks_the_acceptance(serde: Serde) -> None:
+    # max_in_flight bounds requests on the wire; max_unrecorded bounds acceptances not yet
+    # acked: with 1 and 2, e-2 goes out during e-1's ack, e-3 waits for an ack
+    table = AckedTable()
+    provider = FakeProvider(name="p")
+    policy = ProviderPolicy(name="p", idempotency_ttl_s=60, max_in_flight=1, max_unrecorded=2)
+    stage = make(serde, provider, table=table, policies=[policy])
+    tasks = [
+        asyncio.ensure_future(stage.handle(encode(serde, request(e)), ORIGIN, "normal"))
+        for e in ("e-1", "e-2", "e-3")
+    ]
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert [c.event_id for c in provider.calls] == ["e-1", "e-2"]
+    assert [w for w in table.writes if w[1] == "accepted"] == [
+        (b"e-1", "accepted"),
+        (b"e-2", "accepted"),
+    ]
+    table.ack(b"e-2")  # acks in any order free a place
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert [c.event_id for c in provider.calls] == ["e-1", "e-2", "e-3"]
+    table.ack(b"e-1")
+    table.ack(b"e-3")
+    outs = await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert [o.topic for o in outs if o is not None] == ["sent", "sent", "sent"]
+
+
+def test_max_unrecorded_is_never_below_max_in_flight(serde: Serde) -> None:
+    policy = ProviderPolicy(name="p", max_in_flight=8, max_unrecorded=2)
+    stage = make(serde, FakeProvider(name="p"), policies=[policy])
+    assert stage._unrecorded["p"]._value == 8  # type: ignore[attr-defined]

@@ -422,10 +422,14 @@ class Intake:
         items: list[tuple[bytes | None, bytes]],
         integration: str | None = None,
         priorities: list[str | None] | None = None,
+        *,
+        sizes_checked: bool = False,
     ) -> list[dict[str, Any]]:
         """Send and wait for every ack; 503 if the broker cannot ack in time.
-        ``priorities[i]`` picks item i's raw topic (None: the catch-all)."""
-        self.check_sizes(items, integration)
+        ``priorities[i]`` picks item i's raw topic (None: the catch-all).
+        ``sizes_checked``: the caller ran :meth:`check_sizes` on these items already."""
+        if not sizes_checked:
+            self.check_sizes(items, integration)
         headers = _headers(integration)
         lanes = priorities or [None] * len(items)
         try:
@@ -591,7 +595,9 @@ class IntakeService:
                 priority = priority_of(obj)
             self.intake.check_sizes([(key, value)], integration)
             self.gate.charge(integration, 1)
-            [result] = await self.intake.append([(key, value)], integration, [priority])
+            [result] = await self.intake.append(
+                [(key, value)], integration, [priority], sizes_checked=True
+            )
         except IntakeError as exc:
             return refuse(request, exc)
         return accepted(result)
@@ -605,7 +611,7 @@ class IntakeService:
             self.intake.check_sizes(items, integration)
             self.gate.charge(integration, len(events))
             results = await self.intake.append(
-                items, integration, [priority_of(e) for e in events]
+                items, integration, [priority_of(e) for e in events], sizes_checked=True
             )
         except IntakeError as exc:
             return refuse(request, exc)

@@ -980,3 +980,132 @@ async def test_a_429_on_a_closed_breaker_is_no_transition_and_each_is_counted(
     assert [s for _, s, _ in rec.of("response")] == ["429", "429", "2xx"]
     assert rec.of("breaker") == [] and store == {}
     assert st.board.state("p", 2).breaker.state == "closed"
+
+
+# -- the entry point's outcomes and the answers' bookkeeping (survivors of the 18:40 run) -------
+
+
+async def test_an_undecodable_message_is_dead_with_its_input_and_lane(serde: Serde) -> None:
+    st = stage(serde, Provider("p"))
+    for n in (1, 2):
+        out = await st.handle(b"\x00garbage", ORIGIN, "bulk")
+        assert out is not None and out.topic == DEAD and out.key == ORIGIN.key
+        d = out.value
+        assert isinstance(d, DeadLetter)
+        assert (d.stage, d.payload, d.payload_format) == ("dispatch", b"\x00garbage", "avro")
+        assert (d.dead_at, d.priority) == (int(NOW * 1000), "bulk")
+        assert (d.original_partition, d.original_offset) == (2, 40)
+        assert st.stats.dead == n
+
+
+async def test_every_duplicate_is_counted_once(serde: Serde) -> None:
+    table = {b"e-1": {"s": "sent", "p": "p", "m": "m-0", "t": NOW - 5}}
+    provider = Provider("p")
+    st = stage(serde, provider, table=table)
+    for n in (1, 2):
+        assert await st.handle(payload(serde), ORIGIN, "normal") is None
+        assert st.stats.duplicates_suppressed == n
+    table[b"e-2"] = {"s": "accepted", "p": None, "m": None, "t": NOW - 5}
+    for n in (3, 4):
+        out = await st.handle(payload(serde, "e-2"), ORIGIN, "normal")
+        assert out is not None and out.topic == SENT
+        r = out.value  # produced again from the ledger: no request, no latency
+        assert (r.provider, r.provider_message_id, r.provider_latency_ms) == ("", "", 0.0)
+        assert r.sent_at == int((NOW - 5) * 1000)
+        assert st.stats.duplicates_suppressed == n
+    table[b"e-3"] = {"s": "ambiguous", "p": "p", "m": None, "t": NOW - 5}
+    raw = payload(serde, "e-3")
+    for n in (5, 6):
+        out = await st.handle(raw, ORIGIN, "normal")
+        assert out is not None and out.topic == DEAD and out.value.payload == raw
+        assert out.value.message.endswith(
+            "was parked as ambiguous before (to p): not resent; check the provider's log, "
+            "then replay or drop it"
+        )
+        assert st.stats.duplicates_suppressed == n
+    assert provider.calls == []
+
+
+async def test_an_email_found_in_flight_to_no_known_provider_is_parked(serde: Serde) -> None:
+    table = {b"e-1": {"s": "in_flight", "p": None, "m": None, "t": NOW - 5}}
+    provider = Provider("p")
+    st = stage(serde, provider, table=table)
+    raw = payload(serde)
+    out = await st.handle(raw, ORIGIN, "normal")
+    assert out is not None and out.topic == DEAD and provider.calls == []
+    d = out.value
+    assert d.payload == raw and d.provider is None and d.reason == "ambiguous"
+    assert d.message == (
+        "e-1 was in flight to  when a worker stopped;  honours no idempotency key (or it "
+        "expired), so it is not resent blindly: check the provider's log, then replay or "
+        "drop it"
+    )
+
+
+async def test_a_4xx_and_a_409_are_healthy_answers_for_the_breaker(
+    serde: Serde, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="app.stages.dispatch")
+    for error, label in (
+        (PermanentProviderError("422", provider="p", status=422), "4xx"),
+        (ConflictError("409", provider="p", status=409), "4xx"),
+    ):
+        caplog.clear()
+        rec = Recorder()
+        store: dict[bytes, Any] = {}
+        pol = [ProviderPolicy(name="p", breaker_half_open_probes=1, ambiguous_resend=False)]
+        st = stage(serde, Provider("p", error), policies=pol, store=store, **rec.wiring())
+        br = st.board.state("p", 2).breaker
+        br.state, br.opened_at = "open", NOW - 40.0  # the send is a probe
+        raw = payload(serde)
+        out = await st.handle(raw, ORIGIN, "normal")
+        assert out is not None and out.topic == DEAD and out.value.payload == raw
+        assert (out.value.original_partition, out.value.original_offset) == (2, 40)
+        # the probe's answer closes the breaker: an answer, not an outage
+        assert br.state == "closed" and rec.of("breaker") == [("p", "closed")]
+        assert [s for _, s, _ in rec.of("response")] == [label]
+        assert store[key_for("p", 2, 4)]["breaker"] == "closed"
+        messages = [r.getMessage() for r in caplog.records if r.name == "app.stages.dispatch"]
+        assert messages == ["provider p partition 2: breaker half_open -> closed"]
+        # closed: counted as successes
+        st2 = stage(serde, Provider("p", error), policies=pol)
+        await st2.handle(payload(serde), ORIGIN, "normal")
+        assert st2.board.state("p", 2).breaker.error_rate(NOW) == (0.0, 1)
+
+
+async def test_an_unexpected_error_is_logged_counted_and_parked_with_its_input(
+    serde: Serde, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="app.stages.dispatch")
+    rec = Recorder()
+    store: dict[bytes, Any] = {}
+    st = stage(serde, Provider("p", ValueError("adapter bug")), store=store, **rec.wiring())
+    raw = payload(serde)
+    out = await st.handle(raw, ORIGIN, "normal")
+    assert out is not None and out.topic == DEAD and out.value.reason == "ambiguous"
+    assert out.value.payload == raw and out.value.original_offset == 40
+    assert [s for _, s, _ in rec.of("response")] == ["error"]
+    assert rec.of("breaker") == [] and store == {}  # no transition
+    assert st.board.state("p", 2).breaker.error_rate(NOW) == (0.0, 0)  # not the breaker's
+    [record] = [r for r in caplog.records if r.name == "app.stages.dispatch"]
+    assert record.getMessage() == "dispatch: unexpected error for e-1"
+    assert record.exc_info is not None and record.exc_info[0] is ValueError
+
+
+async def test_a_clean_failure_at_the_last_attempt_is_dead_with_its_input(serde: Serde) -> None:
+    error = TransientProviderError("503", provider="p", status=503)
+    pol = [ProviderPolicy(name="p", retry_min_failing_s=0.0)]
+    st = stage(serde, Provider("p", error), policies=pol, max_attempts=1)
+    raw = payload(serde)
+    out = await st.handle(raw, ORIGIN, "normal")
+    assert out is not None and out.topic == DEAD and out.value.payload == raw
+
+
+async def test_a_parked_operator_replay_keeps_its_replay_number(serde: Serde) -> None:
+    lost = TransientProviderError("read timeout", provider="p", ambiguous=True)
+    table: dict[bytes, Any] = {}
+    st = stage(serde, Provider("p", lost), table=table)
+    origin = Origin("email.dispatch.normal", 2, 40, 123, b"k", (("spillway-replay", b"3"),))
+    out = await st.handle(payload(serde, replay=True), origin, "normal")
+    assert out is not None and out.value.reason == "ambiguous"
+    assert (table[b"e-1"]["s"], table[b"e-1"]["r"]) == ("ambiguous", 3)

@@ -46,13 +46,27 @@ def lower_cpu_priority(by: int, nice: Callable[[int], int] = os.nice) -> int:
     if by <= 0 or _niced:
         return 0
     try:
-        nice(by)
+        now = nice(by)
     except OSError as exc:
         log.warning("worker_nice %d not applied: %s", by, exc)
         return 0
     _niced.append(by)
+    _autogroup_nice(now)
     log.info("worker niceness raised by %d (SPILLWAY_WORKER_NICE)", by)
     return by
+
+
+def _autogroup_nice(value: int, path: str = "/proc/self/autogroup") -> None:
+    """With Linux's autogroup scheduling (one CPU group per session) a process's
+    niceness only counts inside its session: a worker that leads its own session (as
+    the demo and the benchmark start them) lowers its session's group as well."""
+    try:
+        if os.getsid(0) != os.getpid() or not os.path.exists(path):
+            return
+        with open(path, "w") as group:
+            group.write(str(value))
+    except OSError as exc:
+        log.info("autogroup niceness not set: %s", exc)
 
 
 def create_app(

@@ -49,3 +49,25 @@ def test_setting_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("SPILLWAY_WORKER_NICE", bad)
         with pytest.raises(ValueError):
             Settings()
+
+
+def test_a_session_leader_lowers_its_autogroup(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory
+) -> None:
+    group = tmp_path / "autogroup"  # type: ignore[operator]
+    group.write_text("/autogroup-7 nice 0\n")
+    monkeypatch.setattr(factory.os, "getsid", lambda pid: 42)
+    monkeypatch.setattr(factory.os, "getpid", lambda: 42)
+    factory._autogroup_nice(10, str(group))
+    assert group.read_text() == "10"
+
+
+def test_a_worker_in_someone_elses_session_leaves_the_group_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory
+) -> None:
+    group = tmp_path / "autogroup"  # type: ignore[operator]
+    group.write_text("/autogroup-7 nice 0\n")
+    monkeypatch.setattr(factory.os, "getsid", lambda pid: 1)
+    monkeypatch.setattr(factory.os, "getpid", lambda: 42)
+    factory._autogroup_nice(10, str(group))
+    assert group.read_text() == "/autogroup-7 nice 0\n"  # the shell's session keeps its share

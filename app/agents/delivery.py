@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from app import faust_adapter
@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 class ProduceFailedError(Exception):
     """Kafka did not acknowledge an output after every try: an infrastructure fault."""
 
+
+#: The catch-all topics (``email.raw-events``, ``email.rendered``) wait at this
+#: priority at the gate (their records hold their own).
+CATCH_ALL_PRIORITY = "normal"
 
 #: On a stop (the agent cancelled) while outputs await their acks, how long to let
 #: them finish before giving up.
@@ -162,3 +166,28 @@ async def prioritised(
                             await gate.pause(lane)
                         out.append(await handle(event))
             await deliver(runtime, out, stage=stage)
+
+
+def per_priority_agents(
+    app: Any,
+    runtime: Any,
+    name: str,
+    lanes: Mapping[str, str],
+    catch_all: str,
+    agent_for: Callable[[str], Any],
+) -> list[Any]:
+    """One agent ``<name>-<priority>`` per priority topic of ``lanes`` (priority ->
+    logical topic), and ``<name>`` on the ``catch_all`` topic, which waits at normal
+    priority (its records hold their own): the agents of render and route."""
+    agents = [
+        app.agent(runtime.topology.topics[topic], name=f"{name}-{lane}", concurrency=1)(
+            agent_for(lane)
+        )
+        for lane, topic in lanes.items()
+    ]
+    agents.append(
+        app.agent(runtime.topology.topics[catch_all], name=name, concurrency=1)(
+            agent_for(CATCH_ALL_PRIORITY)
+        )
+    )
+    return agents

@@ -29,9 +29,6 @@ from app.stages.render import RenderStage, is_rendered
 from app.templating import TemplateStore
 from app.topology import RAW, RAW_LANES
 
-#: The catch-all topic's events wait at this priority (they hold their own).
-CATCH_ALL_PRIORITY = "normal"
-
 
 def attach(app: Any, runtime: Runtime) -> list[Any]:
     settings = runtime.settings
@@ -67,15 +64,4 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
 
         return render
 
-    agents = [
-        app.agent(runtime.topology.topics[topic], name=f"render-{lane}", concurrency=1)(
-            agent_for(lane)
-        )
-        for lane, topic in RAW_LANES.items()
-    ]
-    agents.append(
-        app.agent(runtime.topology.topics[RAW], name="render", concurrency=1)(
-            agent_for(CATCH_ALL_PRIORITY)
-        )
-    )
-    return agents
+    return delivery.per_priority_agents(app, runtime, "render", RAW_LANES, RAW, agent_for)

@@ -22,9 +22,6 @@ from app.stages.priority import PriorityGate
 from app.stages.route import RouteStage
 from app.topology import RENDERED, RENDERED_LANES
 
-#: ``email.rendered`` (no priority in its name) waits at this priority.
-CATCH_ALL_PRIORITY = "normal"
-
 
 def attach(app: Any, runtime: Runtime) -> list[Any]:
     settings = runtime.settings
@@ -44,15 +41,4 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
 
         return route
 
-    agents = [
-        app.agent(runtime.topology.topics[topic], name=f"route-{lane}", concurrency=1)(
-            agent_for(lane)
-        )
-        for lane, topic in RENDERED_LANES.items()
-    ]
-    agents.append(
-        app.agent(runtime.topology.topics[RENDERED], name="route", concurrency=1)(
-            agent_for(CATCH_ALL_PRIORITY)
-        )
-    )
-    return agents
+    return delivery.per_priority_agents(app, runtime, "route", RENDERED_LANES, RENDERED, agent_for)

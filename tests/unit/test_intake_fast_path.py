@@ -205,3 +205,23 @@ async def test_requests_read_no_flat_setting_name(serve: Serve) -> None:
 def test_refusals_stay_intake_errors() -> None:
     with pytest.raises(IntakeError):
         loads(b"[1e400]")
+
+
+def test_nesting_deeper_than_orjson_goes_is_encoded_by_the_standard_library() -> None:
+    deep: Any = 1
+    for _ in range(400):  # orjson stops at 254 levels
+        deep = {"a": [deep]}
+    assert json.loads(dumps(deep)) == deep
+
+
+async def test_a_deep_event_in_a_batch_is_appended_as_sent(serve: Serve) -> None:
+    """A batch is re-encoded event by event; an event deeper than orjson's limit (allowed
+    by intake_max_json_depth=500) still goes out as the same JSON, not a 500."""
+    served = await serve(intake_max_json_depth=500, intake_max_json_values=100_000)
+    data: Any = "leaf"
+    for _ in range(300):
+        data = {"x": data}
+    event = {**EVENT, "data": data}
+    status, answer = await served.post("/v1/events/batch", json.dumps([event, EVENT]).encode())
+    assert (status, answer["accepted"]) == (202, 2)
+    assert [json.loads(value) for _, value, _ in served.sink.records] == [event, EVENT]

@@ -189,12 +189,8 @@ def test_every_settings_attribute_used_in_the_code_exists() -> None:
 
 
 #: modules not yet moved to the sections (the dispatch work of issue 16's session owned
-#: them); their flat uses are also let through by pyproject.toml's filterwarnings
-FLAT_STILL_USED_IN = {
-    "app/dispatcher.py", "app/agents/dispatch.py", "app/stages/dispatch.py",
-    "app/tables/ledger.py", "app/stages/pressure.py", "app/stages/lanes.py",
-    "app/intake.py", "app/intake_body.py",
-}  # fmt: skip
+#: it); its flat uses are also let through by pyproject.toml's filterwarnings
+FLAT_STILL_USED_IN = {"app/agents/dispatch.py"}
 
 
 def test_code_uses_the_sections_not_the_flat_names() -> None:

@@ -196,16 +196,21 @@ def test_replay_skips_a_redacted_dead_letter() -> None:
 def test_the_runtime_redacts_dead_letters_when_configured() -> None:
     from app.factory import create_app
 
-    for redact in (False, True):
-        app = create_app(Settings(stage="render", schema_registry_url=f"mock://r{redact}",
-                                  redact_pii=redact))  # fmt: skip
-        runtime = app.spillway  # type: ignore[attr-defined]
-        runtime.serde.register()
-        dl = letter(message="to ann@example.com", payload=b'{"to": "bob@example.com"}')
-        data = runtime.encode_record("dead", dl)
-        assert (b"ann@example.com" in data) is (not redact)
-        assert (b"bob@example.com" in data) is (not redact)
-        assert (REDACTED_MARK.encode() in data) is redact
+    factory = logging.getLogRecordFactory()  # redact_pii installs log redaction for good
+    try:
+        for redact in (False, True):
+            app = create_app(Settings(stage="render", schema_registry_url=f"mock://r{redact}",
+                                      redact_pii=redact))  # fmt: skip
+            runtime = app.spillway  # type: ignore[attr-defined]
+            runtime.serde.register()
+            dl = letter(message="to ann@example.com", payload=b'{"to": "bob@example.com"}')
+            data = runtime.encode_record("dead", dl)
+            assert (b"ann@example.com" in data) is (not redact)
+            assert (b"bob@example.com" in data) is (not redact)
+            assert (REDACTED_MARK.encode() in data) is redact
+        assert isinstance(logging.getLogRecordFactory(), RedactingRecordFactory)
+    finally:  # other tests read log lines as written (their topics, their addresses)
+        logging.setLogRecordFactory(factory)
 
 
 def test_log_redaction(caplog: pytest.LogCaptureFixture) -> None:

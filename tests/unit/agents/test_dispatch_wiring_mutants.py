@@ -66,7 +66,7 @@ class Consumer:
 
     async def earliest_offsets(self, tp: Any) -> dict[Any, int]:
         self.calls.append(("earliest", tp))
-        return {tp: self.earliest.get(tp, 0)}
+        return {tp: self.earliest[tp]} if tp in self.earliest else {}
 
     def tracker(self) -> Any:
         return SimpleNamespace(expected=self.expected)
@@ -327,7 +327,8 @@ def event(tp: TP, offset: int, value: bytes = b"v", generation: int | None = Non
 def adapter(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
     calls: dict[str, list[Any]] = {"hold": [], "release": [], "pause": [], "resume": [],
                                    "revive": []}  # fmt: skip
-    monkeypatch.setattr(dm.faust_adapter, "generation", lambda app: 4)
+    monkeypatch.setattr(dm.faust_adapter, "generation",
+                        lambda app: 4 if isinstance(app, FakeApp) else -1)  # fmt: skip
     monkeypatch.setattr(dm.faust_adapter, "message_generation", lambda m: m.generation)
     monkeypatch.setattr(dm.faust_adapter, "hold", lambda e: calls["hold"].append(e))
     monkeypatch.setattr(dm.faust_adapter, "release", lambda e: calls["release"].append(e))
@@ -346,16 +347,17 @@ async def test_a_lane_agent_hands_each_message_to_the_dispatcher(
 
     w.dispatcher.admit = admit
     tp = lane_tp(w, "normal", 1)
-    events = [event(tp, 7, b"a"), event(tp, 8, b"b", generation=4), event(tp, 30, b"c", 3)]
+    events = [event(tp, 7, b"a"), event(tp, 8, b"b", generation=4), event(tp, 30, b"c", 3),
+              event(tp, 2, b"d")]  # fmt: skip  # a rewind: taken past 9 already
     _, _, agent = w.app.agents["dispatch-normal"]
     await agent(Stream(events))
-    assert [lane for lane, _ in admitted] == ["normal"] * 3
-    assert w.turns == ["normal"] * 4  # a turn before each message is taken, and the end
+    assert [lane for lane, _ in admitted] == ["normal"] * 4
+    assert w.turns == ["normal"] * 5  # a turn before each message is taken, and the end
     works = [wk for _, wk in admitted]
     assert [(wk.tp, wk.offset, wk.generation, wk.value) for wk in works] == [
-        (tp, 7, None, b"a"), (tp, 8, 4, b"b"), (tp, 30, 3, b"c")]  # fmt: skip
+        (tp, 7, None, b"a"), (tp, 8, 4, b"b"), (tp, 30, 3, b"c"), (tp, 2, None, b"d")]  # fmt: skip
     assert [(wk.origin.topic, wk.origin.partition, wk.origin.offset) for wk in works] == [
-        (tp.topic, 1, 7), (tp.topic, 1, 8), (tp.topic, 1, 30)]  # fmt: skip
+        (tp.topic, 1, 7), (tp.topic, 1, 8), (tp.topic, 1, 30), (tp.topic, 1, 2)]  # fmt: skip
     assert adapter["hold"] == events and adapter["release"] == []
     works[1].release()
     assert adapter["release"] == [events[1]]
@@ -727,3 +729,85 @@ async def test_a_new_generation_reopens_admission_and_forgets_what_was_taken(
     assert assigned == [{c0}]
     await measure(w, adapter, monkeypatch, {c0: 50}, committed={c0: 20})
     assert w.gate.backlog["critical"] == 30  # from the committed offset again
+
+
+async def test_a_partition_whose_start_is_unknown_counts_from_offset_zero(
+    wired: Wired, adapter: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = wired
+    c0 = lane_tp(w, "critical", 0)  # never committed, and the broker gives no earliest
+    await measure(w, adapter, monkeypatch, {c0: 12}, committed={c0: None})
+    assert w.gate.backlog["critical"] == 12
+
+
+async def test_revoking_a_partition_never_taken_forgets_its_earliest_offset(
+    wired: Wired, adapter: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = wired
+
+    async def revoke(tps: set[Any]) -> None:
+        pass
+
+    w.dispatcher.revoke = revoke
+    c0 = lane_tp(w, "critical", 0)
+    w.app.consumer.earliest = {c0: 4}
+    await measure(w, adapter, monkeypatch, {c0: 10}, committed={c0: None})
+    assert w.gate.backlog["critical"] == 6
+    await w.app.spillway_before_revoke({c0})  # nothing was taken of it: no error
+    w.app.consumer.earliest = {c0: 8}  # asked again once it is back
+    await measure(w, adapter, monkeypatch, {c0: 10}, committed={c0: None})
+    assert w.gate.backlog["critical"] == 2
+
+
+async def test_the_state_report_without_a_gapless_tracker(
+    wired: Wired, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = wired
+    caplog.set_level(logging.INFO, logger="app.agents.dispatch")
+
+    class Plain:  # a consumer without ``tracker`` (not the GaplessConsumer)
+        def assignment(self) -> set[Any]:
+            return {lane_tp(w, "critical", 0)}
+
+        def highwater(self, tp: Any) -> int:
+            return 5
+
+    w.app.consumer = Plain()  # type: ignore[assignment]
+    monkeypatch.setattr(dm.faust_adapter, "fetch_position", lambda c, tp: 3)
+    monkeypatch.setattr(dm.faust_adapter, "fetch_paused", lambda c, tp: "")
+    w.dispatcher.stats.admitted = 1
+    _, report = w.app.timers["dispatch-state"]
+    await report()
+    lines = [r.getMessage() for r in caplog.records if r.name == "app.agents.dispatch"]
+    assert lines[-1] == "dispatch fetch state: critical0:pos=3,due=None,end=5"
+
+
+async def test_the_dispatcher_and_the_stage_take_every_setting(
+    registry: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real, _ = make_app("dispatch", registry)
+    runtime = real.spillway  # type: ignore[attr-defined]
+    s = runtime.settings
+    s.policy.dispatch_lane_in_flight = 7
+    s.policy.max_attempts = 9
+    s.policy.state_flush_s = 0.75
+    s.kafka.session_timeout_s = 6.0  # a third is 2 s: the floor
+    stages: list[Any] = []
+
+    class Stage(dm.DispatchStage):
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            stages.append(self)
+
+    monkeypatch.setattr(dm, "DispatchStage", Stage)
+    monkeypatch.setattr(dm.ledger_table, "declare_table", lambda a, n: {})
+    monkeypatch.setattr(dm.pressure_table, "declare_table", lambda a, n: {})
+    app = FakeApp()
+    dm.attach(app, runtime)
+    d = app.spillway_dispatcher  # type: ignore[attr-defined]
+    assert (d.lane_in_flight, d.session_timeout_s, d.stall_s) == (7, 6.0, 2.0)
+    out = await d.handle(b"\x00", Origin("t", 0, 0), "normal")  # builds the stage
+    assert out is not None and out.topic == DEAD
+    [st] = stages
+    assert (st.max_attempts, st.flush_every_s) == (9, 0.75)
+    assert st.ledger.horizon_s == s.ledger_horizon_s()

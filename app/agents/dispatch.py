@@ -63,10 +63,12 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
     topology = runtime.topology
     policies = {p.name: p for p in settings.provider_policies()}
     primary = settings.provider_policies()[0].name
-    ledger_tbl = ledger_table.declare_table(app, settings.topic_partitions)
-    pressure_tbl = pressure_table.declare_table(app, settings.topic_partitions)
+    ledger_tbl = ledger_table.declare_table(app, settings.kafka.topic_partitions)
+    pressure_tbl = pressure_table.declare_table(app, settings.kafka.topic_partitions)
     ledger = Ledger(ledger_tbl, horizon_s=settings.ledger_horizon_s())
-    board = PressureBoard(policies, settings.topic_partitions, pressure_tbl, pressure_table.key_for)
+    board = PressureBoard(
+        policies, settings.kafka.topic_partitions, pressure_tbl, pressure_table.key_for
+    )
     ready = asyncio.Event()
 
     async def tables_ready() -> None:
@@ -99,8 +101,8 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                 ledger,
                 gate,
                 board,
-                max_attempts=settings.max_attempts,
-                flush_every_s=settings.state_flush_s,
+                max_attempts=settings.policy.max_attempts,
+                flush_every_s=settings.policy.state_flush_s,
                 durable=app.producer.flush,
                 metrics=runtime.metrics,
             )
@@ -127,10 +129,10 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
         deliver=deliver_one,
         membership=membership,
         lanes=PRIORITIES,
-        lane_in_flight=settings.dispatch_lane_in_flight,
+        lane_in_flight=settings.policy.dispatch_lane_in_flight,
         revoke_bound_s=settings.revoke_bound(),
-        stall_s=max(2.0, settings.session_timeout_s / 3),
-        session_timeout_s=settings.session_timeout_s,
+        stall_s=max(2.0, settings.kafka.session_timeout_s / 3),
+        session_timeout_s=settings.kafka.session_timeout_s,
         confirm=ledger.confirm,
         sent_topic=SENT,
         enter=gate.enter,
@@ -334,11 +336,11 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             gate.set_backlog(lane, waiting_work(backlog, buffered, stalled))
         await hold_lanes(assigned, buffers)
 
-    @app.timer(settings.state_flush_s, name="dispatch-pressure-flush")
+    @app.timer(settings.policy.state_flush_s, name="dispatch-pressure-flush")
     async def flush_pressure() -> None:
         if not ready.is_set():
             return  # the lane agents have not checked the tables yet
-        board.flush(settings.state_flush_s)
+        board.flush(settings.policy.state_flush_s)
         now = time.time()
         for name, share in board.shares.items():
             runtime.metrics.bucket_level(name, share.non_critical.tokens(now))
@@ -406,7 +408,7 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
     @app.on_partitions_revoked.connect
     async def on_revoked(app_: Any, revoked: set[Any], **kwargs: Any) -> None:
         if ready.is_set():
-            board.flush(settings.state_flush_s)
+            board.flush(settings.policy.state_flush_s)
         lane_topic = topology.name(LANES[PRIORITIES[0]])
         board.own(board.owned - {tp.partition for tp in revoked if tp.topic == lane_topic})
 

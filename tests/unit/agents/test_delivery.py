@@ -154,15 +154,39 @@ class SlowTopic(FakeTopic):
         return future
 
 
+class HeldTopic(FakeTopic):
+    """Acks only when the test says so (``ack_all``)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.futures: list[asyncio.Future[Any]] = []
+
+    async def send(self, *, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+        self.sent.append((key, value))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.futures.append(future)
+        return future
+
+    def ack_all(self) -> None:
+        for future in self.futures:
+            future.set_result("metadata")
+
+
 async def test_a_stop_waits_for_outstanding_acks_before_the_batch_is_acked() -> None:
-    topic = SlowTopic(0.2)
+    topic = HeldTopic()
     task = asyncio.create_task(deliver(FakeRuntime({"rendered": topic}), emissions(3), stage="r"))
-    await asyncio.sleep(0.05)
+    for _ in range(100):
+        if len(topic.futures) == 3:
+            break
+        await asyncio.sleep(0)
+    assert len(topic.futures) == 3  # every output was produced
     task.cancel()  # Faust stopping the agent: the stream acks the batch as it closes
-    started = asyncio.get_running_loop().time()
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not task.done()  # still waiting for the acks, cancelled or not
+    topic.ack_all()
     with pytest.raises(asyncio.CancelledError):
-        await task
-    assert asyncio.get_running_loop().time() - started >= 0.1  # it waited for the acks
+        await asyncio.wait_for(task, 5)
 
 
 async def test_a_stop_with_failed_outputs_exits_without_acking(

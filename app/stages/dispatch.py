@@ -317,6 +317,7 @@ class DispatchStage:
                                 log.warning("dispatch: in_flight mark not durable: %s", exc)
                                 return self._fail(req, payload, origin, exc, name, final=False)
                         receipt = await self.providers[name].send(outbound(req))
+                        self._observe(receipt)  # before the slot serves the next request
                         self.ledger.mark_sent(req.event_id, receipt.provider, receipt.message_id)
                     recorded = asyncio.ensure_future(self.ledger.settled(req.event_id))
                     await asyncio.wait([recorded])
@@ -367,6 +368,15 @@ class DispatchStage:
             self.board.succeeded(name)
             return await self._sent(req, receipt, recorded)
 
+    def _observe(self, receipt: SendReceipt) -> None:
+        """The provider's rate-limit headers, at once: the next request (the slot is free
+        before this acceptance's ack) must see the Remaining this answer reported."""
+        if receipt.rate_limit is not None:
+            rl = receipt.rate_limit
+            self.board.observe(receipt.provider, rl.limit, rl.remaining, rl.reset_at)
+            if rl.remaining is not None:
+                self.metrics.rate_limit_remaining(receipt.provider, rl.remaining)
+
     def _record(
         self,
         name: str,
@@ -396,11 +406,6 @@ class DispatchStage:
         acknowledged by Kafka before the SendResult is returned (``LedgerWriteError``
         otherwise: an infrastructure fault), so a crash after this can produce the
         result again, never resend."""
-        if receipt.rate_limit is not None:
-            rl = receipt.rate_limit
-            self.board.observe(receipt.provider, rl.limit, rl.remaining, rl.reset_at)
-            if rl.remaining is not None:
-                self.metrics.rate_limit_remaining(receipt.provider, rl.remaining)
         if not receipt.message_id:
             # Accepted (a 2xx) without an id: sent, with the id missing, and counted.
             self.stats.missing_message_id += 1

@@ -675,3 +675,32 @@ def test_max_unrecorded_is_never_below_max_in_flight(serde: Serde) -> None:
     policy = ProviderPolicy(name="p", max_in_flight=8, max_unrecorded=2)
     stage = make(serde, FakeProvider(name="p"), policies=[policy])
     assert stage._unrecorded["p"]._value == 8  # type: ignore[attr-defined]
+
+
+async def test_the_next_request_sees_the_remaining_reported_before_the_ack(serde: Serde) -> None:
+    # the slot is free while Kafka acks e-1's acceptance: the Remaining its answer reported
+    # must already be known then, or a burst of requests goes out on a stale view (6 429s
+    # in a clean-clone CI run of test_bulk_is_held_while_remaining_is_low)
+    from app.providers.base import RateLimitInfo
+
+    class Reporting(FakeProvider):
+        async def send(self, email: OutboundEmail) -> SendReceipt:
+            receipt = await super().send(email)
+            return SendReceipt(
+                provider=receipt.provider,
+                message_id=receipt.message_id,
+                latency_s=receipt.latency_s,
+                rate_limit=RateLimitInfo(limit=300, remaining=42, reset_at=None),
+            )
+
+    table = AckedTable()
+    policy = ProviderPolicy(name="p", idempotency_ttl_s=60, max_in_flight=1, max_unrecorded=2)
+    stage = make(serde, Reporting(name="p"), table=table, policies=[policy])
+    task = asyncio.ensure_future(stage.handle(encode(serde, request("e-1")), ORIGIN, "normal"))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert table.writes[-1] == (b"e-1", "accepted")  # answered, the ack still pending
+    assert stage.board.views["p"].remaining == 42
+    table.ack(b"e-1")
+    out = await asyncio.wait_for(task, 5)
+    assert out is not None and out.topic == "sent"

@@ -158,7 +158,10 @@ class Kafka(Service):
             s.cluster_id_file.write_text(cluster_id + "\n")
         cluster_id = s.cluster_id_file.read_text().strip()
         # Static quorum (controller.quorum.voters): 4.1 rejects --standalone with it.
-        self._tool("format", "-t", cluster_id, "-c", str(s.kafka_props), "--ignore-formatted")
+        # --cluster-id=...: an id starting with '-' would be read as an option
+        self._tool(
+            "format", f"--cluster-id={cluster_id}", "-c", str(s.kafka_props), "--ignore-formatted"
+        )
 
     def probe(self, timeout: float) -> str | None:
         if not port_open(self.s.kafka_port):

@@ -132,7 +132,7 @@ class ScramBroker:
 
         cid = base64.urlsafe_b64encode(cluster_id).decode().rstrip("=")
         fmt = subprocess.run(
-            [*self._jvm("128m"), "kafka.tools.StorageTool", "format", "-t", cid, "-c",
+            [*self._jvm("128m"), "kafka.tools.StorageTool", "format", f"--cluster-id={cid}", "-c",
              str(props), *scram],
             capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
         )  # fmt: skip

@@ -103,7 +103,6 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                 board,
                 max_attempts=settings.policy.max_attempts,
                 flush_every_s=settings.policy.state_flush_s,
-                durable=app.producer.flush,
                 metrics=runtime.metrics,
             )
             for name, policy in policies.items():

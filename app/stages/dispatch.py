@@ -137,10 +137,6 @@ class DispatchStage:
     clock: Clock = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     metrics: StageMetrics = field(default_factory=NullMetrics)
-    #: Unused (ignored). The in_flight mark before a send without a key is awaited on
-    #: its own ack (``Ledger.settled``); a producer flush did not prove it reached
-    #: Kafka. Kept while app/agents/dispatch.py still passes it.
-    durable: Callable[[], Awaitable[None]] | None = None
     stats: DispatchStats = field(default_factory=DispatchStats)
     rng: random.Random = field(default_factory=random.Random)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from app import factory
@@ -51,23 +53,19 @@ def test_setting_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             Settings()
 
 
-def test_a_session_leader_lowers_its_autogroup(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory
+@pytest.mark.parametrize(
+    ("sid", "expected"),
+    [
+        (42, "10"),  # leads its own session: its autogroup is lowered too
+        (1, "/autogroup-7 nice 0\n"),  # in someone else's session: the group keeps its share
+    ],
+)
+def test_only_a_session_leader_lowers_its_autogroup(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sid: int, expected: str
 ) -> None:
-    group = tmp_path / "autogroup"  # type: ignore[operator]
+    group = tmp_path / "autogroup"
     group.write_text("/autogroup-7 nice 0\n")
-    monkeypatch.setattr(factory.os, "getsid", lambda pid: 42)
+    monkeypatch.setattr(factory.os, "getsid", lambda pid: sid)
     monkeypatch.setattr(factory.os, "getpid", lambda: 42)
     factory._autogroup_nice(10, str(group))
-    assert group.read_text() == "10"
-
-
-def test_a_worker_in_someone_elses_session_leaves_the_group_alone(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory
-) -> None:
-    group = tmp_path / "autogroup"  # type: ignore[operator]
-    group.write_text("/autogroup-7 nice 0\n")
-    monkeypatch.setattr(factory.os, "getsid", lambda pid: 1)
-    monkeypatch.setattr(factory.os, "getpid", lambda: 42)
-    factory._autogroup_nice(10, str(group))
-    assert group.read_text() == "/autogroup-7 nice 0\n"  # the shell's session keeps its share
+    assert group.read_text() == expected

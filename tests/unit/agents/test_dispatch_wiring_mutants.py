@@ -257,7 +257,7 @@ async def test_the_stage_is_built_once_with_the_settings(wired: Wired) -> None:
     assert seen == [(b"p", origin, "bulk"), (b"q", origin, "normal")]
     [st] = w.stages  # built once
     assert (st.max_attempts, st.flush_every_s) == (s.policy.max_attempts, s.policy.state_flush_s)
-    assert st.durable == w.app.producer.flush and st.gate is w.gate and st.board is w.board
+    assert st.gate is w.gate and st.board is w.board
     assert st.ledger.guard == w.dispatcher.fence
     assert st.ledger.horizon_s == s.ledger_horizon_s()
     assert st.primary == s.provider_policies()[0].name

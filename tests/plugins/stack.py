@@ -2,14 +2,16 @@
 SMTP sink.
 
 ``stack`` (session) runs ``scripts/stack up`` (idempotent) and, if it started the stack,
-stops it at the end. ``env`` gives each test its own topic namespace and app ids (an
-``Env``), so tests never see each other's messages. ``own_sim`` starts provider
-simulators of the test's own (quotas, outages, error injection).
+stops it at the end (not with ``SPILLWAY_KEEP_STACK=1``). ``env`` gives each test its
+own topic namespace and app ids (an ``Env``), so tests never see each other's messages.
+``own_sim`` starts provider simulators of the test's own (quotas, outages, error
+injection).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -36,11 +38,15 @@ ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[None]:
-    running = subprocess.run([*STACK, "status"], capture_output=True).returncode == 0
-    if not running:
-        subprocess.run([*STACK, "up"], check=True)
+    started = False
+    if subprocess.run([*STACK, "status"], capture_output=True).returncode != 0:
+        up = subprocess.run([*STACK, "up"], check=True, capture_output=True, text=True)
+        print(up.stdout, end="")
+        # a status that failed under load while the stack ran (another session's, a
+        # benchmark's): ``up`` found it running, so it is not this session's to stop
+        started = "already running" not in up.stdout
     yield
-    if not running:
+    if started and not os.environ.get("SPILLWAY_KEEP_STACK"):
         subprocess.run([*STACK, "down"], check=False)
 
 

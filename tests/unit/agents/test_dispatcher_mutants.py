@@ -309,21 +309,21 @@ async def test_the_fence_takes_a_gap_of_exactly_stall_s_as_no_stall(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="app.dispatcher")
-    now = [0.0]
+    now = [100.0]  # not 0: the gap logged is now - last beat, not the clock
     d, stage = make(now)
     acks: list[tuple[Any, int]] = []
     d.heartbeat()
     await d.admit("normal", work(P0, 0, acks))
-    now[0] = 3.0  # the heartbeat timer is late by exactly stall_s
+    now[0] = 103.0  # the heartbeat timer is late by exactly stall_s
     stage.gate.set()
     await until(lambda: d.stats.done == 1)
     assert d.suspect_since is None and stage.sent == [0]
     stage.gate.clear()
     await d.admit("normal", work(P0, 1, acks))
-    now[0] = 6.5  # 6.5 s since the last beat (at 0): a stall, caught at the fence
+    now[0] = 106.5  # 6.5 s since the last beat (at 100): a stall, caught at the fence
     stage.gate.set()
     await until(lambda: d.stats.fenced == 1)
-    assert d.suspect_since == 6.5 and stage.sent == [0]
+    assert d.suspect_since == 106.5 and stage.sent == [0]
     assert [r.getMessage() for r in caplog.records] == ["event loop stalled 6.5 s: sends fenced"]
 
 
@@ -357,3 +357,4 @@ async def test_a_finished_task_leaves_a_newer_task_of_its_offset_indexed() -> No
     gates["second"].set()
     await until(lambda: d.tasks == {})
     assert d.active["normal"] == 0 and len(acks) == 2
+

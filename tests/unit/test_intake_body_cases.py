@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
+import orjson
 import pytest
 from aiohttp import StreamReader
 from aiohttp.http_exceptions import DecompressSizeError, TransferEncodingError
@@ -20,6 +21,7 @@ from app.intake_body import (
     Refused,
     check_bounds,
     check_event,
+    dumps,
     event_problems,
     loads,
     parse_batch,
@@ -151,12 +153,29 @@ def test_json_nesting_beyond_the_parser_is_too_deep() -> None:
         (b"NaN", "NaN is not JSON"),
         (b"\xff", "'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"),
         (b"{", "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+        (b"[1e400]", "the number 1e400 is too large for a double"),
+        # a long number is named by its first 40 characters
+        (b"[" + b"9" * 400 + b".5]", f"the number {'9' * 40} is too large for a double"),
     ],
 )
 def test_malformed_json_says_why(body: bytes, detail: str) -> None:
     with pytest.raises(Refused) as exc:
         loads(body)
     assert refusal(exc) == (400, "malformed_json", f"body is not valid UTF-8 JSON: {detail}")
+
+
+# -- dumps -----------------------------------------------------------------------------
+
+
+def test_the_fallback_for_big_integers_writes_the_bytes_orjson_writes() -> None:
+    # beyond 64 bits orjson refuses and the standard library writes: the same compact
+    # UTF-8 (no spaces, no \u escapes but the ones JSON needs), so a record's size and
+    # bytes do not depend on which encoder ran
+    value = {"s": "é\u2028中\x00", "l": [1, {"k": None}], "f": 0.5, "n": 1}
+    expected = orjson.dumps(value)
+    assert dumps(value) == expected
+    big = dumps({**value, "n": 2**70})
+    assert big == expected.replace(b'"n":1}', b'"n":1180591620717411303424}')
 
 
 # -- check_bounds ----------------------------------------------------------------------

@@ -555,7 +555,10 @@ async def test_lanes_whose_buffers_have_room_are_revived(
 
 
 async def test_a_lane_not_on_turn_with_a_full_enough_buffer_stops_fetching(
-    wired: Wired, adapter: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch
+    wired: Wired,
+    adapter: dict[str, list[Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     w = wired
     c0 = lane_tp(w, "critical", 0)
@@ -571,12 +574,55 @@ async def test_a_lane_not_on_turn_with_a_full_enough_buffer_stops_fetching(
     assert adapter["pause"] == [{n0, n1}]
     await measure(w, adapter, monkeypatch, ends, committed=committed, queues=held)
     assert adapter["pause"] == [{n0, n1}]  # already held: not paused again
+    # the state report marks the partitions held by us with H
+    monkeypatch.setattr(dm.faust_adapter, "fetch_position", lambda c, tp: 0)
+    monkeypatch.setattr(dm.faust_adapter, "fetch_paused", lambda c, tp: "")
+    w.dispatcher.stats.admitted = 1
+    caplog.set_level(logging.INFO, logger="app.agents.dispatch")
+    await w.app.timers["dispatch-state"][1]()
+    line = caplog.records[-1].getMessage().removeprefix("dispatch fetch state: ")
+    assert sorted(line.split()) == [
+        "bulk0:pos=0,due=None,end=10", "critical0:pos=0,due=None,end=500",
+        "normal0:pos=0,due=None,end=10,H", "normal1:pos=0,due=None,end=10,H"]  # fmt: skip
     # critical drained: normal's turn again, fetched again
     ends[c0] = 0
     await measure(w, adapter, monkeypatch, ends, committed=committed, queues=held)
     assert adapter["resume"] == [{n0, n1}]
     await measure(w, adapter, monkeypatch, ends, committed=committed, queues=held)
     assert adapter["resume"] == [{n0, n1}]
+
+
+async def test_a_lane_given_its_turn_resumes_its_own_partitions_only(
+    wired: Wired, adapter: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = wired
+    c0, n0, b0 = (lane_tp(w, lane, 0) for lane in ("critical", "normal", "bulk"))
+    ends: dict[Any, int | None] = {c0: 500, n0: 10, b0: 10}
+    w.gate.every = 0
+    full = {lane: [queue(dm.HOLD_BUFFERED)] for lane in ("normal", "bulk")}
+    await measure(w, adapter, monkeypatch, ends, committed={}, queues=full)
+    assert adapter["pause"] == [{n0}, {b0}]
+    ends[c0] = 0  # critical drained: normal's turn; bulk still waits behind normal
+    await measure(w, adapter, monkeypatch, ends, committed={}, queues=full)
+    assert adapter["resume"] == [{n0}]
+    ends[n0], full["normal"] = 0, []  # normal drained too: bulk's turn
+    await measure(w, adapter, monkeypatch, ends, committed={}, queues=full)
+    assert adapter["resume"] == [{n0}, {b0}]
+
+
+async def test_a_held_partition_that_comes_back_is_held_again(
+    wired: Wired, adapter: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # taken away and given back between two ticks (no rebalance seen by the timer):
+    # its fetch state is fresh, so it is paused again, not taken as still held
+    w = wired
+    c0, n0, n1 = lane_tp(w, "critical", 0), lane_tp(w, "normal", 0), lane_tp(w, "normal", 1)
+    w.gate.every = 0
+    full = {"normal": [queue(dm.HOLD_BUFFERED)]}
+    await measure(w, adapter, monkeypatch, {c0: 500, n0: 10, n1: 10}, committed={}, queues=full)
+    await measure(w, adapter, monkeypatch, {c0: 500, n0: 10}, committed={}, queues=full)
+    await measure(w, adapter, monkeypatch, {c0: 500, n0: 10, n1: 10}, committed={}, queues=full)
+    assert adapter["pause"] == [{n0, n1}, {n1}]
 
 
 async def test_lanes_are_never_held_while_faust_pauses_them_itself(
@@ -792,6 +838,7 @@ async def test_the_dispatcher_and_the_stage_take_every_setting(
     s.policy.max_attempts = 9
     s.policy.state_flush_s = 0.75
     s.kafka.session_timeout_s = 6.0  # a third is 2 s: the floor
+    s.policy.dedupe_horizon_s = 10 * 86_400.0  # not the ledger's default of 7 days
     stages: list[Any] = []
 
     class Stage(dm.DispatchStage):
@@ -810,4 +857,81 @@ async def test_the_dispatcher_and_the_stage_take_every_setting(
     assert out is not None and out.topic == DEAD
     [st] = stages
     assert (st.max_attempts, st.flush_every_s) == (9, 0.75)
-    assert st.ledger.horizon_s == s.ledger_horizon_s()
+    assert st.ledger.horizon_s == s.ledger_horizon_s() == 864_000.0
+
+
+# -- the tables and the lost-message watch -------------------------------------------------------
+
+
+class Changelog:
+    def __init__(self) -> None:
+        self.declared = 0
+
+    async def maybe_declare(self) -> None:
+        self.declared += 1
+
+
+class Table(dict[bytes, Any]):
+    def __init__(self) -> None:
+        super().__init__()
+        self.changelog_topic = Changelog()
+
+
+async def test_each_table_changelog_is_declared_once_before_the_first_message(
+    registry: Any, adapter: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real, _ = make_app("dispatch", registry)
+    tables = [Table(), Table()]
+    monkeypatch.setattr(dm.ledger_table, "declare_table", lambda a, n: tables[0])
+    monkeypatch.setattr(dm.pressure_table, "declare_table", lambda a, n: tables[1])
+    app = FakeApp()
+    dm.attach(app, real.spillway)
+    d = app.spillway_dispatcher  # type: ignore[attr-defined]
+    seen: list[list[int]] = []
+
+    async def turn(lane: str) -> None:
+        pass
+
+    async def admit(lane: str, work: Any) -> bool:
+        seen.append([t.changelog_topic.declared for t in tables])
+        return True
+
+    d.turn, d.admit = turn, admit
+    for lane in ("critical", "bulk"):
+        _, _, agent = app.agents[f"dispatch-{lane}"]
+        await agent(Stream([event(TP("x", 0), 1)]))
+    assert seen == [[1, 1], [1, 1]]  # before the first message, and only once
+
+
+async def test_a_message_taken_past_and_lost_is_delivered_again_after_three_seconds(
+    wired: Wired, adapter: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = wired
+    c0 = lane_tp(w, "critical", 0)
+    redelivered: list[tuple[Any, int]] = []
+
+    async def redeliver(tp: Any, offset: int) -> None:
+        redelivered.append((tp, offset))
+
+    async def admit(lane: str, work: Any) -> bool:
+        return True  # admitted, then lost: never done, never in hand
+
+    consumer = dm.GaplessConsumer.__new__(dm.GaplessConsumer)
+    consumer.commit_base = lambda tp: 30  # type: ignore[method-assign]
+    consumer.redeliver = redeliver  # type: ignore[method-assign]
+    w.app.consumer = consumer  # type: ignore[assignment]
+    now = [100.0]
+    monkeypatch.setattr(dm.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(dm.faust_adapter, "may_pause", lambda app: True)
+    monkeypatch.setattr(dm.faust_adapter, "acked_offsets", lambda c, tp: ([], set()))
+    w.dispatcher.admit = admit
+    _, _, agent = w.app.agents["dispatch-critical"]
+    await agent(Stream([event(c0, 30), event(c0, 31)]))
+    _, watch = w.app.timers["dispatch-lost-watch"]
+    await watch()
+    now[0] = 102.9
+    await watch()
+    assert redelivered == []  # it may still be on its way
+    now[0] = 103.0  # dm.LOST_AFTER_S since it was first seen missing
+    await watch()
+    assert redelivered == [(c0, 30)]

@@ -170,8 +170,10 @@ class Provider:
         message_id: str | None = "m-1",
         rate_limit: RateLimitInfo | None = None,
         ttl: float | None = None,
+        on_send: Any = None,
     ) -> None:
         self.name = name
+        self.on_send = on_send  # called as each request goes out (what happens meanwhile)
         self.script = list(script)
         self.message_id = message_id
         self.rate_limit = rate_limit
@@ -181,6 +183,8 @@ class Provider:
 
     async def send(self, email: OutboundEmail) -> SendReceipt:
         self.calls.append(email)
+        if self.on_send is not None:
+            self.on_send()
         await asyncio.sleep(0)
         outcome = self.script.pop(0) if self.script else None
         if outcome is not None:
@@ -1090,6 +1094,24 @@ async def test_an_unexpected_error_is_logged_counted_and_parked_with_its_input(
     [record] = [r for r in caplog.records if r.name == "app.stages.dispatch"]
     assert record.getMessage() == "dispatch: unexpected error for e-1"
     assert record.exc_info is not None and record.exc_info[0] is ValueError
+    # another send's failures trip the breaker while this one is in flight: not this
+    # answer's doing, but a transition, logged with this send's partition, persisted
+    # and reported as every transition is
+    caplog.clear()
+
+    def trip() -> None:
+        br = st.board.state("p", 2).breaker
+        br.state, br.opened_at = "open", NOW
+
+    st = stage(serde, Provider("p", ValueError("bug"), on_send=trip), store=store, **rec.wiring())
+    out = await st.handle(raw, ORIGIN, "normal")
+    assert out is not None and out.topic == DEAD and out.value.reason == "ambiguous"
+    assert rec.of("breaker") == [("p", "open")]
+    assert store[key_for("p", 2, 4)]["breaker"] == "open"
+    assert [r.getMessage() for r in caplog.records if r.name == "app.stages.dispatch"] == [
+        "dispatch: unexpected error for e-1",
+        "provider p partition 2: breaker closed -> open",
+    ]
 
 
 async def test_a_clean_failure_at_the_last_attempt_is_dead_with_its_input(serde: Serde) -> None:

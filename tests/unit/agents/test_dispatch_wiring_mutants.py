@@ -465,7 +465,7 @@ async def measure(
     monkeypatch.setattr(dm.faust_adapter, "revive_buffered", revive)
     monkeypatch.setattr(dm.faust_adapter, "committed_offsets",
                         lambda c: dict(committed or {}) if c is consumer else {})  # fmt: skip
-    monkeypatch.setattr(dm.faust_adapter, "may_pause", lambda app: may_pause)
+    monkeypatch.setattr(dm.faust_adapter, "may_pause", lambda app: may_pause and app is w.app)
     monkeypatch.setattr(dm.faust_adapter, "pause_fetch", pause)
     monkeypatch.setattr(dm.faust_adapter, "resume_fetch", resume)
     _, tick = w.app.timers["dispatch-lane-backlog"]
@@ -922,7 +922,7 @@ async def test_a_message_taken_past_and_lost_is_delivered_again_after_three_seco
     w.app.consumer = consumer  # type: ignore[assignment]
     now = [100.0]
     monkeypatch.setattr(dm.time, "monotonic", lambda: now[0])
-    monkeypatch.setattr(dm.faust_adapter, "may_pause", lambda app: True)
+    monkeypatch.setattr(dm.faust_adapter, "may_pause", lambda app: app is w.app)
     monkeypatch.setattr(dm.faust_adapter, "acked_offsets", lambda c, tp: ([], set()))
     w.dispatcher.admit = admit
     _, _, agent = w.app.agents["dispatch-critical"]

@@ -19,10 +19,20 @@ def shared_stack() -> Stack:
     return Stack(s.kafka.bootstrap, s.registry.url)
 
 
-def run_short(name: str, events: int = EVENTS, quota: int = QUOTA) -> Figures:
+def run_short(
+    name: str, events: int = EVENTS, quota: int = QUOTA, session_timeout_s: float = 10.0
+) -> Figures:
     """``name``'s scenario on the shared stack; worker logs under test-artifacts/chaos/."""
     log_root = ARTIFACTS / "chaos" / f"{name}-{uuid.uuid4().hex[:6]}"
-    return run_scenario(name, shared_stack(), events, quota, log_root, stall_s=60.0)
+    return run_scenario(
+        name,
+        shared_stack(),
+        events,
+        quota,
+        log_root,
+        session_timeout_s=session_timeout_s,
+        stall_s=60.0,
+    )
 
 
 def check(f: Figures, events: int = EVENTS) -> None:

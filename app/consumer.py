@@ -335,6 +335,19 @@ class GaplessConsumer(faust_aiokafka.Consumer):
             hook(set(assigned))
         await super().on_partitions_assigned(assigned, generation_id)
 
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:  # noqa: ASYNC109 (Faust's signature)
+        """Records of the urgent topics (the critical lanes) first, whatever else is
+        buffered: the client hands out a fetch's records partition after partition
+        (500 at a time, ``kafka.max_poll_records``), so a critical partition listed
+        after eight buffered bulk partitions waited for all of them (13 s in a 30,000
+        burst). Then everything, as before."""
+        first = urgent_partitions(active_partitions, urgent_topics(self.app))
+        if first:
+            records = await super()._getmany(first, 0.0)
+            if records:
+                return records
+        return await super()._getmany(active_partitions, timeout)
+
     def _new_offset(self, tp: TP) -> int | None:
         if not self.app.topics.acks_enabled_for(tp.topic):
             return super()._new_offset(tp)
@@ -392,6 +405,26 @@ class GaplessConsumer(faust_aiokafka.Consumer):
                     continue
                 faust_adapter.forget_read_offset(self, tp)  # no drop, no gap ack
             yield tp, message
+
+
+def urgent_topics(app: Any) -> frozenset[str]:
+    """The topics whose records a worker fetches first (``prefer``)."""
+    topics: frozenset[str] = getattr(app, "spillway_urgent_topics", frozenset())
+    return topics
+
+
+def prefer(app: Any, topics: Iterable[str]) -> None:
+    """Hand out the records of ``topics`` before any other's (see ``_getmany``)."""
+    app.spillway_urgent_topics = frozenset(topics)
+
+
+def urgent_partitions(active: set[TP] | None, urgent: Container[str]) -> set[TP] | None:
+    """The partitions of ``active`` to drain first: those of ``urgent`` topics, if
+    there are some and others too (else None: one plain fetch)."""
+    if not active:
+        return None
+    first = {tp for tp in active if tp.topic in urgent}
+    return first if first and len(first) < len(active) else None
 
 
 class GaplessTransport(faust_aiokafka.Transport):

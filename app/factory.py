@@ -23,9 +23,12 @@ from app.observability import StageMetrics
 from app.runtime import Runtime
 from app.settings import Settings
 from app.stages.deadletters import install_log_redaction
-from app.topology import declare, stages_of
+from app.topology import LANES, RAW_LANES, RENDERED_LANES, declare, stages_of
 
 log = logging.getLogger(__name__)
+
+#: The priority topics of each stage, whose critical partitions are read first.
+URGENT_LANES = (RAW_LANES, RENDERED_LANES, LANES)
 
 WEB_PORTS = {
     "all": 6066,
@@ -105,6 +108,7 @@ def create_app(
         ),
         broker_commit_interval=settings.kafka.commit_interval_s,
         broker_session_timeout=settings.kafka.session_timeout_s,
+        broker_max_poll_records=settings.kafka.max_poll_records,
         broker_heartbeat_interval=min(3.0, settings.kafka.session_timeout_s / 3),
         key_serializer="raw",
         value_serializer="raw",
@@ -130,6 +134,8 @@ def create_app(
         if faust_adapter.worker_of(app) is not None:
             guard.install(asyncio.get_running_loop())
     topology = declare(app, settings)
+    # critical records are handed to the stages before a burst's (issue 14)
+    gapless.prefer(app, (topology.name(lanes["critical"]) for lanes in URGENT_LANES))
     startup_checks.install(app, settings, topology)  # existing topics match the topology
     runtime = Runtime(
         settings, topology, registry=registry,

@@ -227,6 +227,13 @@ class KafkaSettings(Section):
         description="Consumer group session timeout: how long a worker that died without "
         "leaving keeps its partitions before they move to the others.",
     )
+    max_poll_records: int = Field(
+        500,
+        ge=1,
+        description="Most records one fetch hands a worker (Faust's broker_max_poll_records; "
+        "unbounded by default). Kept below a stream buffer's headroom, so a full bulk "
+        "buffer never blocks delivery of the critical records fetched with it.",
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT",
         description="How to talk to the brokers: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or "
@@ -586,6 +593,13 @@ class PolicySettings(Section):
         0.005,
         gt=0,
         description="How long render and route wait to fill a batch.",
+    )
+    stage_batches_in_flight: int = Field(
+        4,
+        ge=1,
+        description="Batches of one render or route agent whose outputs may await Kafka's "
+        "acks while it works on the next (1: each batch waits for its acks first). Inputs "
+        "are still acked only after their outputs; commits stay a contiguous prefix.",
     )
     max_output_bytes: int = Field(
         990_000,

@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from app import faust_adapter
@@ -126,20 +127,6 @@ async def deliver(
     ) from cause
 
 
-async def held_batches(stream: Any, size: int, within: float) -> AsyncIterator[list[Any]]:
-    """``stream.take_events`` batches, each acked only once the loop body finished it.
-
-    Faust acks a batch when its loop moves on, also when a stop cancels the agent
-    mid-batch (``take_events``' ``finally``): each event is held for the batch and
-    released only when the body returns here, so an unfinished batch is not committed."""
-    async for events in stream.take_events(size, within):
-        for event in events:
-            faust_adapter.hold(event)
-        yield events
-        for event in events:
-            faust_adapter.release(event)
-
-
 async def prioritised(
     runtime: Any,
     stream: Any,
@@ -148,24 +135,66 @@ async def prioritised(
     stage: str,
     handle: Callable[[Any], Awaitable[Emission]],
 ) -> None:
-    """The loop of a render or route agent: each held batch of ``stream`` is handled in
+    """The loop of a render or route agent: each batch of ``stream`` is handled in
     ``lane``'s turn at the stages' shared ``gate`` (pausing every ``PAUSE_EVERY`` events
-    so that a higher lane's waiting batch goes first), one ``handle(event)`` each, and
-    its emissions delivered before the batch is acked. An infrastructure fault stops the
-    worker through the guard without acking."""
+    so that a higher lane's waiting batch goes first), one ``handle(event)`` each. Its
+    emissions are delivered in the background while the next batch is handled (at most
+    ``stage_batches_in_flight`` batches await their acks), and each batch's input is
+    acked only once all its emissions were acknowledged. An infrastructure fault stops
+    the worker through the guard without acking."""
     from app.agents.guard import crash_on_error
 
     policy = runtime.settings.policy
-    async for events in held_batches(stream, policy.stage_batch_size, policy.stage_batch_within_s):
-        with crash_on_error(stage):
-            out = []
-            async with gate.turn(lane):
-                with runtime.metrics.busy(stage):
-                    for i, event in enumerate(events):
-                        if i and i % PAUSE_EVERY == 0:
-                            await gate.pause(lane)
-                        out.append(await handle(event))
-            await deliver(runtime, out, stage=stage)
+    limit = policy.stage_batches_in_flight
+    pending: deque[asyncio.Task[None]] = deque()
+    try:
+        async for events in stream.take_events(
+            policy.stage_batch_size, policy.stage_batch_within_s
+        ):
+            for event in events:
+                faust_adapter.hold(event)  # acked by _deliver_batch, after its outputs
+            with crash_on_error(stage):
+                out = []
+                async with gate.turn(lane):
+                    with runtime.metrics.busy(stage):
+                        for i, event in enumerate(events):
+                            if i and i % PAUSE_EVERY == 0:
+                                await gate.pause(lane)
+                            out.append(await handle(event))
+            pending.append(asyncio.ensure_future(_deliver_batch(runtime, out, events, stage)))
+            while pending and (len(pending) >= limit or pending[0].done()):
+                await asyncio.shield(pending[0])  # popped once done: a stop still sees it
+                pending.popleft()
+    finally:
+        await _settle(pending, stage)
+
+
+async def _deliver_batch(runtime: Any, out: list[Emission], events: list[Any], stage: str) -> None:
+    """Deliver one batch's emissions, then ack its input; a fault stops the worker."""
+    from app.agents.guard import crash_on_error
+
+    with crash_on_error(stage):
+        await deliver(runtime, out, stage=stage)
+    for event in events:
+        faust_adapter.release(event)
+
+
+async def _settle(pending: deque[asyncio.Task[None]], stage: str) -> None:
+    """The agent stops (cancelled) with batches awaiting acks: give them up to
+    ``STOP_WAIT_S``; if any is still unacknowledged, exit at once without acking it."""
+    if not pending or all(task.done() for task in pending):
+        return
+    _done, late = await asyncio.wait(list(pending), timeout=STOP_WAIT_S)
+    if late:
+        from app.agents.guard import EXIT_CODE
+
+        log.critical(
+            "%s: stopping with outputs Kafka has not acknowledged; exiting without "
+            "acking their input (it is handled again after a restart)",
+            stage,
+        )
+        logging.shutdown()
+        os._exit(EXIT_CODE)
 
 
 def per_priority_agents(

@@ -20,7 +20,10 @@ from app.consumer import (
     LostWatch,
     dropped_from,
     next_commit,
+    prefer,
     skipped_from,
+    urgent_partitions,
+    urgent_topics,
 )
 from app.factory import create_app
 from app.settings import Settings
@@ -501,3 +504,93 @@ async def test_redeliver_seeks_back_and_the_offset_comes_again(
     await consumer.redeliver(T0, 104)
     assert seeks == [(T0, 104)]
     assert [m.offset async for _, m in consumer.getmany(1.0)] == [104, 105, 106]
+
+
+# -- critical partitions first (issue 14) ------------------------------------------
+
+
+def _tps(topic: str, n: int = 4) -> set[TP]:
+    return {TP(topic, p) for p in range(n)}
+
+
+def test_urgent_partitions_are_those_of_the_urgent_topics_among_others() -> None:
+    crit, bulk = _tps("email.raw-events.critical"), _tps("email.raw-events.bulk")
+    urgent = {"email.raw-events.critical"}
+    assert urgent_partitions(crit | bulk, urgent) == crit
+    assert urgent_partitions(bulk, urgent) is None  # none urgent: one plain fetch
+    assert urgent_partitions(crit, urgent) is None  # only urgent ones: the same
+    assert urgent_partitions(set(), urgent) is None
+    assert urgent_partitions(None, urgent) is None  # a client-only app: Faust's None
+
+
+@given(
+    st.sets(st.tuples(st.sampled_from("abcd"), st.integers(0, 3))),
+    st.sets(st.sampled_from("abcd")),
+)
+def test_urgent_partitions_never_add_a_partition(
+    active: set[tuple[str, int]], urgent: set[str]
+) -> None:
+    tps = {TP(t, p) for t, p in active}
+    first = urgent_partitions(tps, urgent)
+    if first is not None:
+        assert first and first < tps and all(tp.topic in urgent for tp in first)
+        assert all(tp in first for tp in tps if tp.topic in urgent)
+
+
+class _Fetches:
+    """Faust's ``Consumer._getmany`` stand-in: what each call asked, and the records
+    buffered per partition (handed out and forgotten, like the client's)."""
+
+    def __init__(self, buffered: dict[TP, list[str]]) -> None:
+        self.buffered = buffered
+        self.calls: list[tuple[set[TP] | None, float]] = []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        async def _getmany(_self: Any, active: set[TP] | None, wait: float) -> Any:
+            return self.fetch(active, wait)
+
+        monkeypatch.setattr(faust_aiokafka.Consumer, "_getmany", _getmany)
+
+    def fetch(self, active: set[TP] | None, wait: float) -> Any:
+        self.calls.append((None if active is None else set(active), wait))
+        wanted = self.buffered if active is None else active
+        return {tp: self.buffered.pop(tp) for tp in list(wanted) if tp in self.buffered}
+
+
+async def test_buffered_critical_records_are_handed_out_before_the_burst(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    crit, bulk = TP("email.raw-events.critical", 0), TP("email.raw-events.bulk", 0)
+    fetches = _Fetches({bulk: ["b1", "b2"], crit: ["c1"]})
+    fetches.install(monkeypatch)
+    consumer = GaplessConsumer.__new__(GaplessConsumer)
+    consumer.app = SimpleNamespace()
+    prefer(consumer.app, ["email.raw-events.critical"])
+    assert urgent_topics(consumer.app) == {"email.raw-events.critical"}
+    first = await consumer._getmany({crit, bulk}, 1.0)
+    assert first == {crit: ["c1"]}  # only the critical partition's, at once
+    assert fetches.calls == [({crit}, 0.0)]
+    second = await consumer._getmany({crit, bulk}, 1.0)
+    assert second == {bulk: ["b1", "b2"]}  # none critical left: everything, as asked
+    assert fetches.calls[1:] == [({crit}, 0.0), ({crit, bulk}, 1.0)]
+
+
+async def test_without_urgent_topics_a_fetch_is_one_plain_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bulk = TP("email.raw-events.bulk", 0)
+    fetches = _Fetches({bulk: ["b1"]})
+    fetches.install(monkeypatch)
+    consumer = GaplessConsumer.__new__(GaplessConsumer)
+    consumer.app = SimpleNamespace()  # never told: nothing is urgent
+    assert await consumer._getmany({bulk}, 2.0) == {bulk: ["b1"]}
+    assert fetches.calls == [({bulk}, 2.0)]
+
+
+def test_every_stage_reads_its_critical_topics_first() -> None:
+    app = create_app(Settings(stage="render", topic_namespace="ns."), registry=object())
+    assert urgent_topics(app) == {
+        "ns.email.raw-events.critical",
+        "ns.email.rendered.critical",
+        "ns.email.dispatch.critical",
+    }

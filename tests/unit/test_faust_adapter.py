@@ -37,6 +37,13 @@ def test_consumer_keeps_acks_read_and_committed_offsets_where_we_read_them() -> 
         "self",
         "tp",
     ]
+    # GaplessConsumer._getmany drains the urgent partitions first through it
+    assert list(inspect.signature(faust_consumer.Consumer._getmany).parameters) == [
+        "self",
+        "active_partitions",
+        "timeout",
+    ]
+    assert "self._getmany(" in inspect.getsource(faust_consumer.Consumer._wait_next_records)
 
 
 def test_revocation_forgets_acks_before_the_app_hears_of_it() -> None:

@@ -132,7 +132,8 @@ def test_agents_use_delivery() -> None:
     for module in (render, route):  # both run delivery's loop, which delivers each batch
         source = inspect.getsource(module)
         assert "delivery.prioritised(" in source and "runtime.emit(" not in source
-    assert "await deliver(" in inspect.getsource(delivery.prioritised)
+    assert "_deliver_batch(" in inspect.getsource(delivery.prioritised)
+    assert "await deliver(" in inspect.getsource(delivery._deliver_batch)
     assert delivery.deliver is deliver
 
 

@@ -42,6 +42,20 @@ CATCH_ALL_PRIORITY = "normal"
 STOP_WAIT_S = 10.0
 
 
+def _exit_unacknowledged(stage: str) -> None:
+    """Stopping with outputs Kafka has not acknowledged: exit at once, so that their
+    input is never acked (it is handled again after a restart)."""
+    from app.agents.guard import EXIT_CODE
+
+    log.critical(
+        "%s: stopping with outputs Kafka has not acknowledged; exiting without "
+        "acking their input (it is handled again after a restart)",
+        stage,
+    )
+    logging.shutdown()
+    os._exit(EXIT_CODE)
+
+
 async def _acknowledged(futures: list[Any], stage: str) -> list[Any]:
     """The produce results (or exceptions), in order.
 
@@ -59,15 +73,7 @@ async def _acknowledged(futures: list[Any], stage: str) -> list[Any]:
         except BaseException:
             acked = False
         if not acked:
-            from app.agents.guard import EXIT_CODE
-
-            log.critical(
-                "%s: stopping with outputs Kafka has not acknowledged; exiting without "
-                "acking their input (it is handled again after a restart)",
-                stage,
-            )
-            logging.shutdown()
-            os._exit(EXIT_CODE)
+            _exit_unacknowledged(stage)
         raise
 
 
@@ -186,15 +192,7 @@ async def _settle(pending: deque[asyncio.Task[None]], stage: str) -> None:
         return
     _done, late = await asyncio.wait(list(pending), timeout=STOP_WAIT_S)
     if late:
-        from app.agents.guard import EXIT_CODE
-
-        log.critical(
-            "%s: stopping with outputs Kafka has not acknowledged; exiting without "
-            "acking their input (it is handled again after a restart)",
-            stage,
-        )
-        logging.shutdown()
-        os._exit(EXIT_CODE)
+        _exit_unacknowledged(stage)
 
 
 def per_priority_agents(

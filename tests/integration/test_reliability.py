@@ -207,14 +207,17 @@ def reset_to_earliest(env: Env, group: str, topics: list[str]) -> None:
         future.result(timeout=30)
 
 
+REPLAYED = 400  # messages in the lanes, all sent once, then read again from the start
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_replay_from_earliest_calls_no_provider(env: Env, own_sim: Any, mode: str) -> None:
     prov = provider(env, own_sim, mode)
-    ids = fill_lanes(env, {"normal": 500, "bulk": 500})
+    ids = fill_lanes(env, {"normal": REPLAYED // 2, "bulk": REPLAYED // 2})
     worker = env.workers.add("dispatch", **prov.worker_env())
     observer = env.observe()
-    tally = observer.wait_for(1000, timeout=120, check=env.workers.check_alive)
-    assert len(tally.sent) == 1000
+    tally = observer.wait_for(REPLAYED, timeout=120, check=env.workers.check_alive)
+    assert len(tally.sent) == REPLAYED
     wait_pipeline_consumed(env, ("dispatch",))  # offsets (after the ledger's marks) committed
     before = prov.records()
     worker.stop()
@@ -223,11 +226,11 @@ def test_replay_from_earliest_calls_no_provider(env: Env, own_sim: Any, mode: st
     reset_to_earliest(env, group, lanes)
     assert not consumed(env, group, lanes, PARTITIONS)  # the reset took
     env.workers.add("dispatch", **prov.worker_env())
-    # the new worker re-read all 1000 messages: its group committed their end again
+    # the new worker re-read all the messages: its group committed their end again
     wait_pipeline_consumed(env, ("dispatch",))
     after = prov.records()
     print(f"{mode}: provider requests before the replay {len(before)}, after {len(after)}")
-    assert len(before) == 1000
+    assert len(before) == REPLAYED
     assert after == before  # not one request during the replay
     report = prov.check_sent_once(set(ids["normal"]) | set(ids["bulk"]))
     report.assert_clean()

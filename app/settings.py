@@ -595,7 +595,7 @@ class PolicySettings(Section):
         description="How long render and route wait to fill a batch.",
     )
     stage_batches_in_flight: int = Field(
-        4,
+        16,
         ge=1,
         description="Batches of one render or route agent whose outputs may await Kafka's "
         "acks while it works on the next (1: each batch waits for its acks first). Inputs "

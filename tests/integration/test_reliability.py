@@ -18,7 +18,7 @@ from harness.observe import end_offsets
 from harness.workers import wait_until
 from tests.plugins.providers import MODES, consumed, lane_partition, provider
 from tests.plugins.stack import Env
-from tests.plugins.traffic import PARTITIONS, fill_lanes, produce, providers_env
+from tests.plugins.traffic import PARTITIONS, produce, providers_env
 
 pytestmark = pytest.mark.integration
 
@@ -213,9 +213,12 @@ REPLAYED = 400  # messages in the lanes, all sent once, then read again from the
 @pytest.mark.parametrize("mode", MODES)
 def test_replay_from_earliest_calls_no_provider(env: Env, own_sim: Any, mode: str) -> None:
     prov = provider(env, own_sim, mode)
-    ids = fill_lanes(env, {"normal": REPLAYED // 2, "bulk": REPLAYED // 2})
+    env.workers.add("render")
+    env.workers.add("route")
     worker = env.workers.add("dispatch", **prov.worker_env())
+    assert env.workers.wait_ready(env.settings.kafka.bootstrap, env.ns)  # all start at once
     observer = env.observe()
+    ids = {p: produce(env, REPLAYED // 2, p, p[0]) for p in ("normal", "bulk")}
     tally = observer.wait_for(REPLAYED, timeout=120, check=env.workers.check_alive)
     assert len(tally.sent) == REPLAYED
     wait_pipeline_consumed(env, ("dispatch",))  # offsets (after the ledger's marks) committed

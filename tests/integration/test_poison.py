@@ -20,7 +20,11 @@ from typing import Any
 import pytest
 
 from app.models import RawEvent
+from harness.observe import end_offsets
+from harness.workers import wait_until
+from tests.plugins.providers import consumed
 from tests.plugins.stack import Env
+from tests.plugins.traffic import PARTITIONS
 
 pytestmark = pytest.mark.integration
 
@@ -93,6 +97,13 @@ def poison_corpus(env: Env) -> list[tuple[str, bytes, bytes | None, str]]:
     return corpus
 
 
+#: render's input topics (issue 14: one raw topic per priority besides email.raw-events)
+RENDER_INPUTS = [
+    "email.raw-events",
+    *(f"email.raw-events.{p}" for p in ("critical", "normal", "bulk")),
+]
+
+
 def test_each_poison_record_is_one_dead_letter_and_the_good_ones_are_delivered(
     env: Env,
 ) -> None:
@@ -128,7 +139,18 @@ def test_each_poison_record_is_one_dead_letter_and_the_good_ones_are_delivered(
     started = time.monotonic()
     tally = observer.wait_for(total, timeout=180, check=env.workers.check_alive)
     elapsed = time.monotonic() - started
-    time.sleep(2)  # a second dead letter for the same record would arrive now
+    # A second dead letter for the same record would come from render handling it again:
+    # once render's group committed the end of its inputs (it flushes its output first)
+    # and the observer read email.dead to its end, every dead letter there is counted.
+    boot = env.settings.kafka.bootstrap
+    inputs = [env.topic(t) for t in RENDER_INPUTS]
+    assert wait_until(
+        lambda: consumed(env, env.settings.app_id("render"), inputs, PARTITIONS),
+        timeout=60,
+        interval=0.5,
+    ), "render did not commit the end of its input"
+    dead_end = end_offsets(boot, env.topic("email.dead"), PARTITIONS)
+    assert wait_until(lambda: observer.snapshot().dead_records >= dead_end, timeout=30)
     tally = observer.snapshot()
     env.workers.check_alive()  # no worker stopped (a crash exits with 70)
     assert all(w.alive() for w in env.workers.workers)

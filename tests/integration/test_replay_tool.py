@@ -155,7 +155,16 @@ def test_fixing_a_template_and_replaying_its_dead_letters(env: Env, tmp_path: Pa
         ),
         timeout=60,
     ), "the second replay did not reach the dispatch stage"
-    time.sleep(1.0)  # let a (wrong) send surface in email.sent or at the simulator
+    # dispatch committed the lane's end, so a (wrong) send of a replayed reset was made
+    # and its record flushed before: read email.sent and email.dead to their ends
+    boot = env.settings.kafka.bootstrap
+    ends = [end_offsets(boot, env.topic(t), 4) for t in ("email.sent", "email.dead")]
+
+    def caught_up() -> bool:
+        snap = observer.snapshot()
+        return snap.sent_records >= ends[0] and snap.dead_records >= ends[1]
+
+    assert wait_until(caught_up, timeout=30), "the observer did not read email.sent/dead"
     ledger = env.ledger()
     assert len(ledger) == N + GOOD and all(entry["requests"] == 1 for entry in ledger)
     tally = observer.snapshot()

@@ -129,12 +129,11 @@ def test_wrong_password_is_refused(broker: ScramBroker) -> None:
     # librdkafka reports the refusal at once through error_cb; list_topics itself only
     # fails when its timeout runs out, so ask in short rounds until the refusal came.
     errors: list[KafkaError] = []
-    admin = AdminClient(
-        {
-            **broker.client_config("shop-intake", password="not-the-password"),
-            "error_cb": errors.append,
-        }
-    )
+    config: Any = {  # the stubs type the values as str | int | float, not callbacks
+        **broker.client_config("shop-intake", password="not-the-password"),
+        "error_cb": errors.append,
+    }
+    admin = AdminClient(config)
 
     def refused() -> bool:
         return any(

@@ -78,7 +78,7 @@ def test_quota_holds_across_two_workers(env: Env, own_sim: Any) -> None:
 
 def test_critical_overtakes_a_saturating_bulk_backlog(env: Env, own_sim: Any) -> None:
     sim = own_sim(quota=100)
-    fill_lanes(env, {"bulk": 1000})
+    fill_lanes(env, {"bulk": 1000}, pipeline=True)  # critical and late bulk come raw
     env.workers.add("dispatch", **providers_env(policy("sim", sim.url, quota_per_s=100)))
     observer = env.observe()
     assert wait_until(lambda: len(sim.entries()) >= 200, timeout=60, interval=0.5)
@@ -110,7 +110,7 @@ def test_bulk_is_held_while_remaining_is_low(env: Env, own_sim: Any) -> None:
     # The provider allows 300 per 4 s window; below 100 remaining, bulk waits for the
     # reset while critical keeps going. We never hit the wall (no 429).
     sim = own_sim(quota=300, window_s=4)
-    fill_lanes(env, {"bulk": 700})
+    fill_lanes(env, {"bulk": 700}, pipeline=True)  # the critical trickle comes raw
     env.workers.add(
         "dispatch",
         **providers_env(policy("sim", sim.url, remaining_threshold=100, max_in_flight=4)),

@@ -1,11 +1,20 @@
-"""Traffic for the integration tier: provider policies for a worker's environment, and
-events produced through render and route into the dispatch lanes."""
+"""Traffic for the integration tier: provider policies for a worker's environment, raw
+events for the whole pipeline (``produce``), and a backlog written straight into the
+dispatch lanes (``fill_lanes``)."""
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from app.models import DispatchRequest
+from app.stages.route import routing_headers
+from app.templating import TemplateStore
+from app.topology import TOPICS, policy_of
 from harness import burst
 from harness.observe import end_offsets
 from harness.workers import wait_until
@@ -23,10 +32,11 @@ def providers_env(*policies: dict[str, Any]) -> dict[str, str]:
     return {"SPILLWAY_PROVIDERS": json.dumps(list(policies))}
 
 
+TEMPLATES = {"critical": "password_reset", "normal": "order_confirmation", "bulk": "newsletter"}
+
+
 def produce(env: Env, n: int, priority: str, prefix: str) -> list[str]:
-    template = {"critical": "password_reset", "normal": "order_confirmation", "bulk": "newsletter"}[
-        priority
-    ]
+    template = TEMPLATES[priority]
     ids = []
     for i in range(n):
         event_id = f"{env.ns}-{prefix}{i}"
@@ -50,18 +60,89 @@ def produce(env: Env, n: int, priority: str, prefix: str) -> list[str]:
     return ids
 
 
-def fill_lanes(env: Env, counts: dict[str, int]) -> dict[str, list[str]]:
-    """Render and route a backlog into the lanes before any dispatch worker runs."""
-    env.workers.add("render")
-    env.workers.add("route")
-    ids = {p: produce(env, n, p, p[0]) for p, n in counts.items()}
+def create_topics(env: Env) -> None:
+    """The namespace's pipeline topics, with the topology's partitions and configs, before
+    any worker starts (as in production, and as ``bench.chaos`` does): the workers'
+    startup checks find them as they expect, and no worker subscribes to a topic that
+    is not in its metadata yet."""
+    admin = AdminClient({"bootstrap.servers": env.settings.kafka.bootstrap})
+    topics = [
+        NewTopic(
+            env.settings.topic(name),
+            num_partitions=env.settings.kafka.topic_partitions,
+            replication_factor=env.settings.kafka.topic_replication,
+            config=policy_of(logical, env.settings).config(),
+        )
+        for logical, (name, _) in TOPICS.items()
+    ]
+    for future in admin.create_topics(topics).values():
+        try:
+            future.result(30)
+        except KafkaException as exc:  # a worker of the test's made it already
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    names = {t.topic for t in topics}
+    assert wait_until(lambda: names <= set(admin.list_topics(timeout=5).topics), 30)
+
+
+def fill_lanes(
+    env: Env, counts: dict[str, int], *, pipeline: bool = False
+) -> dict[str, list[str]]:
+    """A backlog in the dispatch lanes before any dispatch worker runs: dispatch requests
+    written into each priority's lane as route writes them (the lane's schema, the
+    routing headers, the key's murmur2 partition as aiokafka picks it), each template
+    rendered by the product's TemplateStore from its sample data. Without render and
+    route workers: their start-up (5-8 s) is not on the way. ``pipeline``: start render
+    and route too, for raw events the test produces later (``produce``)."""
+    create_topics(env)
+    if pipeline:
+        env.workers.add("render")
+        env.workers.add("route")
+    store = TemplateStore(env.settings.templates_dir)
+    producer = Producer(
+        {
+            "bootstrap.servers": env.settings.kafka.bootstrap,
+            "linger.ms": 5,
+            "acks": "all",
+            "partitioner": "murmur2_random",  # aiokafka's (and Java's) partitioner
+        }
+    )
+    ids: dict[str, list[str]] = {}
+    now = int(time.time() * 1000)
+    for priority, n in counts.items():
+        template = TEMPLATES[priority]
+        parts = store.render(template, env.samples[template])
+        lane = env.topic(f"email.dispatch.{priority}")
+        ids[priority] = []
+        for i in range(n):
+            event_id = f"{env.ns}-{priority[0]}{i}"
+            request = DispatchRequest(
+                event_id=event_id,
+                priority=priority,
+                to=f"{priority[0]}{i}@example.com",
+                from_address=env.settings.default_sender,
+                subject=parts.subject,
+                html=parts.html,
+                text=parts.text,
+                template=parts.template,
+                template_version=parts.template_version,
+                source="t",
+                accepted_at=now,
+                rendered_at=now,
+            )
+            value = env.serde.encode(lane, request)
+            headers: list[tuple[str, str | bytes | None]] = list(
+                routing_headers(priority, event_id, parts.template)
+            )
+            while True:
+                try:
+                    producer.produce(lane, key=event_id.encode(), value=value, headers=headers)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            ids[priority].append(event_id)
+    assert producer.flush(30) == 0, "the lanes were not written"
     boot = env.settings.kafka.bootstrap
-    assert wait_until(
-        lambda: all(
-            end_offsets(boot, env.topic(f"email.dispatch.{p}"), PARTITIONS) >= n
-            for p, n in counts.items()
-        ),
-        timeout=120,
-        interval=0.5,
-    ), "the lanes did not fill"
+    for priority, n in counts.items():
+        assert end_offsets(boot, env.topic(f"email.dispatch.{priority}"), PARTITIONS) == n
     return ids

@@ -316,6 +316,16 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
         committed = faust_adapter.committed_offsets(consumer)
         buffers = lane_buffers()
         stalled = any(q.full() for qs in buffers.values() for q in qs)
+        names = {topology.name(LANES[lane]) for lane in PRIORITIES[:-1]}
+        mine = [tp for tp in assigned if tp.topic in names]
+        unknown = [
+            tp for tp in mine
+            if tp not in earliest and max(next_offset.get(tp, -1), committed.get(tp) or -1) < 0
+        ]
+        if unknown:
+            earliest.update(await consumer.earliest_offsets(*unknown))
+        unfetched = [tp for tp in mine if consumer.highwater(tp) is None]
+        asked = dict(await consumer.highwaters(*unfetched)) if unfetched else {}
         for lane in PRIORITIES[:-1]:  # the lowest lane waits on no one
             name = topology.name(LANES[lane])
             backlog = 0
@@ -323,11 +333,9 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
                 end = consumer.highwater(tp)
                 start = max(next_offset.get(tp, -1), committed.get(tp) or -1)
                 if start < 0:
-                    if tp not in earliest:
-                        earliest.update(await consumer.earliest_offsets(tp))
                     start = earliest.get(tp, 0)
-                if end is None:  # not fetched yet (a partition just taken over): ask
-                    end = (await consumer.highwaters(tp)).get(tp)
+                if end is None:  # not fetched yet (a partition just taken over): asked
+                    end = asked.get(tp)
                 if end is None:
                     end = start + 1  # assume work until we know
                 backlog += max(0, end - start)

@@ -50,6 +50,7 @@ class Consumer:
     earliest: dict[Any, int] = field(default_factory=dict)
     expected: dict[Any, int] = field(default_factory=dict)
     calls: list[tuple[str, Any]] = field(default_factory=list)
+    requests: int = 0  # broker round trips (one per call, whatever its partitions)
     fail_assignment: bool = False
 
     def assignment(self) -> set[Any]:
@@ -60,13 +61,15 @@ class Consumer:
     def highwater(self, tp: Any) -> int | None:
         return self.highwaters_known.get(tp)
 
-    async def highwaters(self, tp: Any) -> dict[Any, int]:
-        self.calls.append(("highwaters", tp))
-        return {tp: self.asked_highwaters[tp]} if tp in self.asked_highwaters else {}
+    async def highwaters(self, *tps: Any) -> dict[Any, int]:
+        self.requests += 1
+        self.calls.extend(("highwaters", tp) for tp in tps)
+        return {tp: self.asked_highwaters[tp] for tp in tps if tp in self.asked_highwaters}
 
-    async def earliest_offsets(self, tp: Any) -> dict[Any, int]:
-        self.calls.append(("earliest", tp))
-        return {tp: self.earliest[tp]} if tp in self.earliest else {}
+    async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
+        self.requests += 1
+        self.calls.extend(("earliest", tp) for tp in tps)
+        return {tp: self.earliest[tp] for tp in tps if tp in self.earliest}
 
     def tracker(self) -> Any:
         return SimpleNamespace(expected=self.expected)
@@ -489,6 +492,9 @@ async def test_each_lane_backlog_is_its_partitions_lag_from_where_handling_stand
     # normal: 7 - 0 (committed 0 is a position) + 1 (not fetched, nothing known)
     assert w.gate.backlog == {"critical": 60, "normal": 8, "bulk": w.gate.backlog["bulk"]}
     assert ("earliest", c1) in w.app.consumer.calls and ("highwaters", c2) in w.app.consumer.calls
+    # one request for every earliest offset and one for every end it needs (each takes
+    # a turn of the consumer thread: one per partition held a starting worker ~7 s)
+    assert w.app.consumer.requests == 2
     assert w.board.owned == {0, 1, 2}  # the critical partitions
     # the earliest offset is asked once per partition
     await measure(w, adapter, monkeypatch, ends, committed=committed, extra={other})

@@ -495,6 +495,13 @@ async def test_each_lane_backlog_is_its_partitions_lag_from_where_handling_stand
     # one request for every earliest offset and one for every end it needs (each takes
     # a turn of the consumer thread: one per partition held a starting worker ~7 s)
     assert w.app.consumer.requests == 2
+    # asked only for what is unknown, and only of the lanes that others wait on: the
+    # earliest offset where nothing was taken nor committed (a committed 0 reads as
+    # nothing), the end where nothing was fetched
+    def asked(kind: str) -> set[Any]:
+        return {tp for k, tp in w.app.consumer.calls if k == kind}
+
+    assert (asked("earliest"), asked("highwaters")) == ({c1, n0, n1}, {c2, n1})
     assert w.board.owned == {0, 1, 2}  # the critical partitions
     # the earliest offset is asked once per partition
     await measure(w, adapter, monkeypatch, ends, committed=committed, extra={other})
@@ -755,6 +762,7 @@ async def test_a_revocation_drains_flushes_and_forgets_what_was_taken(
     w.app.consumer.earliest = {c0: 0, c1: 0}
     await measure(w, adapter, monkeypatch, {c0: 50, c1: 50}, committed={c0: None, c1: None})
     assert w.gate.backlog["critical"] == 19 + 19  # from what was taken
+    assert w.app.consumer.requests == 0  # both starts known: no earliest offset asked
     await w.app.spillway_before_revoke({c0})
     assert revoked == [{c0}] and w.app.producer.flushes == 1
     w.app.consumer.earliest = {c0: 10, c1: 10}

@@ -8,7 +8,7 @@ may touch a Faust private.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -48,6 +48,16 @@ def lane_queues(app: Any, topic_name: str) -> list[Any]:
     """The queues the conductor delivers a topic's messages into (one per stream)."""
     index = getattr(app.topics, "_topic_name_index", {})
     return [channel.queue for channel in index.get(topic_name, ())]
+
+
+def stream_queued(stream: Any) -> Callable[[], int]:
+    """How many records wait in a stream's channel queue, not yet taken (a stream
+    without one: none)."""
+    queue = getattr(getattr(stream, "channel", None), "queue", None)
+    if queue is None or not hasattr(queue, "qsize"):
+        return lambda: 0
+    size: Callable[[], int] = queue.qsize
+    return size
 
 
 def generation(app: Any) -> int:

@@ -152,6 +152,7 @@ async def prioritised(
 
     policy = runtime.settings.policy
     limit = policy.stage_batches_in_flight
+    gate.queued.setdefault(lane, faust_adapter.stream_queued(stream))
     pending: deque[asyncio.Task[None]] = deque()
     try:
         async for events in stream.take_events(
@@ -165,7 +166,7 @@ async def prioritised(
                     with runtime.metrics.busy(stage):
                         for i, event in enumerate(events):
                             if i and i % PAUSE_EVERY == 0:
-                                await gate.pause(lane)
+                                await gate.pause(lane, policy.stage_batch_within_s)
                             out.append(await handle(event))
             pending.append(asyncio.ensure_future(_deliver_batch(runtime, out, events, stage)))
             while pending and (len(pending) >= limit or pending[0].done()):

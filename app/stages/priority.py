@@ -12,7 +12,10 @@ and one event loop, though: ``PriorityGate`` decides whose batch uses it next.
   (with the default 8, bulk gets at least one batch in nine while higher lanes are
   saturated).
 - A lane holding the gate hands it over between records when a higher lane waits
-  (``pause``): a critical batch waits for one record, not a whole bulk batch.
+  (``pause``): a critical batch waits for one record, not a whole bulk batch. While a
+  higher lane's records are queued and its batch not yet full, the holder idles (up to
+  the batch window): Faust moves one record per loop turn into a batch, so a busy lower
+  lane let critical batches fill at its own pace, one record for each of its own.
 
 ``choose`` is the whole policy, pure, and property-tested.
 """
@@ -22,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 from app.models import PRIORITIES
 
@@ -62,6 +65,9 @@ class PriorityGate:
         self.skipped: dict[str, int] = dict.fromkeys(lanes, 0)
         #: Grants per lane (for tests and the status page).
         self.grants: dict[str, int] = dict.fromkeys(lanes, 0)
+        #: Per lane, how many of its records are queued and not yet in a batch (its
+        #: stream's buffer); a lane that does not tell counts as none.
+        self.queued: dict[str, Callable[[], int]] = {}
 
     def waiting(self) -> list[str]:
         return [lane for lane, q in self._waiters.items() if q]
@@ -116,11 +122,31 @@ class PriorityGate:
         finally:
             self.release()
 
-    async def pause(self, lane: str) -> None:
+    def higher_queued(self, lane: str) -> bool:
+        """Whether a lane of higher priority than ``lane`` has records queued that are
+        not in a batch yet."""
+        rank = self.lanes.index(lane)
+        return any(self.queued[h]() > 0 for h in self.lanes[:rank] if h in self.queued)
+
+    def _should_idle(self, lane: str, deadline: float, now: float) -> bool:
+        return not self.higher_waiting(lane) and self.higher_queued(lane) and now < deadline
+
+    async def pause(self, lane: str, within: float = 0.005) -> None:
         """Between two records of a batch: let the event loop run (the consumer feeds
         the other lanes' buffers meanwhile), and hand the gate to a higher lane that
-        waits, coming back when ``choose`` says so. Call only while holding it."""
+        waits, coming back when ``choose`` says so. Call only while holding it.
+
+        A higher lane with records queued but no batch yet gets up to ``within`` (its
+        batch window) of idle loop turns first: Faust moves one record per turn into a
+        batch, so working on meanwhile would let it fill at our pace, one record for
+        each of ours (critical got half of render in a burst)."""
         await asyncio.sleep(0)
+        if not self.higher_waiting(lane) and self.higher_queued(lane):
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + within
+            # idle turns are the point (Faust moves one record per turn), not an Event
+            while self._should_idle(lane, deadline, loop.time()):  # noqa: ASYNC110
+                await asyncio.sleep(0)
         if self.higher_waiting(lane):
             self.release()
             await self.acquire(lane)

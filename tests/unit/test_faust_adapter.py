@@ -298,3 +298,15 @@ async def test_topics_missing_from_metadata_are_found_and_refreshed() -> None:
     await faust_adapter.refresh_metadata(consumer)
     assert refreshed == ["now"]
     assert faust_adapter.topics_missing_from_metadata(SimpleNamespace()) == set()
+
+
+async def test_stream_queued_reads_a_real_streams_channel_queue() -> None:
+    """PriorityGate's ``queued``: a faust Stream's ``channel.queue`` is what the
+    conductor fills and the stream drains."""
+    app = faust.App("pin-stream-queued", autodiscover=False)
+    stream = app.topic("pin-topic").stream()
+    queued = faust_adapter.stream_queued(stream)
+    assert queued() == 0
+    stream.channel.queue.put_nowait("event")
+    assert queued() == 1
+    assert faust_adapter.stream_queued(object())() == 0  # no channel: nothing queued

@@ -159,3 +159,53 @@ async def test_pause_hands_over_to_a_higher_lane_only() -> None:
     gate.release()
     await asyncio.wait_for(bulk, 5)
     assert gate.holder == "bulk"
+
+
+async def test_pause_idles_while_a_higher_lane_gathers_its_batch() -> None:
+    """Critical records queued but not yet a batch: the lower lane idles (loop turns
+    only) until critical asks for the gate, then hands it over; without the idling it
+    went on, and critical's batch filled one record per lower-lane record."""
+    gate = PriorityGate()
+    queued = {"critical": 3}
+    gate.queued["critical"] = lambda: queued["critical"]
+    await gate.acquire("normal")
+    order: list[str] = []
+
+    async def critical_agent() -> None:
+        for _ in range(2):  # Faust's drainer: one record per loop turn, a batch of 2
+            queued["critical"] -= 1
+            await asyncio.sleep(0)
+        async with gate.turn("critical"):  # the batch is full: one record still queued
+            order.append("critical")
+
+    task = asyncio.create_task(critical_agent())
+    await asyncio.wait_for(gate.pause("normal", within=5.0), 5)
+    order.append("normal")
+    assert order == ["critical", "normal"] and gate.holder == "normal"
+    await task
+
+
+async def test_pause_idles_no_longer_than_the_batch_window() -> None:
+    gate = PriorityGate()
+    gate.queued["critical"] = lambda: 1  # queued, but its agent never asks (busy)
+    gate.queued["bulk"] = lambda: 100  # a lower lane's queue is no reason to idle
+    await gate.acquire("normal")
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await asyncio.wait_for(gate.pause("normal", within=0.01), 5)
+    assert gate.holder == "normal"
+    assert loop.time() - start >= 0.01  # it did idle, for the window
+    gate.queued["critical"] = lambda: 0
+    turns = 0
+
+    async def count() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.create_task(count())
+    await gate.pause("normal", within=5.0)  # nothing queued above: one turn only
+    counter.cancel()
+    assert turns <= 2 and gate.holder == "normal"
+    assert gate.higher_queued("critical") is False  # nothing is above critical

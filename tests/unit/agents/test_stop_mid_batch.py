@@ -183,8 +183,7 @@ async def test_the_next_batch_is_handled_while_the_last_awaits_its_acks(
         await ack
 
     async def deliveries(n: int) -> None:
-        while len(acks) < n:
-            await asyncio.sleep(0)
+        await _until(lambda: len(acks) >= n)
 
     monkeypatch.setattr(delivery, "deliver", deliver)
     task = asyncio.ensure_future(app.agents["render"].fun(BatchesStream(batches)))
@@ -213,6 +212,10 @@ async def test_the_next_batch_is_handled_while_the_last_awaits_its_acks(
     assert sorted(consumer.acked) == [0, 1, 2, 3, 4, 5]
 
 
-async def _until(check: Any) -> None:
-    while not check():
+async def _until(check: Any, turns: int = 10_000) -> None:
+    """Wait for ``check()`` for at most ``turns`` event-loop turns (no clock)."""
+    for _ in range(turns):
+        if check():
+            return
         await asyncio.sleep(0)
+    raise AssertionError("the condition never came true")

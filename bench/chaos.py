@@ -55,7 +55,7 @@ from app.runtime import registry_client
 from app.serde import Serde
 from app.settings import PROJECT_ROOT, Settings
 from app.templating import TemplateStore
-from app.topology import DEAD, RAW, SENT, TOPICS, topic_name, topic_schemas
+from app.topology import DEAD, RAW, SENT, topic_name, topic_schemas
 from bench.chaos_stack import PrivateStack
 from bench.infra import Simulator
 from harness import burst
@@ -353,24 +353,9 @@ class Run:
         loaded machine a worker that created its input topic itself sometimes subscribed
         before the topic was in its metadata, logged "Ignoring missing topic" and never read
         it: render on email.raw-events, route on email.rendered. Not what this suite tests.)"""
-        from confluent_kafka.admin import AdminClient, NewTopic
+        from harness.topics import create_pipeline_topics
 
-        from app.topology import policy_of
-
-        admin = AdminClient({"bootstrap.servers": self.stack.bootstrap})
-        topics = [
-            NewTopic(
-                self.settings.topic(name),
-                num_partitions=self.settings.kafka.topic_partitions,
-                replication_factor=self.settings.kafka.topic_replication,
-                config=policy_of(logical, self.settings).config(),
-            )
-            for logical, (name, _) in TOPICS.items()
-        ]
-        for future in admin.create_topics(topics).values():
-            future.result(30)
-        names = {t.topic for t in topics}
-        wait_until(lambda: names <= set(admin.list_topics(timeout=5).topics), 30)
+        create_pipeline_topics(self.stack.bootstrap, self.settings)
 
     def start(self, dispatch_workers: int = 1) -> None:
         self.create_topics()

@@ -8,16 +8,14 @@ import json
 import time
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Producer
 
 from app.models import DispatchRequest
 from app.stages.route import routing_headers
 from app.templating import TemplateStore
-from app.topology import TOPICS, policy_of
 from harness import burst
 from harness.observe import end_offsets
-from harness.workers import wait_until
+from harness.topics import create_pipeline_topics
 from tests.plugins.stack import Env
 
 PARTITIONS = 4
@@ -61,28 +59,10 @@ def produce(env: Env, n: int, priority: str, prefix: str) -> list[str]:
 
 
 def create_topics(env: Env) -> None:
-    """The namespace's pipeline topics, with the topology's partitions and configs, before
-    any worker starts (as in production, and as ``bench.chaos`` does): the workers'
-    startup checks find them as they expect, and no worker subscribes to a topic that
-    is not in its metadata yet."""
-    admin = AdminClient({"bootstrap.servers": env.settings.kafka.bootstrap})
-    topics = [
-        NewTopic(
-            env.settings.topic(name),
-            num_partitions=env.settings.kafka.topic_partitions,
-            replication_factor=env.settings.kafka.topic_replication,
-            config=policy_of(logical, env.settings).config(),
-        )
-        for logical, (name, _) in TOPICS.items()
-    ]
-    for future in admin.create_topics(topics).values():
-        try:
-            future.result(30)
-        except KafkaException as exc:  # a worker of the test's made it already
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-    names = {t.topic for t in topics}
-    assert wait_until(lambda: names <= set(admin.list_topics(timeout=5).topics), 30)
+    """The namespace's pipeline topics before any worker starts (as ``bench.chaos``
+    does); a worker of the test's may have made some already."""
+    settings = env.settings
+    assert create_pipeline_topics(settings.kafka.bootstrap, settings, exist_ok=True)
 
 
 def fill_lanes(

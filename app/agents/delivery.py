@@ -189,7 +189,7 @@ async def _deliver_batch(runtime: Any, out: list[Emission], events: list[Any], s
 async def _settle(pending: deque[asyncio.Task[None]], stage: str) -> None:
     """The agent stops (cancelled) with batches awaiting acks: give them up to
     ``STOP_WAIT_S``; if any is still unacknowledged, exit at once without acking it."""
-    if not pending or all(task.done() for task in pending):
+    if not pending:
         return
     _done, late = await asyncio.wait(list(pending), timeout=STOP_WAIT_S)
     if late:

@@ -318,10 +318,9 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
         stalled = any(q.full() for qs in buffers.values() for q in qs)
         names = {topology.name(LANES[lane]) for lane in PRIORITIES[:-1]}
         mine = [tp for tp in assigned if tp.topic in names]
-        unknown = [
-            tp for tp in mine
-            if tp not in earliest and max(next_offset.get(tp, -1), committed.get(tp) or -1) < 0
-        ]
+        # where handling stands: what this worker handled, else the committed offset
+        starts = {tp: max(next_offset.get(tp, -1), committed.get(tp) or -1) for tp in mine}
+        unknown = [tp for tp in mine if tp not in earliest and starts[tp] < 0]
         if unknown:
             earliest.update(await consumer.earliest_offsets(*unknown))
         unfetched = [tp for tp in mine if consumer.highwater(tp) is None]
@@ -331,7 +330,7 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             backlog = 0
             for tp in (tp for tp in assigned if tp.topic == name):
                 end = consumer.highwater(tp)
-                start = max(next_offset.get(tp, -1), committed.get(tp) or -1)
+                start = starts[tp]
                 if start < 0:
                     start = earliest.get(tp, 0)
                 if end is None:  # not fetched yet (a partition just taken over): asked

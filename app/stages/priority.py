@@ -141,7 +141,7 @@ class PriorityGate:
         batch, so working on meanwhile would let it fill at our pace, one record for
         each of ours (critical got half of render in a burst)."""
         await asyncio.sleep(0)
-        if not self.higher_waiting(lane) and self.higher_queued(lane):
+        if self.higher_queued(lane):
             loop = asyncio.get_running_loop()
             deadline = loop.time() + within
             # idle turns are the point (Faust moves one record per turn), not an Event

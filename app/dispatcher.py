@@ -7,13 +7,15 @@ lane gate, rate meter, breaker, provider call, outcome), ``deliver`` (produce an
 wait for Kafka's ack), the ledger, and ``membership`` (does this member still own a
 partition in the generation a message was fetched in).
 
-Per message, not per batch: each admitted message is its own task and takes one
-of its lane's in-flight slots (``lane_in_flight``), so a slow request costs one
-slot while the lane's other messages keep flowing. A message is acked (Faust may
-then commit its offset; ``app.consumer`` commits only a contiguous prefix) only
-once its output was acknowledged by Kafka; a ``sent`` ledger mark is written only
-after its ``email.sent`` record was acknowledged (the stage acked ``accepted`` before
-producing it), and the message is acked only once that mark was acknowledged too.
+Sends per message, outputs per batch: each admitted message is its own task and
+takes one of its lane's in-flight slots (``lane_in_flight``), so a slow request costs
+one slot while the lane's other messages keep flowing; their outputs are produced in
+batches (``Outbox``: one produce batch, one ``sent``-mark confirm per batch). A
+message is acked (Faust may then commit its offset; ``app.consumer`` commits only a
+contiguous prefix) only once its output was acknowledged by Kafka; a ``sent`` ledger
+mark is written only after its ``email.sent`` record was acknowledged (the stage acked
+``accepted`` before producing it), and the message is acked only once that mark was
+acknowledged too.
 
 Revocation (``revoke``): at once, nothing more of those partitions is admitted,
 and every task of theirs that has no request on the wire is cancelled, wherever it
@@ -90,6 +92,101 @@ class Work:
     event_id: str | None = None
 
 
+class Outbox:
+    """The outputs of many messages produced as one batch, and the ``sent`` marks of the
+    batch's SendResults written and awaited in one ledger call (``confirm``): one produce
+    batch and one confirm per batch instead of per message.
+
+    ``put`` returns once its emission was acknowledged by Kafka and, for a SendResult,
+    once its ``sent`` mark was too; when the batch's delivery or confirm failed it raises
+    that error in every message of the batch (none of them may be acked). A batch is cut
+    once ``size`` outputs wait, or ``within_s`` after the first of them; up to
+    ``in_flight`` batches await their acks at once, and outputs that arrive meanwhile
+    form the next batch. An output whose message was cancelled before its batch was cut
+    is left out (that message is not acked; it is handled again)."""
+
+    def __init__(
+        self,
+        deliver: Callable[[list[Emission]], Awaitable[None]],
+        confirm: Callable[[Iterable[str]], Awaitable[None] | None],
+        *,
+        sent_topic: str = "sent",
+        size: int = 256,
+        within_s: float = 0.02,
+        in_flight: int = 4,
+    ) -> None:
+        self.deliver = deliver
+        self.confirm = confirm
+        self.sent_topic = sent_topic
+        self.size = max(1, size)
+        self.within_s = max(0.0, within_s)
+        self.in_flight = max(1, in_flight)
+        self.batches = 0  # cut so far
+        self.outputs = 0  # outputs in them
+        self._waiting: list[tuple[Emission, asyncio.Future[None]]] = []
+        self._full = asyncio.Event()
+        self._collector: asyncio.Task[None] | None = None
+        self._flushing: set[asyncio.Task[None]] = set()
+        self._slot_free = asyncio.Event()
+
+    async def put(self, emission: Emission) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiting.append((emission, future))
+        if len(self._waiting) >= self.size:
+            self._full.set()
+        if self._collector is None or self._collector.done():
+            self._collector = loop.create_task(self._collect())
+        await future
+
+    async def _collect(self) -> None:
+        while self._waiting:
+            if len(self._waiting) < self.size and self.within_s > 0:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self.within_s)
+            while len(self._flushing) >= self.in_flight:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+            cut, self._waiting = self._waiting[: self.size], self._waiting[self.size :]
+            batch = [(e, f) for e, f in cut if not f.done()]
+            if not batch:
+                continue
+            self.batches += 1
+            self.outputs += len(batch)
+            task = asyncio.get_running_loop().create_task(self._flush(batch))
+            self._flushing.add(task)
+            task.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._flushing.discard(task)
+        self._slot_free.set()
+
+    async def _flush(self, batch: list[tuple[Emission, asyncio.Future[None]]]) -> None:
+        try:
+            await self.deliver([emission for emission, _ in batch])
+            ids = [e.value.event_id for e, _ in batch if e.topic == self.sent_topic]
+            if ids:
+                # the sent marks after their email.sent records were acked (docstring above)
+                confirmed = self.confirm(ids)
+                if inspect.isawaitable(confirmed):
+                    await confirmed
+        except BaseException as exc:
+            for _, future in batch:
+                if future.done():
+                    continue
+                if isinstance(exc, asyncio.CancelledError):
+                    future.cancel()
+                else:
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+
 @dataclass
 class DispatcherStats:
     admitted: int = 0
@@ -129,6 +226,9 @@ class Dispatcher:
     may_take: Callable[[str], bool] = lambda lane: True
     take: Callable[[str], None] = lambda lane: None
     lookahead: int = 32
+    #: when set, every output goes through it (one produce batch and one ``sent``-mark
+    #: confirm per batch) in place of ``deliver`` and ``confirm`` per message
+    outbox: Outbox | None = None
     stats: DispatcherStats = field(default_factory=DispatcherStats)
 
     def __post_init__(self) -> None:
@@ -225,7 +325,9 @@ class Dispatcher:
             emission = await self.handle(work.value, work.origin, work.lane)
             # still "on the wire" until its output is acked: a revocation lets it
             # finish within the bound rather than resend what the provider accepted
-            if emission is not None:
+            if emission is not None and self.outbox is not None:
+                await self.outbox.put(emission)  # acked, and its sent mark too
+            elif emission is not None:
                 await self.deliver(emission)  # returns once Kafka acknowledged it
                 if emission.topic == self.sent_topic:
                     # the sent mark in Kafka before the offset may be committed: else a

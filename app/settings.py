@@ -541,10 +541,17 @@ class PolicySettings(Section):
         3, ge=1, description="Attempts of message-specific failures before a dead letter."
     )
     dispatch_batch_size: int = Field(
-        256, ge=1, description="Most messages a dispatch lane takes from its stream at once."
+        256,
+        ge=1,
+        description="Most outputs of one dispatch worker produced as one batch (and "
+        "their sent-ledger marks confirmed in one call).",
     )
     dispatch_batch_within_s: float = Field(
-        0.05, gt=0, description="How long a lane waits to fill a batch before sending it."
+        0.02,
+        ge=0,
+        description="How long a dispatch output batch waits for more outputs after its "
+        "first before it is produced (0: at once; batches still form while earlier ones "
+        "await their acks).",
     )
     dispatch_max_in_flight: int = Field(
         64, ge=1, description="Most concurrent provider requests of one dispatch worker."

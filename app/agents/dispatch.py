@@ -22,7 +22,7 @@ from app import faust_adapter
 from app.agents import delivery
 from app.agents.guard import crash_on_error
 from app.consumer import GaplessConsumer, LostWatch
-from app.dispatcher import Dispatcher, Work
+from app.dispatcher import Dispatcher, Outbox, Work
 from app.models import PRIORITIES
 from app.runtime import Runtime, build_provider
 from app.stages.common import Emission, Origin
@@ -119,6 +119,9 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
     async def deliver_one(emission: Emission) -> None:
         await delivery.deliver(runtime, [emission], stage="dispatch")
 
+    async def deliver_batch(emissions: list[Emission]) -> None:
+        await delivery.deliver(runtime, emissions, stage="dispatch")
+
     def fatal(exc: BaseException) -> None:
         with crash_on_error("dispatch"):
             raise exc
@@ -139,6 +142,13 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
         on_fatal=fatal,
         may_take=gate.may_take,
         take=gate.take,
+        outbox=Outbox(
+            deliver_batch,
+            ledger.confirm,
+            sent_topic=SENT,
+            size=settings.policy.dispatch_batch_size,
+            within_s=settings.policy.dispatch_batch_within_s,
+        ),
     )
     ledger.guard = dispatcher.fence
     app.spillway_dispatcher = dispatcher

@@ -206,8 +206,38 @@ class Ledger:
             entry = self.get(event_id)
             if entry is not None and entry.state == "accepted":
                 self._write(event_id, replace(entry, state="sent"))
-        for event_id in ids:
-            await self.settled(event_id)
+        if len(ids) == 1:
+            await self.settled(ids[0])
+        elif ids:
+            await self.settled_all(ids)
+
+    async def settled_all(self, event_ids: Iterable[str]) -> None:
+        """``settled`` for many ids with one wait (a batch's marks): raises
+        ``LedgerWriteError`` naming the first id whose write failed or is not acked in
+        time."""
+        written = getattr(self.table, "written", None)
+        if written is None:
+            return
+        pending = {}
+        for event_id in event_ids:
+            future = written(event_id.encode())
+            if future is not None:
+                pending[future] = event_id
+        if not pending:
+            return
+        # asyncio.wait never cancels what it waits on (Faust's own futures)
+        _done, late = await asyncio.wait(pending, timeout=self.ack_timeout_s)
+        for future, event_id in pending.items():
+            if future in late:
+                raise LedgerWriteError(
+                    f"ledger write of {event_id} not acknowledged within "
+                    f"{self.ack_timeout_s:.0f} s"
+                )
+            if future.cancelled():
+                raise LedgerWriteError(f"ledger write of {event_id} was dropped")
+            exc = future.exception()
+            if exc is not None:
+                raise LedgerWriteError(f"ledger write of {event_id} failed: {exc!r}") from exc
 
     def mark_failed(self, event_id: str, provider: str | None) -> None:
         self._put(event_id, "failed", provider, None)

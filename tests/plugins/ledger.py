@@ -35,7 +35,9 @@ class AckedTable(dict[bytes, Any]):
 
     def written(self, key: bytes) -> asyncio.Future[None] | None:
         future = self.futures.get(key)
-        if future is None or (future.done() and future.exception() is None):
+        if future is None or (
+            future.done() and not future.cancelled() and future.exception() is None
+        ):
             return None
         return future
 

@@ -50,7 +50,7 @@ class FaustMembership:
 
     def owns(self, tp: Any, generation: int | None) -> bool:
         try:
-            assigned = self.app.consumer.assignment()
+            assigned = faust_adapter.assigned(self.app.consumer)
         except Exception:
             return False
         if tp not in assigned:

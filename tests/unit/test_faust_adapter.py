@@ -218,6 +218,29 @@ async def test_fetch_position_reads_the_aiokafka_client_state() -> None:
     assert faust_adapter.fetch_position(SimpleNamespace(), TP("t", 0)) is None  # no client
 
 
+async def test_assigned_is_the_aiokafka_clients_assignment_and_holds_faust_tps() -> None:
+    """Pins aiokafka's ``AIOKafkaConsumer.assignment()`` (its subscription's frozenset,
+    not a copy) behind Faust's ``Consumer._thread._ensure_consumer``; a Faust TP is
+    found in a set of aiokafka TopicPartitions."""
+    from types import SimpleNamespace
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from faust.types import TP
+
+    from app import faust_adapter
+
+    client = AIOKafkaConsumer()
+    consumer = SimpleNamespace(_thread=SimpleNamespace(_ensure_consumer=lambda: client))
+    assert faust_adapter.assigned(consumer) == set()
+    client.assign([TopicPartition("t", 0), TopicPartition("t", 2)])
+    got = faust_adapter.assigned(consumer)
+    assert TP("t", 0) in got and TP("t", 2) in got and TP("t", 1) not in got
+    assert faust_adapter.assigned(consumer) is got  # not rebuilt per call
+    await client.stop()
+    fallback = SimpleNamespace(assignment=lambda: {TP("u", 1)})  # another driver
+    assert faust_adapter.assigned(fallback) == {TP("u", 1)}
+
+
 async def test_pause_and_resume_fetch_pause_the_aiokafka_client_in_its_thread() -> None:
     """aiokafka's pause keeps the client's position at the last record handed out
     (Faust's pause_partitions drops the rest of a batch being delivered)."""

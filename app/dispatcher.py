@@ -113,7 +113,7 @@ class Outbox:
         sent_topic: str = "sent",
         size: int = 256,
         within_s: float = 0.02,
-        in_flight: int = 4,
+        in_flight: int = 16,
     ) -> None:
         self.deliver = deliver
         self.confirm = confirm
@@ -136,7 +136,8 @@ class Outbox:
         if len(self._waiting) >= self.size:
             self._full.set()
         if self._collector is None or self._collector.done():
-            self._collector = loop.create_task(self._collect())
+            # its own context: not the message's (``_CURRENT``, the fence's work)
+            self._collector = loop.create_task(self._collect(), context=contextvars.Context())
         await future
 
     async def _collect(self) -> None:
@@ -154,7 +155,9 @@ class Outbox:
                 continue
             self.batches += 1
             self.outputs += len(batch)
-            task = asyncio.get_running_loop().create_task(self._flush(batch))
+            task = asyncio.get_running_loop().create_task(
+                self._flush(batch), context=contextvars.Context()
+            )
             self._flushing.add(task)
             task.add_done_callback(self._flushed)
 
@@ -172,10 +175,15 @@ class Outbox:
                 if inspect.isawaitable(confirmed):
                     await confirmed
         except BaseException as exc:
+            stopping = isinstance(exc, asyncio.CancelledError) and _cancelling()
+            if isinstance(exc, asyncio.CancelledError) and not stopping:
+                # a produce or mark future cancelled under us (Faust dropped the record),
+                # not a stop: a failure of the batch, never taken for a revocation
+                exc = OutputLostError(f"an output or mark of the batch was dropped: {exc!r}")
             for _, future in batch:
                 if future.done():
                     continue
-                if isinstance(exc, asyncio.CancelledError):
+                if stopping:
                     future.cancel()
                 else:
                     future.set_exception(exc)
@@ -185,6 +193,30 @@ class Outbox:
         for _, future in batch:
             if not future.done():
                 future.set_result(None)
+
+    async def close(self, bound_s: float) -> None:
+        """At a stop, after the messages were drained: batches already cut get up to
+        ``bound_s`` to be acknowledged, then are cancelled (their messages are not acked;
+        see ``app.agents.delivery``); nothing new is cut."""
+        if self._collector is not None and not self._collector.done():
+            self._collector.cancel()
+        tasks = list(self._flushing)
+        if tasks:
+            _done, late = await asyncio.wait(tasks, timeout=max(0.0, bound_s))
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
+
+
+class OutputLostError(Exception):
+    """A dispatch output (or its ``sent`` mark) was dropped before Kafka acknowledged
+    it: an infrastructure fault; its messages are never acked."""
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 @dataclass
@@ -421,7 +453,10 @@ class Dispatcher:
         self.stopping = True
         self.parked.clear()
         self._notify()
+        started = self.clock()
         await self._drain(lambda w: True, bound_s)
+        if self.outbox is not None:
+            await self.outbox.close(bound_s - (self.clock() - started))
 
     async def _drain(self, which: Callable[[Work], bool], bound_s: float) -> None:
         tasks = [t for t, w in self.works.items() if which(w)]

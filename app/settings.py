@@ -604,9 +604,10 @@ class PolicySettings(Section):
     stage_batches_in_flight: int = Field(
         16,
         ge=1,
-        description="Batches of one render or route agent whose outputs may await Kafka's "
-        "acks while it works on the next (1: each batch waits for its acks first). Inputs "
-        "are still acked only after their outputs; commits stay a contiguous prefix.",
+        description="Batches of one render or route agent (or of a dispatch worker's "
+        "outputs) that may await Kafka's acks while it works on the next (1: each batch "
+        "waits for its acks first). Inputs are still acked only after their outputs; "
+        "commits stay a contiguous prefix.",
     )
     max_output_bytes: int = Field(
         990_000,

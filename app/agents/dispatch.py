@@ -148,6 +148,7 @@ def attach(app: Any, runtime: Runtime) -> list[Any]:
             sent_topic=SENT,
             size=settings.policy.dispatch_batch_size,
             within_s=settings.policy.dispatch_batch_within_s,
+            in_flight=settings.policy.stage_batches_in_flight,
         ),
     )
     ledger.guard = dispatcher.fence

@@ -263,3 +263,67 @@ async def test_settled_all_without_pending_writes_or_a_plain_table_returns() -> 
     await Ledger({}).settled_all(["a", "b"])
     await Ledger(AckedTable()).settled_all([])
     await Ledger(AckedTable()).settled_all(["never-written"])
+
+
+def dispatcher_with(box: Outbox, fatal: list[BaseException]) -> Dispatcher:
+    async def handle(payload: bytes, origin: Origin, lane: str) -> Emission:
+        return other(payload.decode())
+
+    async def per_message(emission: Emission) -> None:
+        raise AssertionError("the outbox replaces per-message delivery")
+
+    return Dispatcher(
+        handle=handle,
+        deliver=per_message,
+        membership=type("G", (), {"owns": lambda self, tp, g: True})(),
+        lanes=("normal",),
+        on_fatal=fatal.append,
+        outbox=box,
+    )
+
+
+async def test_an_output_dropped_under_the_batch_is_a_failure_not_a_revocation() -> None:
+    """A produce future cancelled by the client (Faust dropped the record) while no
+    one stops the worker: every message of the batch goes to on_fatal (the worker
+    exits; nothing is acked), none is silently taken for revoked."""
+
+    async def dropped(emissions: list[Emission]) -> None:
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
+
+    fatal: list[BaseException] = []
+    d = dispatcher_with(Outbox(dropped, lambda ids: None, size=8, within_s=0.01), fatal)
+    acks: list[tuple[Any, int]] = []
+    for offset in range(3):
+        assert await d.admit("normal", work(("lane", 0), offset, acks, generation=None))
+    await until(lambda: len(fatal) == 3)
+    assert acks == [] and d.stats.abandoned == 0
+    assert all("dropped" in str(f) for f in fatal)
+
+
+async def test_stop_leaves_no_outbox_task_behind() -> None:
+    kafka = Kafka()  # never acks: the batch is still out at the stop
+    box = outbox(kafka, Ledger({}), size=8, within_s=0.01)
+    fatal: list[BaseException] = []
+    d = dispatcher_with(box, fatal)
+    acks: list[tuple[Any, int]] = []
+    for offset in range(2):
+        assert await d.admit("normal", work(("lane", 0), offset, acks, generation=None))
+    await until(lambda: kafka.batches)
+    await asyncio.wait_for(d.stop(0.05), 3)
+    pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert pending == [] and acks == [] and not fatal
+
+
+async def test_the_next_output_after_an_all_cancelled_window_starts_a_new_batch() -> None:
+    kafka = Kafka()
+    kafka.gate.set()
+    box = outbox(kafka, Ledger({}), size=8, within_s=0.01)
+    gone = [asyncio.ensure_future(box.put(other(f"g{i}"))) for i in range(3)]
+    await asyncio.sleep(0)
+    for g in gone:
+        g.cancel()
+    await until(lambda: box._collector is not None and box._collector.done())
+    await asyncio.wait_for(box.put(other("next")), 2)
+    assert [[e.value.event_id for e in b] for b in kafka.batches] == [["next"]]

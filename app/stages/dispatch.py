@@ -1,8 +1,9 @@
 """Dispatch logic: a DispatchRequest -> provider call -> SendResult, retry or dead letter.
 
 Per message:
-1. The sent-ledger is checked: an id already sent (or being sent by this worker) is
-   skipped, counted as a duplicate suppressed; an id ``accepted`` (by the provider,
+1. The sent-ledger is checked: an id already sent is skipped, counted as a duplicate
+   suppressed (a copy of an id this worker is sending right now first waits for that
+   attempt to end, then is checked); an id ``accepted`` (by the provider,
    before a crash) gets its SendResult again from the ledger, with no request. An id
    left ``in_flight`` by a crash may have been accepted: it is sent again with the
    same idempotency key only to a provider that honours keys and while the key lives
@@ -148,7 +149,8 @@ class DispatchStage:
             name: asyncio.Semaphore(max(policy.max_unrecorded, policy.max_in_flight))
             for name, policy in self.policies.items()
         }
-        self._in_flight: set[str] = set()  # ids this process is sending right now
+        # ids this process is sending right now; set once that attempt ended
+        self._in_flight: dict[str, asyncio.Event] = {}
 
     # -- entry point ---------------------------------------------------------------
     async def handle(self, payload: bytes, origin: Origin, lane: str) -> Emission | None:
@@ -171,8 +173,14 @@ class DispatchStage:
                 ),
             )
         event_id = req.event_id
+        while (running := self._in_flight.get(event_id)) is not None:
+            # A copy of an email this process is sending right now (a redelivery): wait
+            # for that attempt to end, then decide from the ledger. Acking the copy at
+            # once lost the email when that attempt then never sent (fenced after a
+            # stall, revoked): its offset was committed through the copy.
+            await running.wait()
         entry = self.ledger.get(event_id)
-        if (entry is not None and entry.state == "sent") or event_id in self._in_flight:
+        if entry is not None and entry.state == "sent":
             self.stats.duplicates_suppressed += 1
             self.metrics.duplicate_suppressed()
             return None
@@ -226,11 +234,11 @@ class DispatchStage:
                     provider or None,
                     req.history,
                 )
-        self._in_flight.add(event_id)
+        self._in_flight[event_id] = asyncio.Event()
         try:
             return await self._deliver(req, payload, origin, lane, pinned or req.provider)
         finally:
-            self._in_flight.discard(event_id)
+            self._in_flight.pop(event_id).set()
 
     # -- per-provider guarantees ------------------------------------------------------
     def key_ttl(self, name: str) -> float:

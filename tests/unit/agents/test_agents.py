@@ -85,11 +85,13 @@ async def test_dispatch_agent_sends_through_the_provider(
     payload = serde.encode("email.dispatch.critical", request("c1", "critical"))
     async with app.agents["dispatch-critical"].test_context() as agent:
         await agent.put(payload, key=b"c1")
-        await agent.put(payload, key=b"c1")  # the same event again: suppressed
-        for _ in range(200):  # a condition with a deadline, not a clock
-            if dispatcher.stats.done == 2:
-                break
-            await asyncio.sleep(0.01)
+        for want in (1, 2):
+            for _ in range(200):  # a condition with a deadline, not a clock
+                if dispatcher.stats.done == want:
+                    break
+                await asyncio.sleep(0.01)
+            if want == 1:  # the same event again, once the first is done: suppressed
+                await agent.put(payload, key=b"c1")
     assert dispatcher.stats.done == 2
     assert [e.topic for e in out] == ["sent"]
     assert [c.event_id for c in provider.calls] == ["c1"]

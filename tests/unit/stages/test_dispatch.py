@@ -117,11 +117,49 @@ async def test_the_accepted_mark_is_acked_by_kafka_before_the_send_result_is_ret
 
 
 async def test_concurrent_duplicates_send_once(serde: Serde) -> None:
+    # the copies wait for the first attempt, then find it accepted: its SendResult
+    # again from the ledger (a duplicate record, never a second request)
     provider = FakeProvider(delay=0.01)
     stage = make(serde, provider)
     payload = encode(serde, request())
     outs = await asyncio.gather(*(stage.handle(payload, ORIGIN, "normal") for _ in range(5)))
-    assert len(provider.calls) == 1 and sum(o is not None for o in outs) == 1
+    assert len(provider.calls) == 1
+    assert all(o is not None and o.topic == "sent" for o in outs)
+    assert {o.value.provider_message_id for o in outs if o is not None} == {"m-e-1"}
+
+
+async def test_a_copy_of_an_email_in_flight_here_is_sent_when_that_attempt_never_sends(
+    serde: Serde,
+) -> None:
+    """A redelivered copy arrives while the first attempt waits (its pace, a breaker);
+    that attempt then ends without a request (fenced after a stall, or revoked). The
+    copy must send the email: acked at once, as before, it let the offset be committed
+    with the email never sent (10 lost in a SIGKILL run on a starved machine)."""
+    table: dict[bytes, Any] = {}
+    provider = FakeProvider()
+    stage = make(serde, provider, table=table)
+    payload = encode(serde, request())
+    hold = asyncio.Event()
+    real_acquire = stage.board.acquire
+
+    async def stuck_first(*args: Any, **kw: Any) -> None:
+        if not hold.is_set():
+            hold.set()
+            await asyncio.sleep(3600)  # the first attempt: waits until cancelled
+        await real_acquire(*args, **kw)
+
+    stage.board.acquire = stuck_first  # type: ignore[method-assign]
+    first = asyncio.ensure_future(stage.handle(payload, ORIGIN, "normal"))
+    await asyncio.wait_for(hold.wait(), 2)
+    copy = asyncio.ensure_future(stage.handle(payload, ORIGIN, "normal"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not copy.done()  # waits for the first attempt, is not acked meanwhile
+    first.cancel()  # fenced or revoked before its request
+    out = await asyncio.wait_for(copy, 5)
+    assert out is not None and out.topic == "sent"
+    assert [c.event_id for c in provider.calls] == ["e-1"]
+    assert table[b"e-1"]["s"] == "accepted"
 
 
 async def test_in_flight_http_is_resent_with_the_same_key(serde: Serde) -> None:
